@@ -1,0 +1,59 @@
+"""The one ASGI application: HTTP (Django), WebSocket (Channels) and lifespan.
+
+Lifespan starts this worker's background tasks (presence heartbeat, and the
+call sweeper where it runs in-process) and stops them cleanly.
+"""
+
+import asyncio
+import logging
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "callpull.settings")
+django_http = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402  (needs apps loaded)
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
+
+from callpull import startup  # noqa: E402
+from notifications import presence  # noqa: E402
+from notifications.routing import websocket_urlpatterns  # noqa: E402
+
+log = logging.getLogger("callpull")
+
+
+class Lifespan:
+    """Handles the ASGI lifespan protocol around an application that does not."""
+
+    def __init__(self, app):
+        self.app = app
+        self.tasks: list[asyncio.Task] = []
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "lifespan":
+            return await self.app(scope, receive, send)
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                startup.announce()
+                self.tasks = [asyncio.create_task(coroutine) for coroutine in startup.background_tasks()]
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                for task in self.tasks:
+                    task.cancel()
+                await asyncio.gather(*self.tasks, return_exceptions=True)
+                try:
+                    await presence.worker_stopped()
+                except Exception:
+                    log.exception("could not forget this worker's connections")
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+application = Lifespan(
+    ProtocolTypeRouter({
+        "http": ASGIStaticFilesHandler(django_http),
+        "websocket": URLRouter(websocket_urlpatterns),
+    })
+)

@@ -1,0 +1,47 @@
+"""What a worker says and starts when it comes up."""
+
+import logging
+from urllib.parse import urlsplit
+
+from django.conf import settings
+
+from notifications import presence
+
+log = logging.getLogger("callpull")
+
+
+def describe() -> list[str]:
+    database = settings.DATABASES["default"]
+    if database["ENGINE"].endswith("sqlite3"):
+        db = f"SQLite ({database['NAME']})"
+    else:
+        db = f"PostgreSQL ({database.get('HOST') or 'socket'}:{database.get('PORT') or 5432}/{database['NAME']})"
+    if settings.REDIS_URL:
+        redis = urlsplit(settings.REDIS_URL)
+        layer = f"Redis ({redis.hostname}:{redis.port or 6379}): several workers share events and presence"
+    else:
+        layer = "in-memory: one process only (set REDIS_URL for several workers)"
+    fcm = (f"on ({settings.FCM_ENDPOINT})" if settings.FCM_CREDENTIALS_FILE
+           else "off: no FCM_CREDENTIALS_FILE, devices are reached over WebSocket only")
+    if settings.TWILIO_ACCOUNT_SID and settings.TWILIO_AUTH_TOKEN:
+        provider = f"Twilio-compatible at {settings.TWILIO_API_BASE}"
+    else:
+        provider = "not configured (TWILIO_ACCOUNT_SID / TWILIO_AUTH_TOKEN unset)"
+    return [
+        f"database:      {db}",
+        f"channel layer: {layer}",
+        f"FCM:           {fcm}",
+        f"voice provider: {provider}",
+        f"public URL:    {settings.PUBLIC_BASE_URL} (server numbers: {', '.join(settings.SERVER_NUMBERS)})",
+        f"sign-up:       {'open' if settings.ALLOW_SIGNUP else 'closed'}",
+    ]
+
+
+def announce() -> None:
+    log.info("callpull worker %s starting", presence.WORKER_ID)
+    for line in describe():
+        log.info("  %s", line)
+
+
+def background_tasks():
+    return [presence.heartbeat_loop()]

@@ -1,0 +1,160 @@
+"""HTTP endpoints for accounts, devices, pairing codes and WebSocket tickets.
+
+Each view validates its input, calls one service or selector, and renders.
+"""
+
+import uuid
+
+from django.utils import timezone
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from devices import selectors, services
+from devices.auth import IsDevice
+from devices.errors import ApiError, not_found
+from devices.serializers import DeviceInput, DeviceOutput, DeviceUpdateInput, device_fields
+
+
+def client_ip(request) -> str:
+    return request.META.get("REMOTE_ADDR") or "unknown"
+
+
+def validated(serializer_class, data, **kwargs):
+    serializer = serializer_class(data=data, **kwargs)
+    serializer.is_valid(raise_exception=True)
+    return serializer
+
+
+class AccountCreateApi(APIView):
+    authentication_classes = []
+    permission_classes = [AllowAny]
+
+    class SignupInput(serializers.Serializer):
+        username = serializers.RegexField(r"^[\w.@+-]+$", max_length=150)
+        password = serializers.CharField(max_length=128, trim_whitespace=False)
+
+    class SignupOutput(serializers.Serializer):
+        id = serializers.IntegerField()
+        username = serializers.CharField()
+
+    @extend_schema(request=SignupInput, responses={201: SignupOutput}, operation_id="account_create", auth=[])
+    def post(self, request):
+        data = validated(self.SignupInput, request.data).validated_data
+        user = services.user_signup(username=data["username"], password=data["password"],
+                                    client_ip=client_ip(request))
+        return Response(self.SignupOutput(user).data, status=status.HTTP_201_CREATED)
+
+
+RegistrationOutput = inline_serializer("Registration", {"device": DeviceOutput(), "token": serializers.CharField()})
+
+
+class DeviceListCreateApi(APIView):
+    class RegisterInput(serializers.Serializer):
+        username = serializers.CharField(required=False, max_length=150)
+        password = serializers.CharField(required=False, max_length=128, trim_whitespace=False)
+        pairing_code = serializers.CharField(required=False, max_length=32)
+        device = DeviceInput()
+
+        def validate(self, attrs):
+            has_password = "username" in attrs or "password" in attrs
+            if has_password == ("pairing_code" in attrs):
+                raise serializers.ValidationError("Give either username and password, or pairing_code.")
+            if has_password and not ("username" in attrs and "password" in attrs):
+                missing = "password" if "username" in attrs else "username"
+                raise serializers.ValidationError({missing: "This field is required with " +
+                                                   ("username." if missing == "password" else "password.")})
+            return attrs
+
+    def _registering(self) -> bool:
+        request = getattr(self, "request", None)
+        return request is not None and request.method == "POST"
+
+    def get_authenticators(self):
+        # Registration must work with a stale or missing token in the header.
+        return [] if self._registering() else super().get_authenticators()
+
+    def get_permissions(self):
+        return [AllowAny()] if self._registering() else super().get_permissions()
+
+    @extend_schema(responses={200: DeviceOutput(many=True)}, operation_id="devices_list")
+    def get(self, request):
+        devices = selectors.devices_for_user(user=request.user)
+        return Response(DeviceOutput(devices, many=True, context={"me": request.auth}).data)
+
+    @extend_schema(request=RegisterInput, responses={201: RegistrationOutput}, operation_id="device_register",
+                   auth=[])
+    def post(self, request):
+        data = validated(self.RegisterInput, request.data).validated_data
+        device_data = device_fields(data["device"])
+        now = timezone.now()
+        if "pairing_code" in data:
+            registration = services.device_register_with_pairing_code(
+                code=data["pairing_code"], data=device_data, client_ip=client_ip(request), now=now)
+        else:
+            registration = services.device_register_with_password(
+                username=data["username"], password=data["password"], data=device_data,
+                client_ip=client_ip(request), now=now)
+        device = selectors.device_for_user(user=registration.device.user, device_id=registration.device.pk, now=now)
+        return Response({"device": DeviceOutput(device, context={"me": device}).data, "token": registration.token},
+                        status=status.HTTP_201_CREATED)
+
+
+def _device_from_path(request, device_id: str):
+    if device_id == "me":
+        return selectors.device_for_user(user=request.user, device_id=request.auth.pk)
+    try:
+        parsed = uuid.UUID(device_id)
+    except ValueError:
+        raise not_found("device") from None
+    return selectors.device_for_user(user=request.user, device_id=parsed)
+
+
+class DeviceDetailApi(APIView):
+    @extend_schema(responses={200: DeviceOutput}, operation_id="device_get")
+    def get(self, request, device_id):
+        device = _device_from_path(request, device_id)
+        return Response(DeviceOutput(device, context={"me": request.auth}).data)
+
+    @extend_schema(request=DeviceUpdateInput, responses={200: DeviceOutput}, operation_id="device_update")
+    def patch(self, request, device_id):
+        device = _device_from_path(request, device_id)
+        serializer = validated(DeviceUpdateInput, request.data, partial=True)
+        unknown = set(request.data) - set(serializer.fields) if isinstance(request.data, dict) else set()
+        if unknown:
+            raise ApiError("unknown_fields", "These fields cannot be changed: " + ", ".join(sorted(unknown)),
+                           fields={name: ["Not editable."] for name in sorted(unknown)})
+        services.device_update(device=device, data=device_fields(serializer.validated_data))
+        return Response(DeviceOutput(device, context={"me": request.auth}).data)
+
+    @extend_schema(responses={204: None}, operation_id="device_delete")
+    def delete(self, request, device_id):
+        device = _device_from_path(request, device_id)
+        services.device_revoke(device=device, now=timezone.now())
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class PairingCodeCreateApi(APIView):
+    permission_classes = [IsDevice]
+
+    class PairingCodeOutput(serializers.Serializer):
+        code = serializers.CharField()
+        expires_at = serializers.DateTimeField()
+
+    @extend_schema(request=None, responses={201: PairingCodeOutput}, operation_id="pairing_code_create")
+    def post(self, request):
+        code, expires_at = services.pairing_code_create(device=request.auth, now=timezone.now())
+        return Response(self.PairingCodeOutput({"code": code, "expires_at": expires_at}).data, status=status.HTTP_201_CREATED)
+
+
+class WsTicketCreateApi(APIView):
+    class WsTicketOutput(serializers.Serializer):
+        ticket = serializers.CharField()
+        expires_in = serializers.IntegerField(help_text="seconds")
+
+    @extend_schema(request=None, responses={201: WsTicketOutput}, operation_id="ws_ticket_create")
+    def post(self, request):
+        ticket, expires_in = services.ws_ticket_issue(device=request.auth, now=timezone.now())
+        return Response(self.WsTicketOutput({"ticket": ticket, "expires_in": expires_in}).data, status=status.HTTP_201_CREATED)

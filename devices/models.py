@@ -1,0 +1,115 @@
+"""A user's devices and the credentials that let them in.
+
+Secrets (device tokens, pairing codes, WebSocket tickets) are stored only as
+SHA-256 digests: they are long random values, so a fast hash is enough and a
+database leak does not hand out working credentials.
+"""
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class DeviceKind(models.TextChoices):
+    HANDSET = "handset"
+    TABLET = "tablet"
+    DESKTOP = "desktop"
+    WEB = "web"
+
+
+class Platform(models.TextChoices):
+    ANDROID = "android"
+    IOS = "ios"
+    WEB = "web"
+    OTHER = "other"
+
+
+class ConnectType(models.TextChoices):
+    CLIENT = "client"
+    SIP = "sip"
+    NUMBER = "number"
+
+
+class ActiveDeviceManager(models.Manager):
+    def get_queryset(self):
+        return super().get_queryset().filter(revoked_at__isnull=True)
+
+
+class Device(models.Model):
+    """One device of one user. Deleting a device revokes it: the row stays for
+    the call history, its token stops working at once."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="devices")
+    name = models.CharField(max_length=100)
+    kind = models.CharField(max_length=16, choices=DeviceKind.choices)
+    platform = models.CharField(max_length=16, choices=Platform.choices)
+    fcm_token = models.CharField(max_length=4096, blank=True, default="")
+    ring_enabled = models.BooleanField(default=True)
+    connect_type = models.CharField(max_length=16, choices=ConnectType.choices, blank=True, default="")
+    connect_address = models.CharField(max_length=255, blank=True, default="")
+    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField()
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ActiveDeviceManager()
+    all_objects = models.Manager()
+
+    class Meta:
+        ordering = ["created_at"]
+        base_manager_name = "all_objects"
+        indexes = [models.Index(fields=["user", "created_at"])]
+
+    def __str__(self):
+        return f"{self.name} ({self.kind})"
+
+    @property
+    def is_secondary(self) -> bool:
+        return self.kind != DeviceKind.HANDSET
+
+
+class PairingCode(models.Model):
+    """A short, single-use code one device shows so another can join the user
+    without the password."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    created_by = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="+")
+    code_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+    used_by = models.ForeignKey(Device, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        indexes = [models.Index(fields=["expires_at"], condition=Q(used_at__isnull=True), name="pairing_open_idx")]
+
+
+class WsTicket(models.Model):
+    """A single-use, short-lived credential for a browser's WebSocket handshake."""
+
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="+")
+    ticket_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+
+
+class DeviceConnection(models.Model):
+    """One live WebSocket of a device, kept by the worker that holds it.
+
+    Presence is derived from these rows, so every worker sees the same answer.
+    Each worker refreshes `seen_at` on its rows; rows of a worker that died stop
+    being refreshed and stop counting after PRESENCE_STALE_SECONDS.
+    """
+
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="connections")
+    channel_name = models.CharField(max_length=200, unique=True)
+    worker = models.CharField(max_length=64, db_index=True)
+    connected_at = models.DateTimeField()
+    seen_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [models.Index(fields=["device", "seen_at"])]

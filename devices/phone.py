@@ -1,0 +1,31 @@
+"""Phone numbers in, E.164 out.
+
+Inputs are E.164 or a national number with an ISO `region`. We require a
+*possible* number (right length for its country), not a *valid* one: test and
+newly allocated ranges (e.g. +1 555 …) must work, and the carrier is the judge
+of whether a number exists.
+"""
+
+import phonenumbers
+
+from devices.errors import ApiError
+
+
+def to_e164(raw: str, region: str | None = None, *, field: str = "number") -> str:
+    if not isinstance(raw, str) or not raw.strip():
+        raise _invalid(field, "A phone number is required.")
+    if region is not None and (not isinstance(region, str) or len(region) != 2 or not region.isalpha()):
+        raise ApiError("invalid_region", "region must be a two-letter ISO country code.",
+                       fields={"region": ["Not an ISO 3166-1 alpha-2 code."]})
+    try:
+        parsed = phonenumbers.parse(raw, region.upper() if region else None)
+    except phonenumbers.NumberParseException:
+        hint = "" if region or raw.strip().startswith("+") else " Give E.164 (+…) or a region."
+        raise _invalid(field, f"{raw!r} is not a phone number.{hint}") from None
+    if not phonenumbers.is_possible_number(parsed):
+        raise _invalid(field, f"{raw!r} is not a possible phone number.")
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _invalid(field: str, message: str) -> ApiError:
+    return ApiError("invalid_phone_number", message, fields={field: [message]})

@@ -1,0 +1,81 @@
+"""Shapes of devices on the wire."""
+
+import re
+
+from rest_framework import serializers
+
+from devices.models import ConnectType, Device, DeviceKind, Platform
+from devices.phone import to_e164
+
+CLIENT_IDENTITY = re.compile(r"^[A-Za-z0-9_.@-]{1,121}$")
+SIP_URI = re.compile(r"^sips?:[^\s<>\"]+@[^\s<>\"]+$")
+
+
+class ConnectSerializer(serializers.Serializer):
+    type = serializers.ChoiceField(choices=ConnectType.choices)
+    address = serializers.CharField(max_length=255)
+
+    def validate(self, attrs):
+        kind, address = attrs["type"], attrs["address"].strip()
+        if kind == ConnectType.CLIENT and not CLIENT_IDENTITY.match(address):
+            raise serializers.ValidationError({"address": "A client identity is 1-121 of A-Z a-z 0-9 _ . @ -."})
+        if kind == ConnectType.SIP and not SIP_URI.match(address):
+            raise serializers.ValidationError({"address": "A SIP address looks like sip:user@host."})
+        if kind == ConnectType.NUMBER:
+            address = to_e164(address, field="connect.address")
+        return {"type": kind, "address": address}
+
+
+class DeviceInput(serializers.Serializer):
+    """`device` in registration, and the body of PATCH /devices/{id} (partial)."""
+
+    name = serializers.CharField(max_length=100)
+    kind = serializers.ChoiceField(choices=DeviceKind.choices)
+    platform = serializers.ChoiceField(choices=Platform.choices)
+    fcm_token = serializers.CharField(max_length=4096, required=False, allow_blank=True)
+    ring_enabled = serializers.BooleanField(required=False)
+    connect = ConnectSerializer(required=False, allow_null=True)
+
+
+
+def device_fields(validated_data: dict) -> dict:
+    """Validated device input as model fields (`connect` split in two)."""
+    data = dict(validated_data)
+    if "connect" in data:
+        connect = data.pop("connect") or {"type": "", "address": ""}
+        data["connect_type"], data["connect_address"] = connect["type"], connect["address"]
+    return data
+
+
+class DeviceUpdateInput(DeviceInput):
+    """The kind and platform of a device are what it is; they are not edited."""
+
+    kind = None
+    platform = None
+
+
+class DeviceOutput(serializers.ModelSerializer):
+    connect = serializers.SerializerMethodField()
+    fcm_registered = serializers.SerializerMethodField()
+    online = serializers.SerializerMethodField()
+    me = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Device
+        fields = ["id", "name", "kind", "platform", "ring_enabled", "connect", "fcm_registered",
+                  "online", "last_seen_at", "created_at", "me"]
+
+    def get_connect(self, device) -> dict | None:
+        if not device.connect_type:
+            return None
+        return {"type": device.connect_type, "address": device.connect_address}
+
+    def get_fcm_registered(self, device) -> bool:
+        return bool(device.fcm_token)
+
+    def get_online(self, device) -> bool:
+        return bool(getattr(device, "online", False))
+
+    def get_me(self, device) -> bool:
+        me = self.context.get("me")
+        return me is not None and me.pk == device.pk

@@ -1,0 +1,12 @@
+from django.apps import AppConfig
+
+
+class NotificationsConfig(AppConfig):
+    name = "notifications"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self):
+        from devices.signals import device_revoked
+        from notifications import presence
+
+        device_revoked.connect(presence.on_device_revoked, dispatch_uid="notifications.device_revoked")

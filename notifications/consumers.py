@@ -1,0 +1,148 @@
+"""The device WebSocket, `/ws/v1/`.
+
+Authentication is by `Authorization: Bearer <token>` on the handshake, or a
+single-use `?ticket=` for browsers. A refused socket is accepted and then
+closed with 4401 (a browser cannot read the status of a refused handshake).
+A socket with an Origin header (a browser) must come from an allowed origin,
+else it is closed with 4403; native clients send no Origin.
+"""
+
+import logging
+import uuid
+from urllib.parse import parse_qs, urlsplit
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+from django.db import close_old_connections
+from django.utils import timezone
+
+from devices import services as device_services
+from devices.auth import bearer_token, device_for_token
+from notifications import presence
+from notifications.events import device_group, frame, user_group
+
+log = logging.getLogger(__name__)
+
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_FORBIDDEN_ORIGIN = 4403
+
+
+def _header(scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def origin_allowed(scope) -> bool:
+    origin = _header(scope, b"origin")
+    if origin is None:
+        return True
+    parts = urlsplit(origin)
+    normalized = f"{parts.scheme}://{parts.netloc}".lower()
+    allowed = {o.rstrip("/").lower() for o in settings.WEBSOCKET_ALLOWED_ORIGINS}
+    public = urlsplit(settings.PUBLIC_BASE_URL)
+    allowed.add(f"{public.scheme}://{public.netloc}".lower())
+    host = _header(scope, b"host")
+    if host:  # same origin as the page that served it
+        allowed.update({f"http://{host}".lower(), f"https://{host}".lower()})
+    return normalized in allowed
+
+
+def _authenticate(scope):
+    close_old_connections()
+    token = bearer_token(_header(scope, b"authorization"))
+    if token is not None:
+        return device_for_token(token)
+    tickets = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("ticket")
+    if tickets:
+        return device_services.ws_ticket_redeem(ticket=tickets[0], now=timezone.now())
+    return None
+
+
+def _open(device, channel_name):
+    return device_services.connection_open(device=device, channel_name=channel_name, worker=presence.WORKER_ID,
+                                           now=timezone.now())
+
+
+def _close(channel_name):
+    close_old_connections()
+    return device_services.connection_close(channel_name=channel_name, now=timezone.now())
+
+
+class DeviceConsumer(AsyncJsonWebsocketConsumer):
+    device = None
+
+    async def connect(self):
+        await self.accept()
+        if not origin_allowed(self.scope):
+            log.info("websocket refused: origin %s", _header(self.scope, b"origin"))
+            await self.close(code=CLOSE_FORBIDDEN_ORIGIN)
+            return
+        device = await database_sync_to_async(_authenticate)(self.scope)
+        if device is None:
+            await self.close(code=CLOSE_UNAUTHORIZED)
+            return
+        self.device = device
+        self.groups = [device_group(device.pk), user_group(device.user_id)]
+        for group in self.groups:
+            await self.channel_layer.group_add(group, self.channel_name)
+        came_online = await database_sync_to_async(_open)(device, self.channel_name)
+        _, hello = frame("hello", device={"id": str(device.pk), "name": device.name, "kind": device.kind},
+                         heartbeat=settings.PRESENCE_HEARTBEAT_SECONDS)
+        await self.send(text_data=hello)
+        if came_online:
+            await presence.announce(device, online=True)
+        log.info("websocket open device=%s", device.pk)
+
+    async def disconnect(self, code):
+        if self.device is None:
+            return
+        for group in self.groups:
+            await self.channel_layer.group_discard(group, self.channel_name)
+        went_offline = await database_sync_to_async(_close)(self.channel_name)
+        if went_offline is not None:
+            await presence.announce(went_offline, online=False)
+        log.info("websocket closed device=%s code=%s", self.device.pk, code)
+
+    async def receive_json(self, content, **kwargs):
+        if self.device is None:
+            return
+        kind = content.get("type") if isinstance(content, dict) else None
+        if kind == "ping":
+            await self.send_json({"type": "pong"})
+        elif kind == "ack":
+            await self.ack(content)
+        else:
+            await self.send_error("unknown_type", f"Unknown frame type {kind!r}; expected ack or ping.")
+
+    async def receive(self, text_data=None, bytes_data=None, **kwargs):
+        if text_data is None:
+            await self.send_error("malformed_frame", "Frames are JSON text.")
+            return
+        try:
+            content = await self.decode_json(text_data)
+        except ValueError:
+            await self.send_error("malformed_frame", "Frames are JSON objects.")
+            return
+        await self.receive_json(content)
+
+    async def ack(self, content):
+        try:
+            uuid.UUID(str(content.get("id")))
+        except ValueError:
+            await self.send_error("invalid_ack", "An ack carries the event's id.")
+            return
+        # Delivery records arrive with the ring flow; an ack is valid and otherwise a no-op until then.
+
+    async def send_error(self, code: str, message: str):
+        await self.send_json({"type": "error", "error": {"code": code, "message": message}})
+
+    # Channel-layer handlers, named after the message types in notifications.events.
+
+    async def frame_send(self, message):
+        await self.send(text_data=message["text"])
+
+    async def socket_close(self, message):
+        await self.close(code=message["code"])

@@ -1,0 +1,85 @@
+"""Fixtures shared by every test package: an API client and small factories."""
+
+import itertools
+
+import pytest
+from django.core.cache import cache
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from devices import services as device_services
+
+PASSWORD = "correct horse battery staple"
+_names = itertools.count(1)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    cache.clear()
+    yield
+    cache.clear()
+
+
+@pytest.fixture
+def api():
+    return APIClient()
+
+
+def make_user(username=None, password=PASSWORD):
+    from django.contrib.auth import get_user_model
+
+    return get_user_model().objects.create_user(username=username or f"user{next(_names)}", password=password)
+
+
+def make_device(user, *, kind="tablet", platform="android", name=None, **fields):
+    """A registered device and its bearer token."""
+    registration = device_services._create_device(
+        user=user, data={"name": name or f"{kind} {next(_names)}", "kind": kind, "platform": platform, **fields},
+        now=timezone.now())
+    return registration.device, registration.token
+
+
+def client_for(token) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    return client
+
+
+@pytest.fixture
+def user(db):
+    return make_user("ana")
+
+
+@pytest.fixture
+def handset(user):
+    return make_device(user, kind="handset", name="Pixel")
+
+
+@pytest.fixture
+def tablet(user):
+    return make_device(user, kind="tablet", name="Tablet")
+
+
+@pytest.fixture
+def handset_api(handset):
+    return client_for(handset[1])
+
+
+@pytest.fixture
+def tablet_api(tablet):
+    return client_for(tablet[1])
+
+
+@pytest.fixture
+def stranger(db):
+    """A device of another user, and its client."""
+    other = make_user("mallory")
+    device, token = make_device(other, kind="handset", name="Mallory's phone")
+    return device, client_for(token)
+
+
+def error_code(response) -> str:
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"code", "message", "fields"}, body
+    return body["error"]["code"]
