@@ -19,9 +19,6 @@ class ApiError(APIException):
         self.fields = fields or {}
         self.retry_after = retry_after
 
-    def get_headers(self) -> dict:
-        return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
-
 
 def not_found(what: str = "object") -> ApiError:
     """404 for absent objects and for objects of other users alike."""

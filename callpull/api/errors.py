@@ -59,6 +59,8 @@ def exception_handler(exc, context):
         return None
     if isinstance(exc, ApiError):
         response.data = envelope(exc.code, exc.message, exc.fields)
+        if exc.retry_after is not None:
+            response["Retry-After"] = str(exc.retry_after)
     elif isinstance(exc, exceptions.ValidationError):
         fields = _flatten(exc.detail)
         general = fields.pop("non_field_errors", None)
