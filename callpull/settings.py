@@ -15,6 +15,7 @@ from callpull.env import (
     env_bool,
     env_e164_list,
     env_file,
+    env_float,
     env_int,
     env_list,
     env_str,
@@ -40,12 +41,30 @@ WEBSOCKET_ALLOWED_ORIGINS = env_list("WEBSOCKET_ALLOWED_ORIGINS", [])
 ALLOW_SIGNUP = env_bool("ALLOW_SIGNUP", True)
 SERVER_NUMBERS = env_e164_list("SERVER_NUMBERS", ["+15555550100"])
 
+# Voice provider: Twilio (or any TwiML provider) when credentials are set; otherwise the
+# bundled carrier/provider simulator, mounted at /simulator/ and speaking real HTTP.
 TWILIO_ACCOUNT_SID = env_str("TWILIO_ACCOUNT_SID")
 TWILIO_AUTH_TOKEN = env_str("TWILIO_AUTH_TOKEN")
-TWILIO_API_BASE = env_url("TWILIO_API_BASE", "https://api.twilio.com", schemes=("http", "https"))
+if bool(TWILIO_ACCOUNT_SID) != bool(TWILIO_AUTH_TOKEN):
+    raise ImproperlyConfigured("Set both TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN, or neither")
+SIMULATOR_ENABLED = TWILIO_ACCOUNT_SID is None
+if SIMULATOR_ENABLED:
+    if not DEBUG:
+        raise ImproperlyConfigured("TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN are required when DEBUG is false")
+    TWILIO_ACCOUNT_SID = "AC" + "5" * 32
+    TWILIO_AUTH_TOKEN = "simulator-auth-token"
+TWILIO_API_BASE = env_url("TWILIO_API_BASE", PUBLIC_BASE_URL + "/simulator" if SIMULATOR_ENABLED
+                          else "https://api.twilio.com", schemes=("http", "https"))
+# How long the simulated provider lets a dialled device ring before it answers.
+SIMULATOR_ANSWER_DELAY_SECONDS = env_float("SIMULATOR_ANSWER_DELAY_SECONDS", 1.0, minimum=0.0)
 
 FCM_CREDENTIALS_FILE = env_file("FCM_CREDENTIALS_FILE")
 FCM_ENDPOINT = env_url("FCM_ENDPOINT", "https://fcm.googleapis.com", schemes=("http", "https"))
+# One FCM HTTP request may take this long; a push is retried (quota, 5xx, timeouts) only
+# within FCM_RETRY_BUDGET_SECONDS and never past the call's ring window: a push that
+# arrives after the ring is worthless.
+FCM_HTTP_TIMEOUT_SECONDS = env_float("FCM_HTTP_TIMEOUT_SECONDS", 3.0, minimum=0.1)
+FCM_RETRY_BUDGET_SECONDS = env_float("FCM_RETRY_BUDGET_SECONDS", 4.0, minimum=0.0)
 
 REDIS_URL = env_url("REDIS_URL", None, schemes=("redis", "rediss", "unix"))
 

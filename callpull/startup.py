@@ -23,10 +23,10 @@ def describe() -> list[str]:
         layer = "in-memory: one process only (set REDIS_URL for several workers)"
     fcm = (f"on ({settings.FCM_ENDPOINT})" if settings.FCM_CREDENTIALS_FILE
            else "off: no FCM_CREDENTIALS_FILE, devices are reached over WebSocket only")
-    if settings.TWILIO_ACCOUNT_SID and settings.TWILIO_AUTH_TOKEN:
-        provider = f"Twilio-compatible at {settings.TWILIO_API_BASE}"
+    if settings.SIMULATOR_ENABLED:
+        provider = f"the bundled carrier/provider simulator at {settings.PUBLIC_BASE_URL}/simulator/"
     else:
-        provider = "not configured (TWILIO_ACCOUNT_SID / TWILIO_AUTH_TOKEN unset)"
+        provider = f"Twilio-compatible at {settings.TWILIO_API_BASE}"
     return [
         f"database:      {db}",
         f"channel layer: {layer}",
