@@ -1,0 +1,16 @@
+"""The bundled carrier and voice-provider simulator.
+
+It plays the two outside parties of a call so the whole flow runs on one
+machine: a GSM carrier with call forwarding on busy (MMI service code 67) and a
+Twilio-compatible voice provider that posts signed webhooks to the backend,
+follows the TwiML it answers and takes Twilio-shaped REST updates of live calls.
+
+It talks to the backend only over HTTP, never through the ORM, and never
+imports the twilio SDK: its signature code is an independent implementation
+that cross-checks the product's adapter. See docs/SIMULATOR.md.
+
+Modules: `config` (what it needs to know), `signature`, `twiml` (the subset it
+follows), `outbound` (every HTTP request it makes), `provider` (calls, legs and
+the TwiML engine), `carrier` (forwarding codes and handset calls), `app` (the
+ASGI application and its routes).
+"""

@@ -1,0 +1,396 @@
+"""The simulator's ASGI application: every path under /simulator/.
+
+`application` is built from Django settings on its first request and is meant
+to be mounted inside the backend's ASGI router (embedded default: same process,
+same event loop). `create_app(config)` builds one for tests and for the
+standalone server (`manage.py simulator`).
+
+Its HTTP surface is `SURFACE` below, also served at GET /simulator/; the
+requests and answers are described in docs/SIMULATOR.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from urllib.parse import parse_qsl, unquote
+
+from callpull.simulator import twiml
+from callpull.simulator.carrier import Carrier, check_e164
+from callpull.simulator.config import SimulatorConfig
+from callpull.simulator.outbound import Outbound
+from callpull.simulator.provider import BEHAVIOURS, Behaviour, Callback, Provider, SimulatorError
+
+log = logging.getLogger("callpull.simulator")
+
+PREFIX = "/simulator"
+MAX_BODY = 1 << 20
+SURFACE = [
+    ("GET /simulator/", "this index"),
+    ("POST /simulator/2010-04-01/Accounts/{AccountSid}/Calls.json", "Twilio REST: place a call (form: To, From, Url)"),
+    ("GET /simulator/2010-04-01/Accounts/{AccountSid}/Calls.json", "Twilio REST: list calls"),
+    ("GET /simulator/2010-04-01/Accounts/{AccountSid}/Calls/{CallSid}.json", "Twilio REST: one call"),
+    ("POST /simulator/2010-04-01/Accounts/{AccountSid}/Calls/{CallSid}.json",
+     "Twilio REST: update a live call (form: Url and Method, Twiml, or Status=completed)"),
+    ("GET /simulator/calls", "every call and leg, with its events"),
+    ("POST /simulator/calls", "a call straight to a server number {from, to, forwarded_from?, retry_webhook?}"),
+    ("GET /simulator/calls/{sid}", "one call or leg, with its events"),
+    ("POST /simulator/calls/{sid}/hangup", "{party: caller|device} hangs up"),
+    ("GET /simulator/devices", "configured device behaviours"),
+    ("POST /simulator/devices", "{address, behaviour: answer|no-answer|busy|fail, answer_after?, hangup_after?}"),
+    ("DELETE /simulator/state", "forget every call, device and forwarding"),
+    ("POST /simulator/carrier/mmi", "{line, code}: dial **67*<number>#, *#67#, ##67#, *67#, #67#"),
+    ("GET /simulator/carrier/lines/{line}", "the line's forwarding on busy"),
+    ("GET /simulator/carrier/calls", "every call to a handset"),
+    ("POST /simulator/carrier/calls", "{line, caller, caller_name?}: the handset rings"),
+    ("GET /simulator/carrier/calls/{id}", "one call to a handset"),
+    ("POST /simulator/carrier/calls/{id}/reject", "the handset rejects: forwarded on busy, or busy"),
+    ("POST /simulator/carrier/calls/{id}/answer", "answered on the handset"),
+    ("POST /simulator/carrier/calls/{id}/hangup", "the caller hangs up"),
+]
+
+
+class Request:
+    def __init__(self, scope: dict, body: bytes, match: re.Match):
+        self.scope = scope
+        self.method = scope["method"]
+        self.body = body
+        self.args = {key: unquote(value) for key, value in match.groupdict().items()}
+        self.headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
+        self.query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+
+    def json(self) -> dict:
+        if not self.body.strip():
+            return {}
+        try:
+            data = json.loads(self.body)
+        except ValueError:
+            raise SimulatorError(400, "malformed_json", "The body is not JSON.") from None
+        if not isinstance(data, dict):
+            raise SimulatorError(400, "malformed_json", "The body must be a JSON object.")
+        return data
+
+    def form(self) -> dict[str, str]:
+        return dict(parse_qsl(self.body.decode("utf-8", "replace"), keep_blank_values=True))
+
+
+class Response:
+    def __init__(self, status: int, body: dict | list, headers: dict[str, str] | None = None):
+        self.status, self.body, self.headers = status, body, headers or {}
+
+
+def _twilio_error(status: int, code: str, message: str, headers: dict[str, str]) -> Response:
+    """Twilio's error body: {code, message, more_info, status}."""
+    number = int(code) if code.isdigit() else 20001
+    return Response(status, {"code": number, "message": message,
+                             "more_info": f"https://www.twilio.com/docs/errors/{number}", "status": status}, headers)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class SimulatorApp:
+    """ASGI application of the carrier + provider simulator."""
+
+    def __init__(self, config: SimulatorConfig, *, embedded: bool):
+        self.config = config
+        self.embedded = embedded
+        self.outbound = Outbound(config)
+        self.provider = Provider(config, self.outbound)
+        self.carrier = Carrier(self.provider)
+        account = r"(?P<account>[^/]+)"
+        self.routes: list[tuple[re.Pattern, dict[str, Handler]]] = [(re.compile(pattern + r"$"), handlers) for
+                                                                    pattern, handlers in [
+            (r"/?", {"GET": self.index}),
+            (rf"/2010-04-01/Accounts/{account}/Calls\.json", {"GET": self.rest_list, "POST": self.rest_create}),
+            (rf"/2010-04-01/Accounts/{account}/Calls/(?P<sid>[^/]+)\.json",
+             {"GET": self.rest_fetch, "POST": self.rest_update}),
+            (r"/calls", {"GET": self.calls_list, "POST": self.calls_create}),
+            (r"/calls/(?P<sid>[^/]+)", {"GET": self.calls_detail}),
+            (r"/calls/(?P<sid>[^/]+)/hangup", {"POST": self.calls_hangup}),
+            (r"/devices", {"GET": self.devices_list, "POST": self.devices_set}),
+            (r"/state", {"DELETE": self.state_reset}),
+            (r"/carrier/mmi", {"POST": self.carrier_mmi}),
+            (r"/carrier/lines/(?P<line>[^/]+)", {"GET": self.carrier_line}),
+            (r"/carrier/calls", {"GET": self.carrier_calls, "POST": self.carrier_call_create}),
+            (r"/carrier/calls/(?P<id>[^/]+)", {"GET": self.carrier_call_detail}),
+            (r"/carrier/calls/(?P<id>[^/]+)/(?P<action>reject|answer|hangup)", {"POST": self.carrier_call_act}),
+        ]]
+
+    # -- ASGI ------------------------------------------------------------------------
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "lifespan":
+            return await self._lifespan(receive, send)
+        if scope["type"] != "http":
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1000})
+            return
+        if self.embedded:
+            self.outbound.learn_origin(scope)
+        body, too_big = bytearray(), False
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            too_big = too_big or len(body) > MAX_BODY
+            if too_big:
+                body.clear()
+            if not message.get("more_body"):
+                break
+        if too_big:
+            response = Response(413, _envelope("too_large", "The body is too large."))
+        else:
+            response = await self._dispatch(scope, bytes(body))
+        payload = json.dumps(response.body, indent=1 if scope["method"] == "GET" else None).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+        headers += [(key.lower().encode(), value.encode()) for key, value in response.headers.items()]
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+    async def _lifespan(self, receive, send):
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def aclose(self) -> None:
+        """Stop every simulated call (no callbacks) and close the HTTP clients."""
+        await self.provider.reset()
+        await self.outbound.aclose()
+
+    async def _dispatch(self, scope, body: bytes) -> Response:
+        path = scope["path"]
+        if not (path == PREFIX or path.startswith(PREFIX + "/")):
+            return Response(404, _envelope("not_found", "The simulator lives under /simulator/."))
+        relative = path[len(PREFIX):]
+        for pattern, handlers in self.routes:
+            match = pattern.match(relative)
+            if not match:
+                continue
+            handler = handlers.get(scope["method"])
+            if handler is None:
+                return Response(405, _envelope("method_not_allowed", f"{scope['method']} is not allowed here."),
+                                {"Allow": ", ".join(handlers)})
+            request = Request(scope, body, match)
+            try:
+                return await handler(request)
+            except SimulatorError as exc:
+                if "account" in request.args:
+                    return _twilio_error(exc.status, exc.code, exc.message, exc.headers)
+                return Response(exc.status, _envelope(exc.code, exc.message), exc.headers)
+        return Response(404, _envelope("not_found", f"No simulator endpoint {path}."))
+
+    # -- index -----------------------------------------------------------------------
+
+    async def index(self, request: Request) -> Response:
+        return Response(200, {
+            "service": "callpull carrier + voice provider simulator",
+            "docs": "docs/SIMULATOR.md",
+            "account_sid": self.config.account_sid,
+            "server_numbers": list(self.config.server_numbers),
+            "webhooks": {"voice": self.config.voice_url, "status": self.config.status_url},
+            "answer_delay_seconds": self.config.answer_delay_seconds,
+            "routes": [{"route": route, "does": does} for route, does in SURFACE],
+        })
+
+    # -- Twilio REST -------------------------------------------------------------------
+
+    def _authenticate(self, request: Request) -> None:
+        header = request.headers.get("authorization", "")
+        scheme, _, encoded = header.partition(" ")
+        try:
+            username, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            username = password = ""
+        valid = (scheme.lower() == "basic"
+                 and hmac.compare_digest(username.encode(), self.config.account_sid.encode())
+                 and hmac.compare_digest(password.encode(), self.config.auth_token.encode()))
+        if not valid:
+            raise SimulatorError(401, "20003", "Authenticate", {"WWW-Authenticate": 'Basic realm="Twilio API"'})
+        if request.args["account"] != self.config.account_sid:
+            raise SimulatorError(404, "20404", f"The requested resource {request.scope['path']} was not found")
+
+    def _rest_leg(self, request: Request):
+        self._authenticate(request)
+        leg = self.provider.calls.get(request.args["sid"])
+        if leg is None:
+            raise SimulatorError(404, "20404", f"The requested resource {request.scope['path']} was not found")
+        return leg
+
+    async def rest_fetch(self, request: Request) -> Response:
+        return Response(200, self._rest_leg(request).as_resource())
+
+    async def rest_update(self, request: Request) -> Response:
+        leg = self._rest_leg(request)
+        form = request.form()
+        document = None
+        if form.get("Twiml"):
+            try:
+                document = twiml.parse(form["Twiml"])
+            except twiml.TwiMLError as exc:
+                raise SimulatorError(400, "21220", f"Invalid Twiml: {exc}") from None
+        method = (form.get("Method") or "POST").upper()
+        if method not in ("GET", "POST"):
+            raise SimulatorError(400, "21207", f"Method {method!r} is not GET or POST.")
+        leg = self.provider.update(leg, url=form.get("Url") or None, method=method, document=document,
+                                   status=form.get("Status") or None)
+        return Response(200, leg.as_resource())
+
+    async def rest_list(self, request: Request) -> Response:
+        self._authenticate(request)
+        calls = [leg.as_resource() for leg in reversed(self.provider.calls.values())]
+        return Response(200, {"calls": calls, "page": 0, "page_size": len(calls), "start": 0,
+                              "end": max(0, len(calls) - 1), "first_page_uri": None, "next_page_uri": None,
+                              "previous_page_uri": None, "uri": request.scope["path"][len(PREFIX):]})
+
+    async def rest_create(self, request: Request) -> Response:
+        self._authenticate(request)
+        form = request.form()
+        for name in ("To", "From"):
+            if not form.get(name):
+                raise SimulatorError(400, "21201" if name == "To" else "21603", f"A '{name}' is required.")
+        if not form.get("Url") and not form.get("Twiml"):
+            raise SimulatorError(400, "21205", "Url or Twiml is required.")
+        document = None
+        if form.get("Twiml"):
+            try:
+                document = twiml.parse(form["Twiml"])
+            except twiml.TwiMLError as exc:
+                raise SimulatorError(400, "21220", f"Invalid Twiml: {exc}") from None
+        callback = None
+        if form.get("StatusCallback"):
+            events = tuple(re.split(r"[\s,]+", form.get("StatusCallbackEvent", "").strip())) if \
+                form.get("StatusCallbackEvent", "").strip() else ("completed",)
+            callback = Callback(form["StatusCallback"], (form.get("StatusCallbackMethod") or "POST").upper(), events)
+        try:
+            timeout = float(form.get("Timeout") or 60)
+        except ValueError:
+            raise SimulatorError(400, "21207", "Timeout is not a number.") from None
+        leg = self.provider.outbound_call(from_=form["From"], to=form["To"], url=form.get("Url"),
+                                          method=(form.get("Method") or "POST").upper(), document=document,
+                                          callback=callback, timeout=timeout)
+        return Response(201, leg.as_resource())
+
+    # -- control API: provider -----------------------------------------------------------
+
+    async def calls_list(self, request: Request) -> Response:
+        return Response(200, [leg.as_json() for leg in self.provider.calls.values()])
+
+    async def calls_detail(self, request: Request) -> Response:
+        return Response(200, self.provider.get(request.args["sid"]).as_json())
+
+    async def calls_create(self, request: Request) -> Response:
+        data = request.json()
+        caller = data.get("from")
+        if caller is not None:
+            check_e164(caller, "from")
+        forwarded_from = data.get("forwarded_from")
+        if forwarded_from is not None:
+            check_e164(forwarded_from, "forwarded_from")
+        leg = self.provider.inbound_call(from_=caller, to=check_e164(data.get("to"), "to"),
+                                         forwarded_from=forwarded_from, caller_name=data.get("caller_name"),
+                                         retry_webhook=bool(data.get("retry_webhook")))
+        return Response(201, leg.as_json())
+
+    async def calls_hangup(self, request: Request) -> Response:
+        leg = self.provider.get(request.args["sid"])
+        party = request.json().get("party", "caller")
+        target = self.provider.hangup(leg, party)
+        return Response(202, target.as_json())
+
+    async def devices_list(self, request: Request) -> Response:
+        return Response(200, [{"address": address, **behaviour.as_json()}
+                              for address, behaviour in self.provider.devices.items()])
+
+    async def devices_set(self, request: Request) -> Response:
+        data = request.json()
+        address = data.get("address")
+        if not isinstance(address, str) or not address.strip():
+            raise SimulatorError(400, "invalid_input", "address is required: client:<identity>, sip:… or +1….")
+        action = data.get("behaviour", "answer")
+        if action not in BEHAVIOURS:
+            raise SimulatorError(400, "invalid_input", f"behaviour must be one of {', '.join(BEHAVIOURS)}.")
+        numbers = {}
+        for name in ("answer_after", "hangup_after"):
+            value = data.get(name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+                raise SimulatorError(400, "invalid_input", f"{name} must be a number of seconds.")
+            numbers[name] = value
+        behaviour = Behaviour(action, **numbers)
+        self.provider.set_device(address.strip(), behaviour)
+        return Response(200, {"address": address.strip(), **behaviour.as_json()})
+
+    async def state_reset(self, request: Request) -> Response:
+        await self.provider.reset()
+        self.carrier.reset()
+        return Response(200, {"reset": True})
+
+    # -- control API: carrier --------------------------------------------------------------
+
+    async def carrier_mmi(self, request: Request) -> Response:
+        data = request.json()
+        return Response(200, self.carrier.dial_mmi(data.get("line"), data.get("code")))
+
+    async def carrier_line(self, request: Request) -> Response:
+        return Response(200, self.carrier.forwarding_of(check_e164(request.args["line"], "line")))
+
+    async def carrier_calls(self, request: Request) -> Response:
+        return Response(200, [self.carrier.as_json(call) for call in self.carrier.calls.values()])
+
+    async def carrier_call_create(self, request: Request) -> Response:
+        data = request.json()
+        call = self.carrier.place_call(line=data.get("line"), caller=data.get("caller"),
+                                       caller_name=data.get("caller_name"))
+        return Response(201, self.carrier.as_json(call))
+
+    async def carrier_call_detail(self, request: Request) -> Response:
+        return Response(200, self.carrier.as_json(self.carrier.get(request.args["id"])))
+
+    async def carrier_call_act(self, request: Request) -> Response:
+        call = self.carrier.get(request.args["id"])
+        action = request.args["action"]
+        if action == "reject":
+            self.carrier.reject(call, retry_webhook=bool(request.json().get("retry_webhook")))
+        elif action == "answer":
+            self.carrier.answer(call)
+        else:
+            self.carrier.hangup(call)
+        return Response(200, self.carrier.as_json(call))
+
+
+def _envelope(code: str, message: str) -> dict:
+    return {"error": {"code": code, "message": message, "fields": {}}}
+
+
+def create_app(config: SimulatorConfig, *, embedded: bool = False) -> SimulatorApp:
+    return SimulatorApp(config, embedded=embedded)
+
+
+class _FromSettings:
+    """The embedded simulator, configured from Django settings on first use."""
+
+    def __init__(self):
+        self.app: SimulatorApp | None = None
+
+    async def __call__(self, scope, receive, send):
+        if self.app is None:
+            self.app = create_app(SimulatorConfig.from_settings(), embedded=True)
+        await self.app(scope, receive, send)
+
+    async def aclose(self) -> None:
+        if self.app is not None:
+            await self.app.aclose()
+
+
+application = _FromSettings()
