@@ -14,6 +14,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "callpull.settings")
 django_http = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402  (needs apps loaded)
+from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from callpull import startup  # noqa: E402
@@ -47,13 +48,31 @@ class Lifespan:
                     await presence.worker_stopped()
                 except Exception:
                     log.exception("could not forget this worker's connections")
+                await startup.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
 
+def http_app():
+    """Django (with static files) and, in the embedded default, the bundled
+    carrier/provider simulator under /simulator/."""
+    django_app = ASGIStaticFilesHandler(django_http)
+    if not settings.SIMULATOR_ENABLED:
+        return django_app
+    from callpull.simulator.app import application as simulator
+
+    async def route(scope, receive, send):
+        path = scope.get("path", "")
+        if path == "/simulator" or path.startswith("/simulator/"):
+            return await simulator(scope, receive, send)
+        return await django_app(scope, receive, send)
+
+    return route
+
+
 application = Lifespan(
     ProtocolTypeRouter({
-        "http": ASGIStaticFilesHandler(django_http),
+        "http": http_app(),
         "websocket": URLRouter(websocket_urlpatterns),
     })
 )

@@ -1,9 +1,11 @@
-"""The call workflow's data: server numbers, lines and their forwarding, account settings."""
+"""The call workflow's data: server numbers, lines and their forwarding, calls and
+their timelines, account settings."""
 
 import uuid
 
 from django.conf import settings
 from django.db import models
+from django.db.models import Q
 
 
 class ServerNumber(models.Model):
@@ -66,3 +68,74 @@ class AccountSettings(models.Model):
     monitor_after_switch = models.BooleanField(default=False)
     transfer_allowlist = models.JSONField(default=list, blank=True)
     transfer_pin_hash = models.CharField(max_length=255, blank=True, default="")
+
+
+class CallState(models.TextChoices):
+    RINGING = "ringing"
+    ANSWERING = "answering"
+    FORWARDED = "forwarded"
+    CONNECTED = "connected"
+    COMPLETED = "completed"
+    MISSED = "missed"
+    DECLINED = "declined"
+    ANSWERED_ON_HANDSET = "answered_on_handset"
+    FAILED = "failed"
+
+
+TERMINAL_STATES = frozenset({CallState.COMPLETED, CallState.MISSED, CallState.DECLINED,
+                             CallState.ANSWERED_ON_HANDSET, CallState.FAILED})
+
+
+class Call(models.Model):
+    """One call to a line, from the handset's ring report to its end.
+
+    `expires_at` is the deadline of the current state (ring window, wait for the
+    forwarded call, …); the sweeper ends calls whose deadline passed.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="calls")
+    line = models.ForeignKey(Line, on_delete=models.CASCADE, related_name="calls")
+    report_id = models.UUIDField()
+    reported_by = models.ForeignKey("devices.Device", null=True, on_delete=models.SET_NULL, related_name="+")
+    caller = models.CharField(max_length=20, blank=True, default="", help_text="E.164; empty when withheld")
+    caller_name = models.CharField(max_length=100, blank=True, default="")
+    state = models.CharField(max_length=24, choices=CallState.choices, default=CallState.RINGING)
+    policy = models.CharField(max_length=16, choices=Policy.choices)
+    keep_ringing_reason = models.CharField(max_length=40, blank=True, default="")
+    answered_by = models.ForeignKey("devices.Device", null=True, blank=True, on_delete=models.SET_NULL,
+                                    related_name="+")
+    reject_sent_at = models.DateTimeField(null=True, blank=True)
+    provider_call_sid = models.CharField(max_length=64, null=True, blank=True, unique=True)
+    created_at = models.DateTimeField()
+    expires_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    end_reason = models.CharField(max_length=40, blank=True, default="")
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["user", "report_id"], name="call_report_once")]
+        indexes = [
+            models.Index(fields=["user", "-created_at"]),
+            # The sweeper's scan: only calls still in flight carry a deadline.
+            models.Index(fields=["expires_at"], condition=Q(expires_at__isnull=False), name="call_deadline_idx"),
+            models.Index(fields=["line", "state", "-created_at"]),
+        ]
+
+    def __str__(self):
+        return f"call {self.pk} ({self.state})"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+
+class TimelineEntry(models.Model):
+    call = models.ForeignKey(Call, on_delete=models.CASCADE, related_name="timeline")
+    at = models.DateTimeField()
+    event = models.CharField(max_length=40)
+    device = models.ForeignKey("devices.Device", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    detail = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["at", "id"]

@@ -5,6 +5,8 @@ in-memory channel layer, FCM off and the bundled carrier/provider simulator.
 Every variable is validated here so a typo stops the server at start-up.
 """
 
+import os
+import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -127,7 +129,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
-    DATABASES["default"]["TEST"] = {"NAME": env_str("SQLITE_TEST_NAME")}
+    # Tests use a file, not shared-cache memory: concurrent connections there fail with
+    # "table is locked" instead of waiting, and the race tests need real concurrency.
+    DATABASES["default"]["TEST"] = {
+        "NAME": env_str("SQLITE_TEST_NAME", os.path.join(tempfile.gettempdir(), f"callpull-test-{os.getpid()}.sqlite3"))
+    }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -135,7 +141,12 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "capacity": 1000, "expiry": 30},
+            # channels_redis waits for messages with blocking 5 s BZPOPMINs and relies on
+            # cancelling them; redis-py >= 6 puts a 5 s socket timeout on every read, which
+            # kills idle sockets' consumers and can swallow that cancellation (a refused
+            # socket's receive loop then polls Redis forever). Blocking reads get none.
+            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": None}], "capacity": 1000,
+                       "expiry": 30},
         }
     }
     CACHES = {
@@ -200,6 +211,20 @@ WS_TICKET_TTL_SECONDS = env_int("WS_TICKET_TTL_SECONDS", 30, minimum=5)
 # PRESENCE_STALE_SECONDS belongs to a dead worker and no longer counts as online.
 PRESENCE_HEARTBEAT_SECONDS = env_int("PRESENCE_HEARTBEAT_SECONDS", 20, minimum=1)
 PRESENCE_STALE_SECONDS = env_int("PRESENCE_STALE_SECONDS", 60, minimum=2)
+
+# The call's clock. Carriers forward on no-reply after 20 s by default (5-30 s), so the
+# ring window outlasts that; the wait for the forwarded call covers a push to the
+# handset, its reject and the carrier's forwarding.
+CALL_RING_SECONDS = env_int("CALL_RING_SECONDS", 45, minimum=5)
+CALL_FORWARD_WAIT_SECONDS = env_int("CALL_FORWARD_WAIT_SECONDS", 20, minimum=2)
+# A forwarded call matches a ring report at most this old.
+CALL_MATCH_WINDOW_SECONDS = env_int("CALL_MATCH_WINDOW_SECONDS", 120, minimum=10)
+# How long the provider rings the chosen device before giving up.
+DIAL_TIMEOUT_SECONDS = env_int("DIAL_TIMEOUT_SECONDS", 25, minimum=5)
+# The sweeper ends calls whose deadline passed. In-process for the embedded default;
+# with several workers run `manage.py sweep` once and set SWEEPER_IN_PROCESS=false.
+SWEEPER_IN_PROCESS = env_bool("SWEEPER_IN_PROCESS", True)
+SWEEP_INTERVAL_SECONDS = env_float("SWEEP_INTERVAL_SECONDS", 1.0, minimum=0.05)
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
 LOGGING = {

@@ -34,6 +34,7 @@ def describe() -> list[str]:
         f"voice provider: {provider}",
         f"public URL:    {settings.PUBLIC_BASE_URL} (server numbers: {', '.join(settings.SERVER_NUMBERS)})",
         f"sign-up:       {'open' if settings.ALLOW_SIGNUP else 'closed'}",
+        f"sweeper:       {'in this process' if settings.SWEEPER_IN_PROCESS else 'off here (run manage.py sweep)'}",
     ]
 
 
@@ -44,4 +45,20 @@ def announce() -> None:
 
 
 def background_tasks():
-    return [presence.heartbeat_loop()]
+    from callpull.sweeper import sweep_loop
+
+    tasks = [presence.heartbeat_loop()]
+    if settings.SWEEPER_IN_PROCESS:
+        tasks.append(sweep_loop())
+    return tasks
+
+
+async def shutdown() -> None:
+    """Let in-process helpers finish cleanly (the simulator's pending requests, FCM sends)."""
+    from notifications import fcm
+
+    if settings.SIMULATOR_ENABLED:
+        from callpull.simulator.app import application as simulator
+
+        await simulator.aclose()
+    fcm.shutdown(timeout=2.0)

@@ -26,4 +26,5 @@ urlpatterns = [
     path("api/v1/", include("devices.urls")),
     path("api/v1/", include("callpull.api.urls")),
     path("api/<path:rest>", api_not_found),
+    path("telephony/twilio/", include("callpull.telephony.urls")),
 ]

@@ -19,7 +19,8 @@ from django.utils import timezone
 
 from devices import services as device_services
 from devices.auth import bearer_token, device_for_token
-from notifications import presence
+from notifications import fanout, presence
+from notifications.signals import device_connected
 from notifications.events import device_group, frame, user_group
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,14 @@ def _open(device, channel_name):
                                            now=timezone.now())
 
 
+def _ack(event_id, device):
+    fanout.delivery_ack(event_id=event_id, device=device, now=timezone.now())
+
+
+def _connected(device):
+    device_connected.send(sender=DeviceConsumer, device=device)
+
+
 def _close(channel_name):
     close_old_connections()
     return device_services.connection_close(channel_name=channel_name, now=timezone.now())
@@ -94,6 +103,7 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
         await self.send(text_data=hello)
         if came_online:
             await presence.announce(device, online=True)
+        await database_sync_to_async(_connected)(device)
         log.info("websocket open device=%s", device.pk)
 
     async def disconnect(self, code):
@@ -130,11 +140,11 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
 
     async def ack(self, content):
         try:
-            uuid.UUID(str(content.get("id")))
+            event_id = uuid.UUID(str(content.get("id")))
         except ValueError:
             await self.send_error("invalid_ack", "An ack carries the event's id.")
             return
-        # Delivery records arrive with the ring flow; an ack is valid and otherwise a no-op until then.
+        await database_sync_to_async(_ack)(event_id, self.device)
 
     async def send_error(self, code: str, message: str):
         await self.send_json({"type": "error", "error": {"code": code, "message": message}})

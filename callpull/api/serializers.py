@@ -3,7 +3,7 @@
 from rest_framework import serializers
 
 from callpull import mmi
-from callpull.models import AccountSettings, ForwardingState, Line, Policy
+from callpull.models import AccountSettings, CallState, ForwardingState, Line, Policy
 
 
 class LineOutput(serializers.ModelSerializer):
@@ -61,3 +61,52 @@ class AccountUpdateInput(serializers.Serializer):
     transfer_pin = serializers.RegexField(r"^\d{4,12}$", required=False, allow_null=True, allow_blank=True,
                                           write_only=True,
                                           error_messages={"invalid": "A PIN is 4 to 12 digits."})
+
+
+class CallReportInput(serializers.Serializer):
+    report_id = serializers.UUIDField()
+    line = serializers.CharField(max_length=64, help_text="The line's id, or its number.")
+    caller = serializers.CharField(max_length=32, allow_null=True, allow_blank=True,
+                                   help_text="E.164 or national; null or empty when withheld.")
+    caller_name = serializers.CharField(max_length=100, required=False, allow_blank=True, allow_null=True)
+
+
+class DeclineInput(serializers.Serializer):
+    scope = serializers.ChoiceField(choices=["device", "everywhere"], default="device")
+
+
+class HandsetEventInput(serializers.Serializer):
+    event = serializers.ChoiceField(choices=["rejected", "answered", "caller_hung_up", "reject_failed"])
+
+
+class CallListQuery(serializers.Serializer):
+    state = serializers.ChoiceField(choices=CallState.choices, required=False)
+    limit = serializers.IntegerField(min_value=1, max_value=200, default=50)
+
+
+class CallOutput(serializers.Serializer):
+    """Documents the shape produced by callpull.representations."""
+
+    id = serializers.UUIDField()
+    line = serializers.CharField()
+    line_id = serializers.UUIDField()
+    caller = serializers.CharField(allow_null=True)
+    caller_name = serializers.CharField(allow_null=True)
+    state = serializers.ChoiceField(choices=CallState.choices)
+    policy = serializers.ChoiceField(choices=Policy.choices)
+    answered_by = serializers.UUIDField(allow_null=True)
+    created_at = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField(allow_null=True)
+    ended_at = serializers.DateTimeField(allow_null=True)
+    end_reason = serializers.CharField(allow_null=True)
+    timeline = serializers.ListField(child=serializers.DictField(), required=False)
+
+
+class InstructionOutput(serializers.Serializer):
+    action = serializers.ChoiceField(choices=["keep_ringing", "reject"])
+    reason = serializers.CharField(required=False)
+
+
+class CallReportOutput(serializers.Serializer):
+    call = CallOutput()
+    instruction = InstructionOutput()

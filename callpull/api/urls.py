@@ -1,10 +1,15 @@
 from django.urls import path
 
-from callpull.api import views
+from callpull.api import call_views, views
 
 urlpatterns = [
     path("account", views.AccountApi.as_view(), name="account"),
     path("lines", views.LineListCreateApi.as_view(), name="lines"),
     path("lines/<str:line_id>", views.LineDetailApi.as_view(), name="line-detail"),
     path("lines/<str:line_id>/forwarding", views.LineForwardingApi.as_view(), name="line-forwarding"),
+    path("calls", call_views.CallListReportApi.as_view(), name="calls"),
+    path("calls/<str:call_id>", call_views.CallDetailApi.as_view(), name="call-detail"),
+    path("calls/<str:call_id>/answer", call_views.CallAnswerApi.as_view(), name="call-answer"),
+    path("calls/<str:call_id>/decline", call_views.CallDeclineApi.as_view(), name="call-decline"),
+    path("calls/<str:call_id>/handset-events", call_views.CallHandsetEventApi.as_view(), name="call-handset-events"),
 ]

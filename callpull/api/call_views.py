@@ -1,0 +1,83 @@
+"""HTTP endpoints of the ring flow: report, list, read, answer, decline, handset events."""
+
+from django.utils import timezone
+from drf_spectacular.utils import extend_schema
+from rest_framework import status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from callpull import calls
+from callpull.api.serializers import (
+    CallListQuery,
+    CallOutput,
+    CallReportInput,
+    CallReportOutput,
+    DeclineInput,
+    HandsetEventInput,
+)
+from callpull.models import Call
+from callpull.representations import call_to_dict, call_with_timeline
+from devices.api import validated
+from devices.auth import IsDevice, IsHandset, IsSecondary
+
+
+class CallListReportApi(APIView):
+    def get_permissions(self):
+        return [IsHandset()] if self.request.method == "POST" else [IsDevice()]
+
+    @extend_schema(parameters=[CallListQuery], responses={200: CallOutput(many=True)}, operation_id="calls_list",
+                   description="The user's calls, newest first, without timelines.")
+    def get(self, request):
+        query = validated(CallListQuery, request.query_params).validated_data
+        found = Call.objects.select_related("line").filter(user=request.user)
+        if "state" in query:
+            found = found.filter(state=query["state"])
+        return Response([call_to_dict(call) for call in found.order_by("-created_at")[:query["limit"]]])
+
+    @extend_schema(request=CallReportInput, responses={201: CallReportOutput, 200: CallReportOutput},
+                   operation_id="call_report",
+                   description="Handset only. A repeated report_id returns the same call with 200.")
+    def post(self, request):
+        data = validated(CallReportInput, request.data).validated_data
+        call, instruction, created = calls.call_report(
+            device=request.auth, report_id=data["report_id"], line=data["line"], caller=data.get("caller"),
+            caller_name=data.get("caller_name") or "", now=timezone.now())
+        return Response({"call": call_with_timeline(call), "instruction": instruction.to_dict()},
+                        status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+class CallDetailApi(APIView):
+    @extend_schema(responses={200: CallOutput}, operation_id="call_get")
+    def get(self, request, call_id):
+        return Response(call_with_timeline(calls.call_for_user(user=request.user, call_id=call_id)))
+
+
+class CallAnswerApi(APIView):
+    permission_classes = [IsSecondary]
+
+    @extend_schema(request=None, responses={200: CallOutput}, operation_id="call_answer",
+                   description="Secondary devices only. The first answer wins; the others get 409 already_answered.")
+    def post(self, request, call_id):
+        call = calls.call_for_user(user=request.user, call_id=call_id)
+        call = calls.call_answer(call=call, device=request.auth, now=timezone.now())
+        return Response(call_with_timeline(call))
+
+
+class CallDeclineApi(APIView):
+    @extend_schema(request=DeclineInput, responses={200: CallOutput}, operation_id="call_decline")
+    def post(self, request, call_id):
+        data = validated(DeclineInput, request.data).validated_data
+        call = calls.call_for_user(user=request.user, call_id=call_id)
+        call = calls.call_decline(call=call, device=request.auth, scope=data["scope"], now=timezone.now())
+        return Response(call_with_timeline(call))
+
+
+class CallHandsetEventApi(APIView):
+    permission_classes = [IsHandset]
+
+    @extend_schema(request=HandsetEventInput, responses={200: CallOutput}, operation_id="call_handset_event")
+    def post(self, request, call_id):
+        data = validated(HandsetEventInput, request.data).validated_data
+        call = calls.call_for_user(user=request.user, call_id=call_id)
+        call = calls.call_handset_event(call=call, device=request.auth, event=data["event"], now=timezone.now())
+        return Response(call_with_timeline(call))

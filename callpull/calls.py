@@ -1,0 +1,346 @@
+"""The ring flow: a handset reports a ringing call, the user's other devices ring,
+one answers, the handset is told to reject so the carrier forwards the call to
+our server number, and the provider connects it (callpull.telephony).
+
+Rules that protect users, enforced here:
+- the handset is told to reject only when forwarding on the line is `active` and
+  at least one secondary device was reached (a frame written to a connected
+  socket, or a push FCM accepted), never before;
+- every state change is a guarded transition (callpull.statemachine);
+- a call that cannot be helped rings on the handset as if we did not exist.
+"""
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from callpull.models import Call, CallState, ForwardingState, Line, Policy
+from callpull.representations import call_to_dict
+from callpull.statemachine import PENDING_STATES, Step, record, transition
+from devices.errors import ApiError, conflict, not_found
+from devices.models import Device, DeviceKind
+from devices.phone import to_e164
+from notifications import fcm
+from notifications.fanout import fanout, online_device_ids
+
+log = logging.getLogger(__name__)
+
+KEEP_RINGING = "keep_ringing"
+REJECT = "reject"
+
+
+@dataclass(frozen=True)
+class Instruction:
+    action: str
+    reason: str = ""
+
+    def to_dict(self) -> dict:
+        return {"action": self.action, "reason": self.reason} if self.reason else {"action": self.action}
+
+
+# Who hears about a call ------------------------------------------------------
+
+def ring_targets(call: Call) -> list[Device]:
+    """The user's secondary devices that want to ring."""
+    return list(Device.objects.filter(user_id=call.user_id, ring_enabled=True).exclude(kind=DeviceKind.HANDSET))
+
+
+def all_devices(call: Call) -> list[Device]:
+    return list(Device.objects.filter(user_id=call.user_id))
+
+
+def _handset(call: Call) -> list[Device]:
+    return list(Device.objects.filter(pk=call.reported_by_id))
+
+
+def _fcm_data(call: Call) -> dict[str, str]:
+    return {"call_id": str(call.pk), "caller": call.caller, "caller_name": call.caller_name,
+            "line": call.line.number, "expires_at": call.expires_at.isoformat() if call.expires_at else ""}
+
+
+def _deadline(call: Call, now: datetime) -> datetime:
+    return call.expires_at or now + timedelta(seconds=10)
+
+
+def notify(call: Call, event_type: str, devices: list[Device], *, now: datetime, push: bool = True,
+           online: set | None = None, on_fcm_accepted=None, **extra):
+    """Send a call event to devices (WebSocket, and FCM when `push`)."""
+    return fanout(event_type=event_type, payload={"call": call_to_dict(call), **extra}, devices=devices,
+                  ref=call.pk, now=now, fcm_data=_fcm_data(call) if push else None,
+                  deadline=_deadline(call, now), collapse_key=str(call.pk), online=online,
+                  on_fcm_accepted=on_fcm_accepted)
+
+
+def announce_end(call: Call, *, now: datetime, reason: str) -> None:
+    notify(call, "call.ended", all_devices(call), now=now, reason=reason)
+
+
+# Lookups ---------------------------------------------------------------------
+
+def _line_for(*, user, ref: str) -> Line:
+    lines = Line.objects.filter(user=user).select_related("server_number")
+    try:
+        line = lines.filter(pk=uuid.UUID(str(ref))).first()
+    except ValueError:
+        line = None
+    if line is None:
+        try:
+            line = lines.filter(number=to_e164(str(ref), field="line")).first()
+        except ApiError:
+            line = None
+    if line is None:
+        raise not_found("line")
+    return line
+
+
+def call_for_user(*, user, call_id) -> Call:
+    try:
+        call_id = uuid.UUID(str(call_id))
+    except ValueError:
+        raise not_found("call") from None
+    call = Call.objects.select_related("line").filter(pk=call_id, user=user).first()
+    if call is None:
+        raise not_found("call")
+    return call
+
+
+def instruction_of(call: Call) -> Instruction:
+    if call.reject_sent_at is not None:
+        return Instruction(REJECT)
+    return Instruction(KEEP_RINGING, call.keep_ringing_reason or "policy_on_answer")
+
+
+# The ring report -------------------------------------------------------------
+
+def call_report(*, device: Device, report_id, line: str, caller: str | None, caller_name: str,
+                now: datetime) -> tuple[Call, Instruction, bool]:
+    """Record a ringing call, ring the secondaries, and say what the handset does.
+
+    Idempotent on `report_id`: a repeat returns the same call and instruction
+    with `created` False.
+    """
+    existing = Call.objects.select_related("line").filter(user_id=device.user_id, report_id=report_id).first()
+    if existing is not None:
+        return existing, instruction_of(existing), False
+    line_obj = _line_for(user=device.user, ref=line)
+    caller_e164 = to_e164(caller, line_obj.region or None, field="caller") if caller else ""
+    try:
+        with transaction.atomic():
+            call = Call.objects.create(
+                user_id=device.user_id, line=line_obj, report_id=report_id, reported_by=device,
+                caller=caller_e164, caller_name=(caller_name or "")[:100], policy=line_obj.policy,
+                created_at=now, expires_at=now + timedelta(seconds=settings.CALL_RING_SECONDS),
+            )
+            record(call, now=now, step=Step("reported", device.pk, {"caller": caller_e164 or None}))
+    except IntegrityError:  # the same report, concurrently
+        existing = Call.objects.select_related("line").get(user_id=device.user_id, report_id=report_id)
+        return existing, instruction_of(existing), False
+
+    if line_obj.forwarding_state != ForwardingState.ACTIVE:
+        # No way to bring the call to another device: leave it to the handset.
+        instruction = Instruction(KEEP_RINGING, "forwarding_not_active")
+    else:
+        instruction = _ring(call, now=now)
+    _store_instruction(call, instruction, now=timezone.now(), transport="http")
+    log.info("call reported call=%s line=%s policy=%s instruction=%s/%s", call.pk, line_obj.pk, call.policy,
+             instruction.action, instruction.reason)
+    return call, instruction, True
+
+
+def _ring(call: Call, *, now: datetime) -> Instruction:
+    targets = ring_targets(call)
+    online = online_device_ids([d.pk for d in targets], now)
+    pushable = fcm.enabled() and any(d.fcm_token for d in targets)
+    if not online and not pushable:
+        return Instruction(KEEP_RINGING, "no_reachable_device")
+    immediate = call.policy == Policy.IMMEDIATE
+    on_accepted = (lambda device_id: _reject_after_push(call.pk)) if immediate and not online else None
+    result = notify(call, "call.ringing", targets, now=now, online=online, on_fcm_accepted=on_accepted)
+    if not result.reached_any and not result.fcm:
+        return Instruction(KEEP_RINGING, "no_reachable_device")
+    if not immediate:
+        return Instruction(KEEP_RINGING, "policy_on_answer")
+    if result.reached_any:
+        return Instruction(REJECT)
+    return Instruction(KEEP_RINGING, "awaiting_delivery")
+
+
+def _store_instruction(call: Call, instruction: Instruction, *, now: datetime, transport: str) -> None:
+    if instruction.action == REJECT:
+        Call.objects.filter(pk=call.pk).update(reject_sent_at=now)
+        call.reject_sent_at = now
+        record(call, now=now, step=Step("reject_instructed", call.reported_by_id, {"transport": transport}))
+    else:
+        Call.objects.filter(pk=call.pk).update(keep_ringing_reason=instruction.reason)
+        call.keep_ringing_reason = instruction.reason
+        record(call, now=now, step=Step("keep_ringing", call.reported_by_id, {"reason": instruction.reason}))
+
+
+def _send_reject(call: Call, *, now: datetime, reason: str) -> bool:
+    """Tell the handset to reject (WebSocket and FCM), once per call, and only
+    when forwarding is active. True if this call sent it."""
+    if call.line.forwarding_state != ForwardingState.ACTIVE:
+        return False
+    won = Call.objects.filter(pk=call.pk, reject_sent_at__isnull=True).update(
+        reject_sent_at=now, expires_at=now + timedelta(seconds=settings.CALL_FORWARD_WAIT_SECONDS))
+    if not won:
+        return False
+    call.reject_sent_at = now
+    result = notify(call, "call.reject", _handset(call), now=now, reason=reason)
+    record(call, now=timezone.now(), step=Step("reject_instructed", call.reported_by_id,
+                                    {"transport": "websocket+fcm", "reason": reason,
+                                     "websocket": bool(result.websocket), "fcm": bool(result.fcm)}))
+    return True
+
+
+def _reject_after_push(call_id) -> None:
+    """`immediate` with only FCM devices: reject once the first push was accepted."""
+    now = timezone.now()
+    call = Call.objects.select_related("line").filter(pk=call_id, state=CallState.RINGING).first()
+    if call is not None and _send_reject(call, now=now, reason="delivered"):
+        log.info("reject sent after fcm delivery call=%s", call_id)
+
+
+# Answer, decline, handset events ---------------------------------------------
+
+def call_answer(*, call: Call, device: Device, now: datetime) -> Call:
+    """`device` takes the call. Exactly one device wins; the others get 409."""
+    if not device.connect_type:
+        raise conflict("no_connect_target", "This device has no connect target: set `connect` on it first.")
+    if call.keep_ringing_reason == "forwarding_not_active":
+        raise conflict("forwarding_not_active", "Forwarding is not active on this line: take the call on the handset.")
+    held = call.state == CallState.FORWARDED
+    wait = settings.DIAL_TIMEOUT_SECONDS + 5 if held else settings.CALL_FORWARD_WAIT_SECONDS
+    won = transition(call, "answer", now=now, step=Step("answered", device.pk),
+                     fields={"answered_by": device, "expires_at": now + timedelta(seconds=wait)},
+                     guard={"answered_by": None})
+    if not won:
+        call.refresh_from_db()
+        if call.answered_by_id is not None:
+            raise conflict("already_answered", "Another device already answered this call.")
+        raise conflict("call_not_ringing", f"The call is {call.state}; it cannot be answered.")
+    log.info("call answered call=%s device=%s held=%s", call.pk, device.pk, held)
+    others = [d for d in ring_targets(call) if d.pk != device.pk]
+    notify(call, "call.answered_elsewhere", others, now=now,
+           device={"id": str(device.pk), "name": device.name, "kind": device.kind})
+    if call.state == CallState.FORWARDED:
+        from callpull.telephony import services as telephony
+
+        telephony.connect_held_call(call, now=now)
+    else:
+        _send_reject(call, now=now, reason="answered")
+    return call
+
+
+DECLINE_SCOPES = ("device", "everywhere")
+
+
+def call_decline(*, call: Call, device: Device, scope: str, now: datetime) -> Call:
+    if scope == "device":
+        if call.is_terminal:
+            raise conflict("call_ended", "The call has ended.")
+        record(call, now=now, step=Step("declined_on_device", device.pk))
+        return call
+    was_held = call.state == CallState.FORWARDED
+    if not transition(call, "declined", now=now, step=Step("declined", device.pk), guard={"answered_by": None}):
+        call.refresh_from_db()
+        raise conflict("call_not_ringing", f"The call is {call.state}; it cannot be declined.")
+    announce_end(call, now=now, reason="declined")
+    if was_held:
+        from callpull.telephony import services as telephony
+
+        telephony.release_held_call(call, now=now)
+    else:
+        # The handset stops ringing; the carrier forwards to us and the
+        # unmatched call gets the line's fallback or a polite hang-up.
+        _send_reject(call, now=now, reason="declined")
+    return call
+
+
+HANDSET_EVENTS = ("rejected", "answered", "caller_hung_up", "reject_failed")
+
+
+def call_handset_event(*, call: Call, device: Device, event: str, now: datetime) -> Call:
+    if event == "rejected":
+        if call.is_terminal:
+            raise conflict("call_ended", "The call has ended.")
+        record(call, now=now, step=Step("handset_rejected", device.pk))
+        # From now on the forwarded call should arrive within the forward wait.
+        Call.objects.filter(pk=call.pk, state__in=PENDING_STATES, provider_call_sid__isnull=True).update(
+            expires_at=now + timedelta(seconds=settings.CALL_FORWARD_WAIT_SECONDS))
+        call.refresh_from_db(fields=["expires_at"])
+        return call
+    transitions = {"answered": "answered_on_handset", "caller_hung_up": "caller_hung_up",
+                   "reject_failed": "reject_failed"}
+    if not transition(call, transitions[event], now=now, step=Step(f"handset_{event}", device.pk)):
+        call.refresh_from_db()
+        raise conflict("invalid_state", f"The call is {call.state}; '{event}' does not apply.")
+    if event == "answered":
+        notify(call, "call.answered_elsewhere", [d for d in ring_targets(call)], now=now,
+               device={"id": str(device.pk), "name": device.name, "kind": device.kind})
+    else:
+        announce_end(call, now=now, reason=event)
+    return call
+
+
+# The sweeper -----------------------------------------------------------------
+
+def calls_sweep(*, now: datetime, limit: int = 200) -> int:
+    """End calls whose deadline passed; returns how many were ended."""
+    due = list(Call.objects.select_related("line").filter(expires_at__lte=now).order_by("expires_at")[:limit])
+    ended = 0
+    for call in due:
+        try:
+            ended += _expire(call, now=now)
+        except Exception:
+            log.exception("sweeping call=%s failed", call.pk)
+    return ended
+
+
+def _expire(call: Call, *, now: datetime) -> bool:
+    from callpull.telephony import services as telephony
+
+    if call.state in PENDING_STATES and call.reject_sent_at and not call.provider_call_sid:
+        name, reason = "forward_timeout", "forwarded_call_never_arrived"
+    elif call.state == CallState.RINGING:
+        name, reason = "ring_timeout", "no_answer"
+    elif call.state == CallState.ANSWERING:
+        name, reason = "forward_timeout", "forwarded_call_never_arrived"
+    elif call.state == CallState.FORWARDED and call.answered_by_id is None:
+        name, reason = "ring_timeout", "no_answer"
+    elif call.state == CallState.FORWARDED:
+        name, reason = "dial_failed", "dial_timeout"
+    else:  # connected calls carry no deadline; clear a stale one
+        Call.objects.filter(pk=call.pk, expires_at=call.expires_at).update(expires_at=None)
+        return False
+    held = call.state == CallState.FORWARDED
+    if not transition(call, name, now=now, step=Step("expired", detail={"reason": reason}),
+                      fields={"end_reason": reason}):
+        return False
+    log.info("call expired call=%s reason=%s", call.pk, reason)
+    announce_end(call, now=now, reason=reason)
+    if held:
+        telephony.release_held_call(call, now=now)
+    return True
+
+
+# Catching up a device that connects late --------------------------------------
+
+def on_device_connected(sender, device: Device, **kwargs) -> None:
+    """Send `call.ringing` for calls still ringing for a device that just connected."""
+    if device.kind == DeviceKind.HANDSET or not device.ring_enabled:
+        return
+    now = timezone.now()
+    ringing = (Call.objects.select_related("line")
+               .filter(user_id=device.user_id, expires_at__gt=now)
+               .filter(Q(state=CallState.RINGING) | Q(state=CallState.FORWARDED, answered_by__isnull=True))
+               .exclude(keep_ringing_reason="forwarding_not_active")
+               .exclude(timeline__event="declined_on_device", timeline__device=device))
+    for call in ringing:
+        notify(call, "call.ringing", [device], now=now, push=False, online={device.pk})

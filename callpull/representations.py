@@ -1,0 +1,62 @@
+"""Calls as clients see them, in HTTP answers and in event payloads alike."""
+
+from datetime import datetime
+
+from callpull.models import Call
+from notifications.models import Delivery
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    text = value.isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+def call_to_dict(call: Call) -> dict:
+    return {
+        "id": str(call.pk),
+        "line": call.line.number,
+        "line_id": str(call.line_id),
+        "caller": call.caller or None,
+        "caller_name": call.caller_name or None,
+        "state": call.state,
+        "policy": call.policy,
+        "answered_by": str(call.answered_by_id) if call.answered_by_id else None,
+        "created_at": _iso(call.created_at),
+        "expires_at": _iso(call.expires_at),
+        "ended_at": _iso(call.ended_at),
+        "end_reason": call.end_reason or None,
+    }
+
+
+def _entry(at, event, device_id=None, detail=None) -> dict:
+    entry = {"at": at, "event": event}
+    if device_id is not None:
+        entry["device"] = str(device_id)
+    if detail:
+        entry["detail"] = detail
+    return entry
+
+
+def call_timeline(call: Call) -> list[dict]:
+    """The call's own steps merged with every notification sent and delivered for it."""
+    entries = [_entry(e.at, e.event, e.device_id, e.detail) for e in call.timeline.all()]
+    for d in Delivery.objects.filter(ref=call.pk).order_by("queued_at", "id"):
+        detail = {"transport": d.transport, "type": d.event_type, "event_id": str(d.event_id)}
+        if d.sent_at:
+            entries.append(_entry(d.sent_at, "notification_sent", d.device_id,
+                                  {**detail, "attempts": d.attempts} if d.attempts > 1 else detail))
+        if d.error:
+            entries.append(_entry(d.sent_at or d.queued_at, "notification_failed", d.device_id,
+                                  {**detail, "error": d.error}))
+        if d.delivered_at:
+            entries.append(_entry(d.delivered_at, "notification_delivered", d.device_id, detail))
+    entries.sort(key=lambda entry: entry["at"])
+    for entry in entries:
+        entry["at"] = _iso(entry["at"])
+    return entries
+
+
+def call_with_timeline(call: Call) -> dict:
+    return {**call_to_dict(call), "timeline": call_timeline(call)}

@@ -1,0 +1,96 @@
+"""The voice provider, Twilio or any TwiML-compatible one. The only module that
+imports the twilio SDK: webhook signatures, TwiML, and live-call updates over
+the provider's REST API (`TWILIO_API_BASE`, the bundled simulator by default).
+"""
+
+import logging
+from functools import lru_cache
+
+from django.conf import settings
+from twilio.base.exceptions import TwilioException
+from twilio.http.http_client import TwilioHttpClient
+from twilio.request_validator import RequestValidator
+from twilio.rest import Client
+from twilio.twiml.voice_response import Dial, VoiceResponse
+
+log = logging.getLogger(__name__)
+
+# Live-call updates happen while a caller waits: fail fast rather than hang.
+REST_TIMEOUT_SECONDS = 5
+
+
+class ProviderError(Exception):
+    """A live-call update the provider refused or never answered."""
+
+
+def signature_valid(url: str, params: dict, signature: str) -> bool:
+    return bool(signature) and RequestValidator(settings.TWILIO_AUTH_TOKEN).validate(url, params, signature)
+
+
+# TwiML ---------------------------------------------------------------------
+
+def twiml_dial(*, kind: str, address: str, action_url: str, status_url: str, timeout: int,
+               caller_id: str | None = None) -> str:
+    """Ring one device: `kind` is client, sip or number."""
+    response = VoiceResponse()
+    dial = Dial(action=action_url, method="POST", timeout=timeout, answer_on_bridge=True,
+                caller_id=caller_id or None)
+    noun_kwargs = {"status_callback": status_url, "status_callback_event": "initiated ringing answered completed",
+                   "status_callback_method": "POST"}
+    if kind == "client":
+        dial.client(address, **noun_kwargs)
+    elif kind == "sip":
+        dial.sip(address, **noun_kwargs)
+    elif kind == "number":
+        dial.number(address, **noun_kwargs)
+    else:
+        raise ValueError(f"unknown connect type {kind!r}")
+    response.append(dial)
+    return str(response)
+
+
+def twiml_hold(*, ringback_url: str) -> str:
+    """Keep the caller hearing ringback until a live-call update moves them on."""
+    response = VoiceResponse()
+    response.play(ringback_url, loop=0)
+    return str(response)
+
+
+def twiml_forward(*, number: str) -> str:
+    response = VoiceResponse()
+    response.dial(number)
+    return str(response)
+
+
+def twiml_goodbye(message: str | None = None) -> str:
+    response = VoiceResponse()
+    if message:
+        response.say(message)
+    response.hangup()
+    return str(response)
+
+
+# Live-call updates -----------------------------------------------------------
+
+@lru_cache(maxsize=1)
+def _client() -> Client:
+    http_client = TwilioHttpClient(timeout=REST_TIMEOUT_SECONDS)
+    client = Client(settings.TWILIO_ACCOUNT_SID, settings.TWILIO_AUTH_TOKEN, http_client=http_client)
+    # The SDK has no public switch for its base URL; the simulator and tests need one.
+    client.api.base_url = settings.TWILIO_API_BASE
+    return client
+
+
+def call_redirect(call_sid: str, url: str) -> None:
+    """Make the live call fetch new TwiML from `url`."""
+    try:
+        _client().calls(call_sid).update(url=url, method="POST")
+    except (TwilioException, OSError) as exc:
+        raise ProviderError(f"redirect of {call_sid} failed: {exc}") from exc
+
+
+def call_hangup(call_sid: str) -> None:
+    try:
+        _client().calls(call_sid).update(status="completed")
+    except (TwilioException, OSError) as exc:
+        raise ProviderError(f"hang-up of {call_sid} failed: {exc}") from exc

@@ -1,0 +1,122 @@
+"""Sending one event to a set of devices: a WebSocket frame to each connected
+one, an FCM data message to each with a token, and a delivery record for each.
+
+The frame is serialised once; all group sends go out in one trip to the event
+loop; FCM runs in the background (notifications.fcm) and reports back per
+device, so a slow or failing FCM never delays the WebSocket path or the HTTP
+answer.
+"""
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import close_old_connections
+from django.utils import timezone
+
+from devices.models import Device, DeviceConnection
+from notifications import fcm
+from notifications.events import FRAME_MESSAGE, device_group, frame
+from notifications.models import Delivery, Transport
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FanoutResult:
+    event_id: str
+    websocket: list = field(default_factory=list)  # device ids a frame went to
+    fcm: list = field(default_factory=list)        # device ids a push was queued for
+
+    @property
+    def reached_any(self) -> bool:
+        return bool(self.websocket)
+
+
+def online_device_ids(device_ids, now: datetime) -> set:
+    fresh = now - timedelta(seconds=settings.PRESENCE_STALE_SECONDS)
+    return set(DeviceConnection.objects.filter(device_id__in=list(device_ids), seen_at__gt=fresh)
+               .values_list("device_id", flat=True))
+
+
+async def _group_send_all(groups: list[str], text: str) -> None:
+    layer = get_channel_layer()
+    message = {"type": FRAME_MESSAGE, "text": text}
+    await asyncio.gather(*(layer.group_send(group, message) for group in groups))
+
+
+def fanout(*, event_type: str, payload: dict, devices: Sequence[Device], ref, now: datetime,
+           fcm_data: dict[str, str] | None = None, deadline: datetime | None = None,
+           collapse_key: str = "", online: set | None = None,
+           on_fcm_accepted: Callable[[object], None] | None = None) -> FanoutResult:
+    """Send `event_type` to `devices`; FCM only when `fcm_data` is given.
+
+    `online` may pass presence already looked up by the caller. `on_fcm_accepted`
+    is called (from a background thread) with the device id of each push FCM
+    accepted.
+    """
+    if not devices:
+        return FanoutResult(event_id="")
+    if online is None:
+        online = online_device_ids([d.pk for d in devices], now)
+    event_id, text = frame(event_type, at=now, **payload)
+    result = FanoutResult(event_id=event_id)
+    result.websocket = [d.pk for d in devices if d.pk in online]
+    if result.websocket:
+        async_to_sync(_group_send_all)([device_group(pk) for pk in result.websocket], text)
+    sent_at = timezone.now()  # the timeline shows when frames actually left, not when the request began
+
+    pushes = []
+    if fcm_data is not None and fcm.enabled():
+        expires = (deadline or now + timedelta(seconds=30)).timestamp()
+        data = {**fcm_data, "type": event_type, "id": event_id}
+        for device in devices:
+            if device.fcm_token:
+                pushes.append(fcm.Push(device_id=str(device.pk), token=device.fcm_token, data=data,
+                                       collapse_key=collapse_key or str(ref), deadline=expires))
+        result.fcm = [device.pk for device in devices if device.fcm_token] if pushes else []
+
+    Delivery.objects.bulk_create(
+        [Delivery(event_id=event_id, event_type=event_type, ref=ref, device_id=pk, transport=Transport.WEBSOCKET,
+                  queued_at=now, sent_at=sent_at, attempts=1) for pk in result.websocket]
+        + [Delivery(event_id=event_id, event_type=event_type, ref=ref, device_id=push.device_id,
+                    transport=Transport.FCM, queued_at=now) for push in pushes]
+    )
+    if pushes:
+        fcm.send_many(pushes, on_result=lambda push_result: _fcm_done(push_result, event_id, on_fcm_accepted))
+    log.info("fanout %s ref=%s event=%s websocket=%d fcm=%d", event_type, ref, event_id,
+             len(result.websocket), len(pushes))
+    return result
+
+
+def _fcm_done(result, event_id: str, on_accepted) -> None:
+    """Record one FCM outcome (runs on the FCM sender's thread)."""
+    close_old_connections()
+    push = result.push
+    sent_at = datetime.fromtimestamp(result.sent_at, tz=dt_timezone.utc) if result.sent_at else None
+    try:
+        Delivery.objects.filter(event_id=event_id, device_id=push.device_id, transport=Transport.FCM).update(
+            sent_at=sent_at, error=result.error or "", attempts=result.attempts)
+        if result.drop_token:
+            dropped = Device.all_objects.filter(pk=push.device_id, fcm_token=push.token).update(fcm_token="")
+            if dropped:
+                log.info("fcm token dropped device=%s reason=%s call=%s", push.device_id, result.error,
+                         push.collapse_key)
+        if result.ok and on_accepted is not None:
+            on_accepted(push.device_id)
+    except Exception:
+        log.exception("recording an fcm result failed device=%s ref=%s", push.device_id, push.collapse_key)
+    finally:
+        close_old_connections()
+
+
+def delivery_ack(*, event_id, device: Device, now: datetime) -> bool:
+    """A device confirmed it received an event. False if there was no such delivery."""
+    return bool(Delivery.objects.filter(event_id=event_id, device=device, delivered_at__isnull=True)
+                .update(delivered_at=now))
