@@ -9,7 +9,7 @@ from datetime import datetime
 from django.conf import settings
 from django.contrib.auth.hashers import make_password
 from django.db import IntegrityError, transaction
-from django.db.models import Count, Q
+from django.db.models import Count
 
 from callpull.models import AccountSettings, ForwardingState, Line, ServerNumber
 from devices.errors import ApiError, conflict
@@ -95,15 +95,16 @@ def account_settings_get(*, user) -> AccountSettings:
 
 def account_settings_update(*, user, data: dict) -> AccountSettings:
     with transaction.atomic():
-        account = AccountSettings.objects.select_for_update().filter(user=user).first() or \
-            AccountSettings.objects.create(user=user)
+        AccountSettings.objects.get_or_create(user=user)
+        account = AccountSettings.objects.select_for_update().get(user=user)
         changed = []
         for field in ("pull_requires_approval", "monitor_after_switch"):
             if field in data:
                 setattr(account, field, data[field])
                 changed.append(field)
         if "transfer_allowlist" in data:
-            numbers = [to_e164(raw, field=f"transfer_allowlist.{i}") for i, raw in enumerate(data["transfer_allowlist"])]
+            numbers = [to_e164(raw, field=f"transfer_allowlist.{i}")
+                       for i, raw in enumerate(data["transfer_allowlist"])]
             account.transfer_allowlist = list(dict.fromkeys(numbers))
             changed.append("transfer_allowlist")
         if "transfer_pin" in data:

@@ -146,7 +146,8 @@ class PairingCodeCreateApi(APIView):
     @extend_schema(request=None, responses={201: PairingCodeOutput}, operation_id="pairing_code_create")
     def post(self, request):
         code, expires_at = services.pairing_code_create(device=request.auth, now=timezone.now())
-        return Response(self.PairingCodeOutput({"code": code, "expires_at": expires_at}).data, status=status.HTTP_201_CREATED)
+        body = self.PairingCodeOutput({"code": code, "expires_at": expires_at}).data
+        return Response(body, status=status.HTTP_201_CREATED)
 
 
 class WsTicketCreateApi(APIView):
@@ -157,4 +158,5 @@ class WsTicketCreateApi(APIView):
     @extend_schema(request=None, responses={201: WsTicketOutput}, operation_id="ws_ticket_create")
     def post(self, request):
         ticket, expires_in = services.ws_ticket_issue(device=request.auth, now=timezone.now())
-        return Response(self.WsTicketOutput({"ticket": ticket, "expires_in": expires_in}).data, status=status.HTTP_201_CREATED)
+        body = self.WsTicketOutput({"ticket": ticket, "expires_in": expires_in}).data
+        return Response(body, status=status.HTTP_201_CREATED)

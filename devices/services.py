@@ -13,13 +13,11 @@ from django.contrib.auth import authenticate, get_user_model
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, transaction
-from django.utils import timezone
 from rest_framework import status
 
 from devices import ratelimit
 from devices.errors import ApiError, conflict, forbidden
 from devices.models import Device, DeviceConnection, PairingCode, WsTicket
-from devices.signals import device_revoked
 from devices.secrets import (
     digest,
     new_device_token,
@@ -27,6 +25,7 @@ from devices.secrets import (
     new_ws_ticket,
     normalize_pairing_code,
 )
+from devices.signals import device_revoked
 
 log = logging.getLogger(__name__)
 User = get_user_model()

@@ -11,8 +11,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from datetime import timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -99,7 +98,7 @@ def _fcm_done(result, event_id: str, on_accepted) -> None:
     """Record one FCM outcome (runs on the FCM sender's thread)."""
     close_old_connections()
     push = result.push
-    sent_at = datetime.fromtimestamp(result.sent_at, tz=dt_timezone.utc) if result.sent_at else None
+    sent_at = datetime.fromtimestamp(result.sent_at, tz=UTC) if result.sent_at else None
     try:
         Delivery.objects.filter(event_id=event_id, device_id=push.device_id, transport=Transport.FCM).update(
             sent_at=sent_at, error=result.error or "", attempts=result.attempts)

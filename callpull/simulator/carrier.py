@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from callpull.simulator.provider import MAX_CALLS, Provider, SimulatorError, iso
 
@@ -59,7 +59,7 @@ class CarrierCall:
     events: list[dict] = field(default_factory=list)
 
     def record(self, event: str, **detail) -> None:
-        self.events.append({"at": iso(datetime.now(timezone.utc)), "event": event, **detail})
+        self.events.append({"at": iso(datetime.now(UTC)), "event": event, **detail})
 
 
 class Carrier:
@@ -127,7 +127,7 @@ class Carrier:
         if caller_name is not None and not isinstance(caller_name, str):
             raise SimulatorError(400, "invalid_input", "caller_name must be a string.")
         call = CarrierCall(id=str(uuid.uuid4()), line=line, caller=caller, caller_name=caller_name,
-                           created_at=datetime.now(timezone.utc))
+                           created_at=datetime.now(UTC))
         call.record("ringing", caller=caller or "withheld")
         if len(self.calls) >= MAX_CALLS:
             ended = [key for key, old in self.calls.items() if old.ended_at]
@@ -147,7 +147,7 @@ class Carrier:
         forwarding = self.forwarding.get(call.line)
         if not forwarding or not forwarding.active or not forwarding.target:
             call.state = "busy"
-            call.ended_at = datetime.now(timezone.utc)
+            call.ended_at = datetime.now(UTC)
             call.record("busy", reason="no forwarding on busy")
             return call
         call.state = "forwarded"
@@ -175,7 +175,7 @@ class Carrier:
             call.state = "missed"
         else:
             call.state = "completed"
-        call.ended_at = datetime.now(timezone.utc)
+        call.ended_at = datetime.now(UTC)
         if call.provider_call_sid:
             leg = self.provider.calls.get(call.provider_call_sid)
             if leg is not None and not leg.ended:

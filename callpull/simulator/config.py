@@ -35,7 +35,7 @@ class SimulatorConfig:
         return self.public_base_url + self.status_path
 
     @classmethod
-    def from_settings(cls, **overrides) -> "SimulatorConfig":
+    def from_settings(cls, **overrides) -> SimulatorConfig:
         from django.conf import settings
 
         values = dict(

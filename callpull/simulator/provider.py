@@ -25,7 +25,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import urljoin
 
 from callpull.simulator import twiml
@@ -112,7 +112,7 @@ class Leg:
     """One call or call leg, as the provider sees it."""
 
     def __init__(self, *, sid: str, account_sid: str, direction: str, from_: str, to: str,
-                 status: str, now: datetime, parent: "Leg | None" = None,
+                 status: str, now: datetime, parent: Leg | None = None,
                  forwarded_from: str | None = None, caller_name: str | None = None):
         self.sid = sid
         self.account_sid = account_sid
@@ -149,11 +149,11 @@ class Leg:
     def duration(self) -> int:
         if not self.answered_at:
             return 0
-        return int(((self.ended_at or datetime.now(timezone.utc)) - self.answered_at).total_seconds())
+        return int(((self.ended_at or datetime.now(UTC)) - self.answered_at).total_seconds())
 
     def record(self, event: str, **detail) -> dict:
         entry = {"t_ms": round((time.monotonic() - self._started) * 1000, 1),
-                 "at": iso(datetime.now(timezone.utc)), "event": event, **detail}
+                 "at": iso(datetime.now(UTC)), "event": event, **detail}
         self.events.append(entry)
         return entry
 
@@ -227,7 +227,7 @@ class Provider:
     # -- bookkeeping ---------------------------------------------------------------
 
     def _now(self) -> datetime:
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
 
     def spawn(self, coroutine) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coroutine)

@@ -43,7 +43,7 @@ class Socket:
         while True:
             try:
                 message = await asyncio.wait_for(layer.receive(self.channel), timeout=0.1)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return out
             out.append(json.loads(message["text"]))
 

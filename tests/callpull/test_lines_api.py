@@ -81,7 +81,7 @@ def test_lines_are_spread_across_the_server_number_pool(db):
 
 def test_any_device_of_the_user_lists_and_reads_lines(handset_api, tablet_api, stranger):
     line = register(handset_api).json()
-    assert [l["id"] for l in tablet_api.get(URL).json()] == [line["id"]]
+    assert [listed["id"] for listed in tablet_api.get(URL).json()] == [line["id"]]
     assert tablet_api.get(f"{URL}/{line['id']}").json()["number"] == "+15551234567"
     assert stranger[1].get(URL).json() == []
 

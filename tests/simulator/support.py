@@ -116,7 +116,7 @@ class Stack:
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.listener]}, daemon=True)
         self.http = httpx.Client(base_url=self.base_url, trust_env=False, timeout=5)
 
-    def start(self) -> "Stack":
+    def start(self) -> Stack:
         self.thread.start()
         eventually(lambda: self._started(), timeout=10)
         return self

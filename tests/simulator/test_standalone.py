@@ -7,8 +7,16 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from callpull.simulator.app import create_app
-from tests.simulator.support import AUTH_TOKEN, CALLER, PUBLIC_URL, SERVER_NUMBER, FakeBackend, Stack, \
-    eventually, make_config
+from tests.simulator.support import (
+    AUTH_TOKEN,
+    CALLER,
+    PUBLIC_URL,
+    SERVER_NUMBER,
+    FakeBackend,
+    Stack,
+    eventually,
+    make_config,
+)
 
 
 @pytest.fixture
@@ -54,7 +62,7 @@ def test_a_backend_url_receives_what_is_addressed_to_the_public_url(backend_serv
 def test_simulate_call_says_plainly_when_the_server_is_not_running():
     with socket.socket() as bound_but_not_listening:
         bound_but_not_listening.bind(("127.0.0.1", 0))
-        base = "http://127.0.0.1:%d" % bound_but_not_listening.getsockname()[1]
+        base = f"http://127.0.0.1:{bound_but_not_listening.getsockname()[1]}"
         with pytest.raises(CommandError, match=r"cannot reach http://127\.0\.0\.1:\d+/.*Is the server running"):
             call_command("simulate_call", base=base, timeout=2)
 

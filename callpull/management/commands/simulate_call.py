@@ -41,7 +41,7 @@ class Failure(Exception):
 class Device:
     """One simulated app: its token and its WebSocket, acknowledging every event."""
 
-    def __init__(self, walk: "Walkthrough", label: str, token: str):
+    def __init__(self, walk: Walkthrough, label: str, token: str):
         self.walk, self.label, self.token = walk, label, token
         self.frames: list[dict] = []
         self.socket = None
@@ -52,7 +52,7 @@ class Device:
         try:
             self.socket = await websockets.connect(url, additional_headers={"Authorization": f"Bearer {self.token}"},
                                                    open_timeout=HTTP_TIMEOUT_SECONDS)
-        except (OSError, websockets.InvalidHandshake, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, websockets.InvalidHandshake) as exc:
             raise Failure(f"cannot open the WebSocket {url}: {exc}") from None
         self.reader = asyncio.create_task(self._read())
         await self.wait_for("hello")
@@ -295,7 +295,7 @@ class Walkthrough:
     async def until_provider_ended(self, sid: str) -> None:
         try:
             await asyncio.wait_for(asyncio.shield(self.follower), self.timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise Failure(f"the provider call did not end within {self.timeout:g} s") from None
         await asyncio.sleep(0.2)  # its last callbacks
         await self.follow_provider(sid)
