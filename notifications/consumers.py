@@ -20,8 +20,8 @@ from django.utils import timezone
 from devices import services as device_services
 from devices.auth import bearer_token, device_for_token
 from notifications import fanout, presence
-from notifications.signals import device_connected
 from notifications.events import device_group, frame, user_group
+from notifications.signals import device_connected
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,18 @@ def _close(channel_name):
 
 class DeviceConsumer(AsyncJsonWebsocketConsumer):
     device = None
+
+    async def __call__(self, scope, receive, send):
+        async def send_while_open(message):
+            # A send after the client left raises an OSError subclass (ASGI spec), e.g.
+            # a frame that was in flight when it hung up. That must not end the consumer:
+            # its websocket.disconnect is queued, and disconnect() forgets the connection.
+            try:
+                await send(message)
+            except OSError:
+                log.debug("dropped %s: the client is gone", message.get("type"))
+
+        await super().__call__(scope, receive, send_while_open)
 
     async def connect(self):
         await self.accept()

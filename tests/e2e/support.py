@@ -1,0 +1,447 @@
+"""Helpers for the end-to-end tests: real server processes and real clients.
+
+A `Server` is a uvicorn process on `callpull.asgi:application`, on a free
+loopback port, logging to a file. `Environment` makes fresh databases for
+servers (a PostgreSQL database when DATABASE_URL points at PostgreSQL, else a
+SQLite file) and a Redis database of their own when REDIS_URL is set.
+
+Clients are what an app would use: httpx for HTTP, the `websockets` sync client
+for the WebSocket. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+
+ROOT = Path(__file__).resolve().parents[2]
+PASSWORD = "correct horse battery staple"
+
+# Variables of the product's configuration that a developer's shell might set;
+# servers under test get only what a test asks for.
+_CONFIG_VARIABLES = (
+    "DATABASE_URL", "REDIS_URL", "ALLOWED_HOSTS", "WEBSOCKET_ALLOWED_ORIGINS", "ALLOW_SIGNUP",
+    "SERVER_NUMBERS", "PUBLIC_BASE_URL", "FCM_CREDENTIALS_FILE", "FCM_ENDPOINT", "TWILIO_ACCOUNT_SID",
+    "TWILIO_AUTH_TOKEN", "TWILIO_API_BASE", "PAIRING_CODE_TTL_SECONDS", "WS_TICKET_TTL_SECONDS",
+    "PRESENCE_HEARTBEAT_SECONDS", "PRESENCE_STALE_SECONDS", "RATE_LIMIT_LOGIN", "RATE_LIMIT_PAIRING",
+    "RATE_LIMIT_SIGNUP", "RATE_LIMIT_WS_TICKET", "LOG_LEVEL", "SECRET_KEY", "DEBUG",
+)
+
+# The server number every e2e server hands out, and the origin it believes it is
+# published at (deliberately not its loopback address, so a same-origin browser
+# socket is allowed by its Host, not by PUBLIC_BASE_URL).
+SERVER_NUMBER = "+15555550100"
+PUBLIC_BASE_URL = "https://callpull.example.test"
+
+_unique = itertools.count(1)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}-{next(_unique)}"
+
+
+def eventually(check, *, timeout: float = 5.0, interval: float = 0.05):
+    """Call `check` until it stops raising AssertionError; return its result.
+    After `timeout` seconds the last AssertionError is raised."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return check()
+        except AssertionError:
+            if time.monotonic() >= deadline:
+                raise
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# Servers -------------------------------------------------------------------
+
+class ServerFailed(RuntimeError):
+    pass
+
+
+class Server:
+    """One uvicorn process. Start with `start()`, stop with `stop()` (SIGTERM,
+    then SIGKILL) or `kill()` (SIGKILL at once, as a crash)."""
+
+    every: list[Server] = []  # for the failure report: whose log to show
+
+    def __init__(self, *, name: str, env: dict[str, str], log_path: Path):
+        self.name = name
+        self.env = env
+        self.log_path = log_path
+        self.port: int | None = None
+        self.process: subprocess.Popen | None = None
+        self.stopped_at: float | None = None
+
+    @property
+    def database_url(self) -> str:
+        return self.env["DATABASE_URL"]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/v1/"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self, *, timeout: float = 30.0) -> Server:
+        for _attempt in range(3):
+            self.port = free_port()
+            with open(self.log_path, "ab") as log:
+                log.write(f"--- starting {self.name} on port {self.port}\n".encode())
+                log.flush()
+                self.process = subprocess.Popen(
+                    [sys.executable, "-m", "uvicorn", "callpull.asgi:application",
+                     "--host", "127.0.0.1", "--port", str(self.port), "--lifespan", "on",
+                     "--ws-per-message-deflate", "false", "--timeout-graceful-shutdown", "5"],
+                    cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            if self not in Server.every:
+                Server.every.append(self)
+            self.stopped_at = None
+            if self._wait_ready(timeout):
+                return self
+            if "address already in use" not in self.log_tail(20).lower():
+                break  # a real failure, not a lost race for the port
+        raise ServerFailed(f"server {self.name} did not start:\n{self.log_tail()}")
+
+    def _wait_ready(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                return False
+            try:
+                if httpx.get(self.base_url + "/", timeout=1, trust_env=False).status_code == 200:
+                    return True
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        self.kill()
+        return False
+
+    def stop(self, *, timeout: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL after `timeout` seconds; the exit status."""
+        if not self.running:
+            return self.process.returncode if self.process else None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        self.stopped_at = time.monotonic()
+        return self.process.returncode
+
+    def kill(self) -> None:
+        if self.running:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.stopped_at = time.monotonic()
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def __repr__(self):
+        return f"<Server {self.name} {self.base_url} log={self.log_path}>"
+
+
+class Environment:
+    """What servers of one test session share: a temporary directory, the
+    PostgreSQL server (if any) and a Redis database claimed for this run."""
+
+    def __init__(self, tmp_dir: Path):
+        self.tmp_dir = tmp_dir
+        self.database_url = os.environ.get("DATABASE_URL", "").strip()
+        self.postgres = urlsplit(self.database_url).scheme in {"postgres", "postgresql", "pgsql"}
+        self.redis_url: str | None = None
+        self._redis = None
+        self._redis_lock = f"callpull-e2e:{uuid.uuid4().hex}"
+
+    # Redis ---------------------------------------------------------------
+
+    LOCK_KEY = "callpull-e2e:lock"
+
+    def claim_redis(self) -> str | None:
+        """A Redis database of our own, so that neither another run nor the unit
+        suite (whose cache.clear() is a FLUSHDB on REDIS_URL's database) can
+        touch our servers' groups and counters. The claim is a lock key inside
+        the database, with an expiry in case this run dies."""
+        url = os.environ.get("REDIS_URL", "").strip()
+        if not url:
+            return None
+        import redis
+
+        parts = urlsplit(url)
+        if parts.scheme not in {"redis", "rediss"}:
+            self.redis_url = url  # a unix socket: share it as is
+            return url
+        base_db = int(parts.path.strip("/") or 0)
+        probe = redis.Redis.from_url(url)
+        try:
+            count = int(probe.config_get("databases")["databases"])
+        except Exception:  # CONFIG may be disabled
+            count = 16
+        finally:
+            probe.close()
+        # 0 (the default) and the last one (CI's REDIS_URL) are the likeliest to be in use.
+        candidates = list(range(count - 2, 0, -1)) + [count - 1, 0]
+        for db in candidates:
+            if db == base_db:
+                continue
+            candidate = urlunsplit(parts._replace(path=f"/{db}"))
+            client = redis.Redis.from_url(candidate)
+            if client.set(self.LOCK_KEY, self._redis_lock, nx=True, ex=900):
+                self._redis, self.redis_url = client, candidate
+                self._clear_redis()
+                return candidate
+            client.close()
+        raise RuntimeError(f"every Redis database but {base_db} is claimed by another e2e run")
+
+    def _clear_redis(self) -> None:
+        for pattern in ("asgi*", "callpull:*"):  # channels_redis and the Django cache
+            for key in self._redis.scan_iter(match=pattern, count=500):
+                self._redis.delete(key)
+
+    def release_redis(self) -> None:
+        if self._redis is None:
+            return
+        try:
+            self._clear_redis()
+            if self._redis.get(self.LOCK_KEY) == self._redis_lock.encode():
+                self._redis.delete(self.LOCK_KEY)
+        finally:
+            self._redis.close()
+            self._redis = None
+
+    # Databases -----------------------------------------------------------
+
+    def _postgres_admin(self):
+        import psycopg
+
+        parts = urlsplit(self.database_url)
+        return psycopg.connect(
+            host=parts.hostname or None, port=parts.port or 5432, user=parts.username or None,
+            password=parts.password or None, dbname="postgres", autocommit=True, connect_timeout=10)
+
+    def database(self, stack: ExitStack) -> str:
+        """A fresh, migrated database; dropped when `stack` closes."""
+        if self.postgres:
+            name = f"callpull_e2e_{uuid.uuid4().hex[:12]}"
+            with self._postgres_admin() as admin:
+                admin.execute(f'CREATE DATABASE "{name}"')
+            stack.callback(self._drop_postgres, name)
+            url = urlunsplit(urlsplit(self.database_url)._replace(path=f"/{name}"))
+        else:
+            path = self.tmp_dir / f"{unique('db')}.sqlite3"
+            url = f"sqlite:///{path}"
+        migrate = subprocess.run(
+            [sys.executable, "manage.py", "migrate", "--no-input"], cwd=ROOT, env=self.server_env(url),
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+        if migrate.returncode != 0:
+            raise RuntimeError(f"migrate failed:\n{migrate.stdout}\n{migrate.stderr}")
+        return url
+
+    def _drop_postgres(self, name: str) -> None:
+        with self._postgres_admin() as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def server_env(self, database_url: str, **settings) -> dict[str, str]:
+        env = {key: value for key, value in os.environ.items() if key not in _CONFIG_VARIABLES}
+        env.update({
+            "DJANGO_SETTINGS_MODULE": "callpull.settings",
+            "PYTHONUNBUFFERED": "1",
+            "DATABASE_URL": database_url,
+            "PUBLIC_BASE_URL": PUBLIC_BASE_URL,
+            "SERVER_NUMBERS": SERVER_NUMBER,
+            "LOG_LEVEL": "INFO",
+            # Every test signs up from 127.0.0.1; the sign-up limit is not under test here.
+            "RATE_LIMIT_SIGNUP": "100000",
+        })
+        if self.redis_url:
+            env["REDIS_URL"] = self.redis_url
+        env.update({key: str(value) for key, value in settings.items()})
+        return env
+
+
+class Servers:
+    """Databases and servers owned by one fixture scope; all stopped and dropped
+    when that scope ends (servers first)."""
+
+    def __init__(self, environment: Environment, name: str):
+        self.environment = environment
+        self.name = name
+        self._databases = ExitStack()
+        self._servers = ExitStack()
+
+    def database(self) -> str:
+        return self.environment.database(self._databases)
+
+    def start(self, database: str | None = None, *, name: str | None = None, **settings) -> Server:
+        """A server on `database` (a fresh one if not given), with extra settings
+        as environment variables, e.g. PRESENCE_STALE_SECONDS=3."""
+        database = database or self.database()
+        label = name or unique(self.name)
+        server = Server(name=label, env=self.environment.server_env(database, **settings),
+                        log_path=self.environment.tmp_dir / f"{label}.log")
+        self._servers.callback(server.stop)
+        return server.start()
+
+    def close(self) -> None:
+        try:
+            self._servers.close()
+        finally:
+            self._databases.close()
+
+
+# HTTP ----------------------------------------------------------------------
+
+def call(server: Server, method: str, path: str, *, token: str | None = None, **kwargs) -> httpx.Response:
+    headers = kwargs.pop("headers", {})
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    return httpx.request(method, server.base_url + path, headers=headers, timeout=10, trust_env=False, **kwargs)
+
+
+def error_code(response: httpx.Response) -> str:
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"code", "message", "fields"}, body
+    return body["error"]["code"]
+
+
+@dataclass
+class Device:
+    id: str
+    token: str
+    name: str
+    kind: str
+
+
+@dataclass
+class Account:
+    server: Server
+    username: str
+    password: str = PASSWORD
+
+    def register(self, kind: str = "tablet", *, name: str | None = None, platform: str = "android",
+                 via: Server | None = None) -> Device:
+        name = name or f"{kind} of {self.username}"
+        response = call(via or self.server, "POST", "/api/v1/devices", json={
+            "username": self.username, "password": self.password,
+            "device": {"name": name, "kind": kind, "platform": platform}})
+        assert response.status_code == 201, response.text
+        body = response.json()
+        return Device(id=body["device"]["id"], token=body["token"], name=name, kind=kind)
+
+
+def sign_up(server: Server, prefix: str = "user") -> Account:
+    account = Account(server=server, username=unique(prefix))
+    response = call(server, "POST", "/api/v1/accounts", json={"username": account.username,
+                                                              "password": account.password})
+    assert response.status_code == 201, response.text
+    return account
+
+
+def devices_by_id(server: Server, token: str) -> dict[str, dict]:
+    response = call(server, "GET", "/api/v1/devices", token=token)
+    assert response.status_code == 200, response.text
+    return {device["id"]: device for device in response.json()}
+
+
+def assert_online(server: Server, token: str, device_id: str, online: bool) -> None:
+    seen = devices_by_id(server, token)[device_id]["online"]
+    assert seen is online, f"{server.name}: device {device_id} online={seen}, expected {online}"
+
+
+# WebSocket -----------------------------------------------------------------
+
+def ws_connect(server: Server, token: str | None = None, *, ticket: str | None = None,
+               origin: str | None = None, headers: dict | None = None) -> ClientConnection:
+    """Open the device socket the way a client would (handshake must succeed)."""
+    url = server.ws_url + (f"?ticket={ticket}" if ticket is not None else "")
+    all_headers = dict(headers or {})
+    if token is not None:
+        all_headers["Authorization"] = f"Bearer {token}"
+    return connect(url, additional_headers=all_headers, origin=origin, proxy=None, compression=None,
+                   open_timeout=5, close_timeout=3, ping_interval=None)
+
+
+def next_frame(ws: ClientConnection, timeout: float = 5.0) -> dict:
+    return json.loads(ws.recv(timeout=timeout))
+
+
+def reply(ws: ClientConnection, timeout: float = 5.0) -> dict:
+    """The next frame that is not a `device.presence` broadcast (a device hears
+    its own presence too, right after `hello`)."""
+    return wait_for_frame(ws, lambda frame: frame.get("type") != "device.presence", timeout=timeout)
+
+
+def wait_for_frame(ws: ClientConnection, match, *, timeout: float = 5.0) -> dict:
+    """The first frame for which `match(frame)` is true; other frames are skipped."""
+    deadline = time.monotonic() + timeout
+    skipped = []
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"no matching frame within {timeout}s; got {skipped}")
+        try:
+            frame = next_frame(ws, timeout=remaining)
+        except TimeoutError:
+            continue
+        if match(frame):
+            return frame
+        skipped.append(frame)
+
+
+def hello(ws: ClientConnection, timeout: float = 5.0) -> dict:
+    frame = next_frame(ws, timeout)
+    assert frame["type"] == "hello", frame
+    return frame
+
+
+def presence_of(device: Device, online: bool):
+    return lambda frame: (frame.get("type") == "device.presence" and frame["device"]["id"] == device.id
+                          and frame["online"] is online)
+
+
+def close_code(ws: ClientConnection, timeout: float = 5.0) -> tuple[int | None, list]:
+    """Wait for the server to close the socket: (close code, frames before it)."""
+    frames = []
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            frames.append(json.loads(ws.recv(timeout=max(0.01, deadline - time.monotonic()))))
+        except ConnectionClosed as closed:
+            return (closed.rcvd.code if closed.rcvd else None), frames
+        except TimeoutError:
+            raise AssertionError(f"socket still open after {timeout}s; frames: {frames}") from None
