@@ -229,10 +229,10 @@ def call_answer(*, call: Call, device: Device, now: datetime) -> Call:
     others = [d for d in ring_targets(call) if d.pk != device.pk]
     notify(call, "call.answered_elsewhere", others, now=now,
            device={"id": str(device.pk), "name": device.name, "kind": device.kind})
-    if call.state == CallState.FORWARDED:
-        from callpull.telephony import services as telephony
+    if call.state == CallState.FORWARDED:  # the caller waits in the conference: dial the device in
+        from callpull import legs
 
-        telephony.connect_held_call(call, now=now)
+        legs.leg_dial(call=call, now=now, role="device", device=device)
     else:
         _send_reject(call, now=now, reason="answered")
     return call
@@ -253,9 +253,9 @@ def call_decline(*, call: Call, device: Device, scope: str, now: datetime) -> Ca
         raise conflict("call_not_ringing", f"The call is {call.state}; it cannot be declined.")
     announce_end(call, now=now, reason="declined")
     if was_held:
-        from callpull.telephony import services as telephony
+        from callpull import legs
 
-        telephony.release_held_call(call, now=now)
+        legs.release_caller(call, now=now)
     else:
         # The handset stops ringing; the carrier forwards to us and the
         # unmatched call gets the line's fallback or a polite hang-up.
@@ -292,7 +292,11 @@ def call_handset_event(*, call: Call, device: Device, event: str, now: datetime)
 # The sweeper -----------------------------------------------------------------
 
 def calls_sweep(*, now: datetime, limit: int = 200) -> int:
-    """End calls whose deadline passed; returns how many were ended."""
+    """End calls (and pulls, and legs) whose deadline passed; returns how many calls were ended."""
+    from callpull import legs, moves
+
+    moves.pulls_sweep(now=now)
+    legs.legs_dialing_expired(now=now)
     due = list(Call.objects.select_related("line").filter(expires_at__lte=now).order_by("expires_at")[:limit])
     ended = 0
     for call in due:
@@ -304,7 +308,7 @@ def calls_sweep(*, now: datetime, limit: int = 200) -> int:
 
 
 def _expire(call: Call, *, now: datetime) -> bool:
-    from callpull.telephony import services as telephony
+    from callpull import legs
 
     if call.state in PENDING_STATES and call.reject_sent_at and not call.provider_call_sid:
         name, reason = "forward_timeout", "forwarded_call_never_arrived"
@@ -326,7 +330,7 @@ def _expire(call: Call, *, now: datetime) -> bool:
     log.info("call expired call=%s reason=%s", call.pk, reason)
     announce_end(call, now=now, reason=reason)
     if held:
-        telephony.release_held_call(call, now=now)
+        legs.release_caller(call, now=now)
     return True
 
 

@@ -107,6 +107,9 @@ class Call(models.Model):
                                     related_name="+")
     reject_sent_at = models.DateTimeField(null=True, blank=True)
     provider_call_sid = models.CharField(max_length=64, null=True, blank=True, unique=True)
+    held_by = models.ForeignKey("devices.Device", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+                                help_text="The device whose leg carries the conversation now.")
+    transferred_to = models.CharField(max_length=20, blank=True, default="")
     created_at = models.DateTimeField()
     expires_at = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)
@@ -129,6 +132,11 @@ class Call(models.Model):
     def is_terminal(self) -> bool:
         return self.state in TERMINAL_STATES
 
+    @property
+    def conference_name(self) -> str:
+        """The provider conference that anchors the caller's leg."""
+        return f"callpull-{self.pk}"
+
 
 class TimelineEntry(models.Model):
     call = models.ForeignKey(Call, on_delete=models.CASCADE, related_name="timeline")
@@ -139,3 +147,74 @@ class TimelineEntry(models.Model):
 
     class Meta:
         ordering = ["at", "id"]
+
+
+class LegRole(models.TextChoices):
+    DEVICE = "device"        # carries the conversation
+    MONITOR = "monitor"      # the previous device, muted, after a switch (monitor_after_switch)
+    TRANSFER = "transfer"    # a final number the call was handed to
+
+
+class LegState(models.TextChoices):
+    DIALING = "dialing"
+    JOINED = "joined"
+    LEFT = "left"
+    FAILED = "failed"
+
+
+class CallLeg(models.Model):
+    """One participant of the call's conference other than the caller: a device
+    (dialled by the provider, or dialled in) or a transfer target."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    call = models.ForeignKey(Call, on_delete=models.CASCADE, related_name="legs")
+    device = models.ForeignKey("devices.Device", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    number = models.CharField(max_length=20, blank=True, default="", help_text="For transfer legs.")
+    role = models.CharField(max_length=16, choices=LegRole.choices, default=LegRole.DEVICE)
+    state = models.CharField(max_length=16, choices=LegState.choices, default=LegState.DIALING)
+    provider_call_sid = models.CharField(max_length=64, null=True, blank=True, unique=True)
+    created_at = models.DateTimeField()
+    joined_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    end_reason = models.CharField(max_length=40, blank=True, default="")
+
+    class Meta:
+        ordering = ["created_at"]
+
+
+class PullState(models.TextChoices):
+    AWAITING_APPROVAL = "awaiting_approval"
+    APPROVED = "approved"       # connecting the new device
+    DENIED = "denied"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+PULL_FINAL_STATES = frozenset({PullState.DENIED, PullState.COMPLETED, PullState.FAILED})
+
+
+class Pull(models.Model):
+    """A request to move a live call to another device of the same user."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    call = models.ForeignKey(Call, on_delete=models.CASCADE, related_name="pulls")
+    requested_by = models.ForeignKey("devices.Device", on_delete=models.CASCADE, related_name="+")
+    from_device = models.ForeignKey("devices.Device", null=True, on_delete=models.SET_NULL, related_name="+")
+    method = models.CharField(max_length=16, default="app", help_text="app, or dial_in (by calling the server number)")
+    state = models.CharField(max_length=24, choices=PullState.choices)
+    leg = models.ForeignKey(CallLeg, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField()
+    expires_at = models.DateTimeField(null=True, blank=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    reason = models.CharField(max_length=40, blank=True, default="")
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            # At most one pull in flight per call.
+            models.UniqueConstraint(fields=["call"], condition=Q(state__in=["awaiting_approval", "approved"]),
+                                    name="one_open_pull_per_call"),
+        ]
+        indexes = [models.Index(fields=["expires_at"], condition=Q(expires_at__isnull=False),
+                                name="pull_deadline_idx")]

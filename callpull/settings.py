@@ -203,6 +203,7 @@ RATE_LIMITS = {
     "pairing_failure": (env_int("RATE_LIMIT_PAIRING", 10, minimum=1), 300),
     "signup": (env_int("RATE_LIMIT_SIGNUP", 20, minimum=1), 3600),
     "ws_ticket": (env_int("RATE_LIMIT_WS_TICKET", 30, minimum=1), 60),
+    "transfer_pin": (env_int("RATE_LIMIT_TRANSFER_PIN", 5, minimum=1), 900),
 }
 
 PAIRING_CODE_TTL_SECONDS = env_int("PAIRING_CODE_TTL_SECONDS", 300, minimum=30)
@@ -221,6 +222,11 @@ CALL_FORWARD_WAIT_SECONDS = env_int("CALL_FORWARD_WAIT_SECONDS", 20, minimum=2)
 CALL_MATCH_WINDOW_SECONDS = env_int("CALL_MATCH_WINDOW_SECONDS", 120, minimum=10)
 # How long the provider rings the chosen device before giving up.
 DIAL_TIMEOUT_SECONDS = env_int("DIAL_TIMEOUT_SECONDS", 25, minimum=5)
+# How long the holding device has to approve a pull before it counts as denied.
+PULL_APPROVAL_SECONDS = env_int("PULL_APPROVAL_SECONDS", 20, minimum=2)
+# Provider REST actions (dialling legs, hang-ups) run on a small thread pool so webhooks
+# answer at once; unit tests run them inline.
+PROVIDER_ACTIONS_INLINE = env_bool("PROVIDER_ACTIONS_INLINE", False)
 # The sweeper ends calls whose deadline passed. In-process for the embedded default;
 # with several workers run `manage.py sweep` once and set SWEEPER_IN_PROCESS=false.
 SWEEPER_IN_PROCESS = env_bool("SWEEPER_IN_PROCESS", True)

@@ -50,6 +50,8 @@ class Device(models.Model):
     ring_enabled = models.BooleanField(default=True)
     connect_type = models.CharField(max_length=16, choices=ConnectType.choices, blank=True, default="")
     connect_address = models.CharField(max_length=255, blank=True, default="")
+    phone_number = models.CharField(max_length=20, blank=True, default="", db_index=True,
+                                    help_text="E.164: the caller id this device dials in from (dial-in pull).")
     token_hash = models.CharField(max_length=64, unique=True, editable=False)
     created_at = models.DateTimeField()
     last_seen_at = models.DateTimeField(null=True, blank=True)

@@ -35,6 +35,11 @@ class DeviceInput(serializers.Serializer):
     fcm_token = serializers.CharField(max_length=4096, required=False, allow_blank=True)
     ring_enabled = serializers.BooleanField(required=False)
     connect = ConnectSerializer(required=False, allow_null=True)
+    phone_number = serializers.CharField(max_length=32, required=False, allow_blank=True,
+                                         help_text="The caller id this device dials in from (E.164).")
+
+    def validate_phone_number(self, value):
+        return to_e164(value, field="phone_number") if value else ""
 
 
 
@@ -62,7 +67,7 @@ class DeviceOutput(serializers.ModelSerializer):
 
     class Meta:
         model = Device
-        fields = ["id", "name", "kind", "platform", "ring_enabled", "connect", "fcm_registered",
+        fields = ["id", "name", "kind", "platform", "ring_enabled", "connect", "phone_number", "fcm_registered",
                   "online", "last_seen_at", "created_at", "me"]
 
     def get_connect(self, device) -> dict | None:

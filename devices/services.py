@@ -30,7 +30,8 @@ from devices.signals import device_revoked
 log = logging.getLogger(__name__)
 User = get_user_model()
 
-DEVICE_FIELDS = ("name", "kind", "platform", "fcm_token", "ring_enabled", "connect_type", "connect_address")
+DEVICE_FIELDS = ("name", "kind", "platform", "fcm_token", "ring_enabled", "connect_type", "connect_address",
+                 "phone_number")
 
 
 @dataclass(frozen=True)

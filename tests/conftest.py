@@ -14,8 +14,10 @@ _names = itertools.count(1)
 
 
 @pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
+def _fast_password_hashing_and_inline_provider_actions(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    # Provider REST actions run inline so unit tests see their effects at once.
+    settings.PROVIDER_ACTIONS_INLINE = True
 
 
 @pytest.fixture(autouse=True)

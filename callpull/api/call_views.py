@@ -6,7 +6,7 @@ from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from callpull import calls
+from callpull import calls, moves
 from callpull.api.serializers import (
     CallListQuery,
     CallOutput,
@@ -14,6 +14,8 @@ from callpull.api.serializers import (
     CallReportOutput,
     DeclineInput,
     HandsetEventInput,
+    PullEnvelope,
+    TransferInput,
 )
 from callpull.models import Call
 from callpull.representations import call_to_dict, call_with_timeline
@@ -81,3 +83,52 @@ class CallHandsetEventApi(APIView):
         call = calls.call_for_user(user=request.user, call_id=call_id)
         call = calls.call_handset_event(call=call, device=request.auth, event=data["event"], now=timezone.now())
         return Response(call_with_timeline(call))
+
+
+class CallPullApi(APIView):
+    @extend_schema(request=None, responses={202: PullEnvelope}, operation_id="call_pull",
+                   description="Move the live call to the calling device. 409 when the call is not movable.")
+    def post(self, request, call_id):
+        call = calls.call_for_user(user=request.user, call_id=call_id)
+        pull = moves.pull_request(call=call, device=request.auth, now=timezone.now())
+        return Response({"pull": moves.pull_to_dict(pull)}, status=status.HTTP_202_ACCEPTED)
+
+
+class PullDetailApi(APIView):
+    @extend_schema(responses={200: PullEnvelope}, operation_id="pull_get",
+                   description="A pull's progress: awaiting_approval, approved, denied, completed, failed.")
+    def get(self, request, pull_id):
+        return Response({"pull": moves.pull_to_dict(moves.pull_for_user(user=request.user, pull_id=pull_id))})
+
+
+def _decide(request, pull_id, *, approve: bool) -> Response:
+    pull = moves.pull_for_user(user=request.user, pull_id=pull_id)
+    pull = moves.pull_decide(pull=pull, device=request.auth, approve=approve, now=timezone.now())
+    return Response({"pull": moves.pull_to_dict(pull)})
+
+
+class PullApproveApi(APIView):
+    @extend_schema(request=None, responses={200: PullEnvelope}, operation_id="pull_approve",
+                   description="Only the device holding the call.")
+    def post(self, request, pull_id):
+        return _decide(request, pull_id, approve=True)
+
+
+class PullDenyApi(APIView):
+    @extend_schema(request=None, responses={200: PullEnvelope}, operation_id="pull_deny",
+                   description="Only the device holding the call.")
+    def post(self, request, pull_id):
+        return _decide(request, pull_id, approve=False)
+
+
+class CallTransferApi(APIView):
+    @extend_schema(request=TransferInput, responses={202: CallOutput}, operation_id="call_transfer",
+                   description="Hand the live call to a number on the user's allow-list, with the transfer PIN. "
+                               "A number off the list is 403 whatever the PIN; wrong PINs are rate-limited.")
+    def post(self, request, call_id):
+        data = validated(TransferInput, request.data).validated_data
+        call = calls.call_for_user(user=request.user, call_id=call_id)
+        moves.call_transfer(call=call, device=request.auth, number=data["number"], pin=data["pin"],
+                            now=timezone.now())
+        call.refresh_from_db()
+        return Response(call_with_timeline(call), status=status.HTTP_202_ACCEPTED)

@@ -3,7 +3,7 @@
 from rest_framework import serializers
 
 from callpull import mmi
-from callpull.models import AccountSettings, CallState, ForwardingState, Line, Policy
+from callpull.models import AccountSettings, CallState, ForwardingState, Line, Policy, PullState
 
 
 class LineOutput(serializers.ModelSerializer):
@@ -110,3 +110,26 @@ class InstructionOutput(serializers.Serializer):
 class CallReportOutput(serializers.Serializer):
     call = CallOutput()
     instruction = InstructionOutput()
+
+
+class PullOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    call = serializers.UUIDField()
+    state = serializers.ChoiceField(choices=PullState.choices)
+    method = serializers.ChoiceField(choices=["app", "dial_in"])
+    requested_by = serializers.UUIDField()
+    from_device = serializers.UUIDField(allow_null=True)
+    created_at = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField(allow_null=True)
+    decided_at = serializers.DateTimeField(allow_null=True)
+    ended_at = serializers.DateTimeField(allow_null=True)
+    reason = serializers.CharField(allow_null=True)
+
+
+class PullEnvelope(serializers.Serializer):
+    pull = PullOutput()
+
+
+class TransferInput(serializers.Serializer):
+    number = serializers.CharField(max_length=32)
+    pin = serializers.CharField(max_length=32, trim_whitespace=False)

@@ -12,4 +12,9 @@ urlpatterns = [
     path("calls/<str:call_id>/answer", call_views.CallAnswerApi.as_view(), name="call-answer"),
     path("calls/<str:call_id>/decline", call_views.CallDeclineApi.as_view(), name="call-decline"),
     path("calls/<str:call_id>/handset-events", call_views.CallHandsetEventApi.as_view(), name="call-handset-events"),
+    path("calls/<str:call_id>/pull", call_views.CallPullApi.as_view(), name="call-pull"),
+    path("calls/<str:call_id>/transfer", call_views.CallTransferApi.as_view(), name="call-transfer"),
+    path("pulls/<str:pull_id>", call_views.PullDetailApi.as_view(), name="pull-detail"),
+    path("pulls/<str:pull_id>/approve", call_views.PullApproveApi.as_view(), name="pull-approve"),
+    path("pulls/<str:pull_id>/deny", call_views.PullDenyApi.as_view(), name="pull-deny"),
 ]

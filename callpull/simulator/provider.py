@@ -15,12 +15,14 @@ child completed → action → parent completed, as with Twilio in the usual cas
 
 Everything that happens lands on the leg's `events`, with the time since the leg
 was created, so tests and people can see where the seconds went.
+
+Conferences (<Dial><Conference>, the Participants REST API) live in
+`conference.py`, whose `ConferenceEngine` this provider inherits.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
 import time
 import uuid
@@ -29,37 +31,30 @@ from datetime import UTC, datetime
 from urllib.parse import urljoin
 
 from callpull.simulator import twiml
+from callpull.simulator.common import (  # noqa: F401 (re-exported for app and carrier)
+    API_VERSION,
+    CONTINUE,
+    STOP,
+    Callback,
+    Fetch,
+    Inline,
+    SimulatorError,
+    iso,
+    new_call_sid,
+    rfc2822,
+    wait_any,
+)
+from callpull.simulator.conference import ConferenceEngine
 from callpull.simulator.config import SimulatorConfig
 from callpull.simulator.outbound import Outbound, Sent
 
 log = logging.getLogger("callpull.simulator")
 
-API_VERSION = "2010-04-01"
 ENDED = ("completed", "busy", "no-answer", "failed", "canceled")
 BEHAVIOURS = ("answer", "no-answer", "busy", "fail")
 WITHHELD = "anonymous"  # what From says when the caller withheld their number
 # Calls kept in memory; beyond this the oldest ended ones are forgotten (a long-running dev server).
 MAX_CALLS = 2000
-
-
-def new_call_sid() -> str:
-    return "CA" + uuid.uuid4().hex
-
-
-def rfc2822(moment: datetime | None) -> str | None:
-    return email.utils.format_datetime(moment) if moment else None
-
-
-def iso(moment: datetime | None) -> str | None:
-    return moment.isoformat().replace("+00:00", "Z") if moment else None
-
-
-class SimulatorError(Exception):
-    """A request the simulator refuses; `status` and `code` shape the HTTP answer."""
-
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
 
 
 @dataclass(frozen=True)
@@ -72,40 +67,6 @@ class Behaviour:
 
     def as_json(self) -> dict:
         return {"behaviour": self.action, "answer_after": self.answer_after, "hangup_after": self.hangup_after}
-
-
-@dataclass(frozen=True)
-class Callback:
-    url: str
-    method: str
-    events: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Fetch:
-    """Continue the call with the TwiML at `url`."""
-
-    url: str
-    method: str = "POST"
-    label: str = "redirect"
-    extra: tuple[tuple[str, str], ...] = ()
-
-
-@dataclass(frozen=True)
-class Inline:
-    """Continue the call with this TwiML (REST `Twiml=`, or a dial action's answer)."""
-
-    document: twiml.Document
-    url: str | None  # what relative URLs in it resolve against
-
-
-class _Stop:
-    def __repr__(self):
-        return "STOP"
-
-
-STOP = _Stop()  # the call is over
-CONTINUE = object()  # go on with the next verb
 
 
 class Leg:
@@ -140,6 +101,9 @@ class Leg:
         self.outbox: asyncio.Task | None = None
         self.unanswered_status: str | None = None  # how it ends if never answered
         self.bridged: Leg | None = None
+        self.participant = None  # its current conference.Participant, if in (or joining) a conference
+        self.participations: list = []  # every conference.Participant it has been
+        self.gathering: Gathering | None = None  # a <Gather> waiting for keys
 
     @property
     def ended(self) -> bool:
@@ -181,6 +145,10 @@ class Leg:
             "created_at": iso(self.created_at), "answered_at": iso(self.answered_at),
             "ended_at": iso(self.ended_at), "duration": self.duration if self.ended else None,
             "hung_up_by": self.hangup_by, "children": [child.sid for child in self.children],
+            "conference": self.participant.summary() if self.participant else None,
+            "conferences": [participant.summary() for participant in self.participations],
+            "said": [event["text"] for event in self.events if event["event"] == "say"],
+            "digits": [event["digits"] for event in self.events if event["event"] == "digits"],
             "events": list(self.events),
         }
 
@@ -202,20 +170,17 @@ class Leg:
         }
 
 
-async def _wait_any(events: list[asyncio.Event], timeout: float | None = None) -> None:
-    """Until one of `events` is set, or `timeout` seconds (None: no limit)."""
-    if any(event.is_set() for event in events):
-        return
-    waiters = [asyncio.ensure_future(event.wait()) for event in events]
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
+class Gathering:
+    """A <Gather> collecting keys: what arrived so far and the event that says more did."""
+
+    def __init__(self, gather: twiml.Gather):
+        self.gather = gather
+        self.keys: list[str] = []
+        self.arrived = asyncio.Event()
 
 
-class Provider:
-    """The voice provider: numbers, calls, simulated devices."""
+class Provider(ConferenceEngine):
+    """The voice provider: numbers, calls, conferences, simulated devices."""
 
     def __init__(self, config: SimulatorConfig, outbound: Outbound):
         self.config = config
@@ -223,6 +188,7 @@ class Provider:
         self.calls: dict[str, Leg] = {}
         self.devices: dict[str, Behaviour] = {}
         self._tasks: set[asyncio.Task] = set()
+        ConferenceEngine.__init__(self)
 
     # -- bookkeeping ---------------------------------------------------------------
 
@@ -248,6 +214,7 @@ class Provider:
         await asyncio.gather(*tasks, return_exceptions=True)
         self.calls.clear()
         self.devices.clear()
+        self.conferences.clear()
 
     def _new_leg(self, **fields) -> Leg:
         if len(self.calls) >= MAX_CALLS:
@@ -463,7 +430,7 @@ class Provider:
                 self._answer(leg)
                 leg.activity = "held"
                 leg.record("play", url=media, loop=0, held=True)
-                await _wait_any([leg.wake])
+                await wait_any([leg.wake])
                 leg.activity = leg.status
             case twiml.Play(url=media, loop=loop):
                 self._answer(leg)
@@ -472,7 +439,7 @@ class Provider:
                 self._answer(leg)
                 leg.activity = "pause"
                 leg.record("pause", length=length)
-                await _wait_any([leg.wake], timeout=length)
+                await wait_any([leg.wake], timeout=length)
                 leg.activity = leg.status
             case twiml.Hangup():
                 leg.record("hangup", by="twiml")
@@ -486,8 +453,12 @@ class Provider:
             case twiml.Redirect(url=target, method=method):
                 leg.record("redirect", url=self._resolve(url, target), method=method)
                 return Fetch(self._resolve(url, target), method, label="redirect")
+            case twiml.Dial() if verb.conference is not None:
+                return await self._dial_conference(leg, verb, url)
             case twiml.Dial():
                 return await self._dial(leg, verb, url)
+            case twiml.Gather():
+                return await self._gather(leg, verb, url)
         return CONTINUE
 
     def _resolve(self, base: str | None, url: str) -> str:
@@ -599,7 +570,7 @@ class Provider:
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
                 break
-            await _wait_any([leg.wake], remaining)
+            await wait_any([leg.wake], remaining)
             if leg.wake.is_set() and not leg.hangup_by:
                 leg.wake.clear()  # a REST update while ringing: it applies once answered
         if leg.hangup_by:
@@ -623,7 +594,7 @@ class Provider:
             limit = min(limit, behaviour.hangup_after)
         if child.redirect is not None:
             child.wake.set()
-        await _wait_any([leg.wake, child.wake], timeout=limit)
+        await wait_any([leg.wake, child.wake], timeout=limit)
         if child.redirect is not None and not child.hangup_by and not leg.hangup_by:
             # The device's leg was moved elsewhere by a REST update: it leaves the bridge alive.
             child.activity = child.status
@@ -672,6 +643,8 @@ class Provider:
     def _hang_up(self, leg: Leg, by: str) -> None:
         leg.record("hangup", by=by)
         leg.hangup_by = leg.hangup_by or by
+        if leg.participant is not None:
+            self._leave(leg.participant, "participant_hung_up", call_status="completed")
         leg.wake.set()
 
     def update(self, leg: Leg, *, url: str | None = None, method: str = "POST",
@@ -695,5 +668,9 @@ class Provider:
             leg.redirect = Fetch(url, method, label="rest update")
         else:
             raise SimulatorError(400, "21205", "Url, Twiml or Status is required.")
+        if leg.participant is not None and leg.answered_at:
+            # The call leaves its conference to follow the new TwiML (a ringing participant joins
+            # nothing: the update applies once it answers).
+            self._leave(leg.participant, "participant_updated_via_api")
         leg.wake.set()
         return leg

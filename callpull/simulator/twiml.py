@@ -1,11 +1,16 @@
 """The TwiML subset the simulated provider follows, parsed into plain objects.
 
 Verbs: <Say>, <Play loop>, <Pause length>, <Hangup/>, <Reject reason>,
-<Redirect method>, <Dial action method timeout timeLimit answerOnBridge callerId>
-with <Client>, <Sip> and <Number> nouns (statusCallback, statusCallbackEvent,
-statusCallbackMethod); a <Dial> with bare text dials that one number. Anything
-else is a TwiML error, as Twilio would report it: the caller hears "an
-application error has occurred" and the call ends.
+<Redirect method>, <Gather input numDigits timeout action method finishOnKey
+actionOnEmptyResult> (DTMF) around <Say>, <Play> and <Pause>,
+<Dial action method timeout timeLimit answerOnBridge callerId> with <Client>,
+<Sip> and <Number> nouns (statusCallback, statusCallbackEvent,
+statusCallbackMethod) or one <Conference> noun (startConferenceOnEnter,
+endConferenceOnExit, muted, beep, waitUrl, waitMethod, statusCallback,
+statusCallbackEvent, statusCallbackMethod, participantLabel); a <Dial> with
+bare text dials that one number. Anything else is a TwiML error, as Twilio
+would report it: the caller hears "an application error has occurred" and the
+call ends.
 """
 
 from __future__ import annotations
@@ -15,6 +20,10 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
 DIAL_EVENTS = ("initiated", "ringing", "answered", "completed")
+# What <Conference statusCallbackEvent> may name (Twilio's list); the simulator sends the first six.
+CONFERENCE_EVENTS = ("start", "end", "join", "leave", "mute", "hold", "modify", "speaker", "announcement")
+BEEPS = ("true", "false", "onEnter", "onExit")
+DTMF_KEYS = "0123456789*#"
 
 
 class TwiMLError(ValueError):
@@ -70,8 +79,33 @@ class Noun:
 
 
 @dataclass(frozen=True)
+class Conference:
+    """<Dial><Conference>name</Conference></Dial>: join (or create) the conference `name`.
+
+    `wait_url` None means Twilio's default hold music; "" means silence."""
+
+    name: str
+    muted: bool = False
+    beep: str = "true"
+    start_conference_on_enter: bool = True
+    end_conference_on_exit: bool = False
+    wait_url: str | None = None
+    wait_method: str = "POST"
+    status_callback: str | None = None
+    status_callback_events: tuple[str, ...] = ()
+    status_callback_method: str = "POST"
+    participant_label: str | None = None
+
+    kind = "conference"
+
+    @property
+    def to(self) -> str:
+        return f"conference:{self.name}"
+
+
+@dataclass(frozen=True)
 class Dial:
-    nouns: tuple[Noun, ...]
+    nouns: tuple[Noun | Conference, ...]
     action: str | None = None
     method: str = "POST"
     timeout: float = 30.0
@@ -80,7 +114,27 @@ class Dial:
     caller_id: str | None = None
 
 
-Verb = Say | Play | Pause | Hangup | Reject | Redirect | Dial
+    @property
+    def conference(self) -> Conference | None:
+        return self.nouns[0] if isinstance(self.nouns[0], Conference) else None
+
+
+@dataclass(frozen=True)
+class Gather:
+    """<Gather input="dtmf">: play the nested verbs, collect keys, post them to `action`
+    (None: the current document's URL)."""
+
+    verbs: tuple[Say | Play | Pause, ...] = ()
+    action: str | None = None
+    method: str = "POST"
+    timeout: float = 5.0
+    num_digits: int | None = None
+    finish_on_key: str = "#"
+    action_on_empty_result: bool = False
+    input: str = "dtmf"
+
+
+Verb = Say | Play | Pause | Hangup | Reject | Redirect | Dial | Gather
 
 
 @dataclass(frozen=True)
@@ -122,6 +176,8 @@ def _verb(element: ET.Element) -> Verb:
             return Redirect(text, _method(attrs.get("method")))
         case "Dial":
             return _dial(element, text)
+        case "Gather":
+            return _gather(element)
     raise TwiMLError(f"<{element.tag}> is not supported by the simulator")
 
 
@@ -129,6 +185,8 @@ def _dial(element: ET.Element, text: str) -> Dial:
     nouns = [_noun(child) for child in element]
     if text and nouns:
         raise TwiMLError("<Dial> mixes a bare number with nouns")
+    if any(isinstance(noun, Conference) for noun in nouns) and len(nouns) > 1:
+        raise TwiMLError("<Dial><Conference> must be the only noun of its <Dial>")
     if text:
         nouns = [Noun("number", text)]
     if not nouns:
@@ -145,7 +203,9 @@ def _dial(element: ET.Element, text: str) -> Dial:
     )
 
 
-def _noun(element: ET.Element) -> Noun:
+def _noun(element: ET.Element) -> Noun | Conference:
+    if element.tag == "Conference":
+        return _conference(element)
     kinds = {"Client": "client", "Sip": "sip", "Number": "number"}
     if element.tag not in kinds:
         raise TwiMLError(f"<Dial><{element.tag}> is not supported by the simulator")
@@ -164,6 +224,79 @@ def _noun(element: ET.Element) -> Noun:
     if callback and not events:
         events = ("completed",)
     return Noun(kinds[element.tag], address, callback, events, _method(attrs.get("statusCallbackMethod")))
+
+
+def _conference(element: ET.Element) -> Conference:
+    name = (element.text or "").strip()
+    if not name:
+        raise TwiMLError("<Conference> without a name")
+    attrs = element.attrib
+    events = _events(attrs.get("statusCallbackEvent", ""), CONFERENCE_EVENTS, "<Conference> statusCallbackEvent")
+    callback = attrs.get("statusCallback") or None
+    if callback and not events:
+        events = ("start", "end")
+    beep = attrs.get("beep", "true")
+    if beep not in BEEPS and beep.lower() not in ("true", "false"):
+        raise TwiMLError(f"<Conference beep={beep!r}> is not one of {' '.join(BEEPS)}")
+    return Conference(
+        name=name,
+        muted=_bool(attrs.get("muted"), False, "<Conference muted>"),
+        beep=beep.lower() if beep.lower() in ("true", "false") else beep,
+        start_conference_on_enter=_bool(attrs.get("startConferenceOnEnter"), True, "startConferenceOnEnter"),
+        end_conference_on_exit=_bool(attrs.get("endConferenceOnExit"), False, "endConferenceOnExit"),
+        wait_url=attrs.get("waitUrl"),
+        wait_method=_method(attrs.get("waitMethod")),
+        status_callback=callback,
+        status_callback_events=events,
+        status_callback_method=_method(attrs.get("statusCallbackMethod")),
+        participant_label=attrs.get("participantLabel") or None,
+    )
+
+
+def _gather(element: ET.Element) -> Gather:
+    attrs = element.attrib
+    inputs = set((attrs.get("input") or "dtmf").split())
+    if "dtmf" not in inputs or inputs - {"dtmf", "speech"}:
+        raise TwiMLError(f"<Gather input={attrs.get('input')!r}>: the simulator collects DTMF only")
+    verbs = []
+    for child in element:
+        if child.tag not in ("Say", "Play", "Pause"):
+            raise TwiMLError(f"<Gather><{child.tag}> is not allowed (only Say, Play, Pause)")
+        verbs.append(_verb(child))
+    num_digits = attrs.get("numDigits")
+    if num_digits is not None:
+        num_digits = int(_number(num_digits, "Gather numDigits", integer=True))
+        if num_digits < 1:
+            raise TwiMLError("Gather numDigits must be at least 1")
+    finish = attrs.get("finishOnKey", "#")
+    if len(finish) > 1 or (finish and finish not in DTMF_KEYS):
+        raise TwiMLError(f"Gather finishOnKey {finish!r} is not one of {DTMF_KEYS} or empty")
+    return Gather(
+        verbs=tuple(verbs),
+        action=attrs.get("action") or None,
+        method=_method(attrs.get("method")),
+        timeout=_number(attrs.get("timeout", "5"), "Gather timeout"),
+        num_digits=num_digits,
+        finish_on_key=finish,
+        action_on_empty_result=_bool(attrs.get("actionOnEmptyResult"), False, "actionOnEmptyResult"),
+        input=" ".join(sorted(inputs)),
+    )
+
+
+def _events(value: str, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
+    events = tuple(e for e in re.split(r"[\s,]+", value) if e)
+    unknown = set(events) - set(allowed)
+    if unknown:
+        raise TwiMLError(f"{what} {' '.join(sorted(unknown))} is not one of {' '.join(allowed)}")
+    return events
+
+
+def _bool(value: str | None, default: bool, what: str) -> bool:
+    if value is None or value == "":
+        return default
+    if value.lower() not in ("true", "false"):
+        raise TwiMLError(f"{what} {value!r} is not true or false")
+    return value.lower() == "true"
 
 
 def _method(value: str | None) -> str:

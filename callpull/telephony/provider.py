@@ -49,6 +49,34 @@ def twiml_dial(*, kind: str, address: str, action_url: str, status_url: str, tim
     return str(response)
 
 
+def twiml_conference(*, name: str, start_on_enter: bool, end_on_exit: bool, status_url: str,
+                     wait_url: str | None = None, action_url: str | None = None, label: str | None = None,
+                     muted: bool = False) -> str:
+    """Put this call into the named conference (the call's anchor)."""
+    response = VoiceResponse()
+    dial = Dial(action=action_url, method="POST") if action_url else Dial()
+    kwargs = {"start_conference_on_enter": start_on_enter, "end_conference_on_exit": end_on_exit,
+              "beep": False, "muted": muted or None, "status_callback": status_url,
+              "status_callback_event": "start end join leave", "status_callback_method": "POST"}
+    if wait_url:
+        kwargs.update(wait_url=wait_url, wait_method="GET")
+    if label:
+        kwargs["participant_label"] = label
+    dial.conference(name, **kwargs)
+    response.append(dial)
+    return str(response)
+
+
+def twiml_menu(*, prompt: str, action_url: str, digits: int = 1, timeout: int = 8) -> str:
+    """Ask for a key press; without one, say goodbye."""
+    response = VoiceResponse()
+    gather = response.gather(input="dtmf", num_digits=digits, timeout=timeout, action=action_url, method="POST")
+    gather.say(prompt)
+    response.say("No choice was made. Goodbye.")
+    response.hangup()
+    return str(response)
+
+
 def twiml_hold(*, ringback_url: str) -> str:
     """Keep the caller hearing ringback until a live-call update moves them on."""
     response = VoiceResponse()
@@ -87,6 +115,41 @@ def call_redirect(call_sid: str, url: str) -> None:
         _client().calls(call_sid).update(url=url, method="POST")
     except (TwilioException, OSError) as exc:
         raise ProviderError(f"redirect of {call_sid} failed: {exc}") from exc
+
+
+def _to_address(kind: str, address: str) -> str:
+    return f"client:{address}" if kind == "client" else address
+
+
+def participant_add(*, conference: str, kind: str, address: str, caller_id: str, label: str, status_url: str,
+                    conference_status_url: str, timeout: int, muted: bool = False) -> str:
+    """Dial `address` into the conference; returns the new leg's CallSid."""
+    try:
+        participant = _client().conferences(conference).participants.create(
+            from_=caller_id, to=_to_address(kind, address), label=label, timeout=timeout, muted=muted,
+            beep="false", start_conference_on_enter=True, end_conference_on_exit=False,
+            status_callback=status_url, status_callback_method="POST",
+            status_callback_event=["initiated", "ringing", "answered", "completed"],
+            conference_status_callback=conference_status_url, conference_status_callback_method="POST",
+            conference_status_callback_event=["start", "end", "join", "leave"],
+        )
+    except (TwilioException, OSError) as exc:
+        raise ProviderError(f"adding {label} to {conference} failed: {exc}") from exc
+    return participant.call_sid
+
+
+def participant_remove(*, conference: str, call_sid: str) -> None:
+    try:
+        _client().conferences(conference).participants(call_sid).delete()
+    except (TwilioException, OSError) as exc:
+        raise ProviderError(f"removing {call_sid} from {conference} failed: {exc}") from exc
+
+
+def participant_mute(*, conference: str, call_sid: str, muted: bool = True) -> None:
+    try:
+        _client().conferences(conference).participants(call_sid).update(muted=muted)
+    except (TwilioException, OSError) as exc:
+        raise ProviderError(f"muting {call_sid} in {conference} failed: {exc}") from exc
 
 
 def call_hangup(call_sid: str) -> None:

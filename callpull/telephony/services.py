@@ -1,12 +1,15 @@
 """What the voice provider's webhooks do to calls.
 
-The voice webhook answers at once and never waits for a user: a forwarded call
-whose device is chosen gets `<Dial>`; one still ringing on the devices is held
-with ringback and redirected through the provider's REST API when a device
-answers. Retried webhooks (same CallSid) get the same answer.
+The voice webhook answers at once and never waits for a user: a matched
+forwarded call joins its own conference (callpull.legs), hearing ringback until
+a device's leg joins; devices are dialled in through the provider's REST API.
+Retried webhooks (same CallSid) get the same answer. A call to a server number
+that is no forwarded call may be a device dialling in to take over a live call
+(callpull.moves).
 """
 
 import logging
+import uuid
 from datetime import datetime, timedelta
 from urllib.parse import urlencode
 
@@ -15,14 +18,17 @@ from django.conf import settings
 from django.db import IntegrityError
 from django.db.models import Q
 
-from callpull.calls import all_devices, announce_end, notify
-from callpull.models import Call, CallState, Line
+from callpull import legs, moves
+from callpull.calls import announce_end
+from callpull.models import Call, CallLeg, CallState, LegRole, LegState, Line, Pull, PullState
 from callpull.statemachine import PENDING_STATES, Step, record, transition
 from callpull.telephony import provider
+from devices.models import Device
 
 log = logging.getLogger(__name__)
 
 GOODBYE = "Sorry, this call cannot be connected right now. Goodbye."
+NOTHING_TO_TAKE = "There is no call to take over right now. Goodbye."
 # What carriers put in From when the caller id is withheld.
 WITHHELD = {"", "anonymous", "restricted", "unknown", "private", "unavailable", "+266696687", "+86282452253"}
 
@@ -38,7 +44,7 @@ def ringback_url() -> str:
     return f"{static}callpull/ringback.wav"
 
 
-def _e164_or_none(raw: str | None) -> str | None:
+def e164_or_none(raw: str | None) -> str | None:
     if raw is None or raw.strip().lower() in WITHHELD:
         return None
     try:
@@ -48,26 +54,43 @@ def _e164_or_none(raw: str | None) -> str | None:
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 
-# TwiML for a call ------------------------------------------------------------
+# TwiML ---------------------------------------------------------------------------
 
-def _dial(call: Call) -> str:
-    device = call.answered_by
-    return provider.twiml_dial(
-        kind=device.connect_type, address=device.connect_address,
-        action_url=webhook_url("dial-status", call=call.pk),
-        status_url=webhook_url("status", call=call.pk, leg="device"),
-        timeout=settings.DIAL_TIMEOUT_SECONDS,
-        caller_id=call.caller or None if device.connect_type == "number" else None,
-    )
+def caller_twiml(call: Call) -> str:
+    """The caller waits in the call's conference, hearing ringback until a device joins."""
+    return provider.twiml_conference(
+        name=call.conference_name, start_on_enter=False, end_on_exit=True, wait_url=ringback_url(),
+        status_url=webhook_url("conference", call=call.pk), action_url=webhook_url("dial-status", call=call.pk))
 
 
 def twiml_for(call: Call) -> str:
-    """The answer for a forwarded call in its current state."""
-    if call.state in (CallState.FORWARDED, CallState.CONNECTED) and call.answered_by_id:
-        return _dial(call)
-    if call.state == CallState.FORWARDED:
-        return provider.twiml_hold(ringback_url=ringback_url())
+    if call.state in (CallState.FORWARDED, CallState.CONNECTED):
+        return caller_twiml(call)
     return provider.twiml_goodbye(GOODBYE)
+
+
+def join_twiml(pull: Pull) -> str:
+    """A device that dialled in joins the conference (and so takes the call)."""
+    return provider.twiml_conference(
+        name=pull.call.conference_name, start_on_enter=True, end_on_exit=False, label=str(pull.leg_id),
+        status_url=webhook_url("conference", call=pull.call_id))
+
+
+def _dial_in_twiml(outcome: str, detail) -> str:
+    if outcome == "join":
+        return join_twiml(detail)
+    if outcome == "hold":
+        return provider.twiml_hold(ringback_url=ringback_url())
+    if outcome == "menu":
+        device, calls = detail
+        choices = " ".join(f"For the call with {_spoken(call.caller)}, press {i}." for i, call in enumerate(calls, 1))
+        return provider.twiml_menu(prompt=f"You have {len(calls)} calls. {choices}",
+                                   action_url=webhook_url("dial-in-choice", device=device.pk))
+    return provider.twiml_goodbye(NOTHING_TO_TAKE)
+
+
+def _spoken(number: str) -> str:
+    return " ".join(number.lstrip("+")[-4:]) if number else "a withheld number"
 
 
 def _unmatched(*, to: str, forwarded_from: str | None) -> str:
@@ -75,11 +98,11 @@ def _unmatched(*, to: str, forwarded_from: str | None) -> str:
     if line is not None and line.fallback_number:
         log.info("forwarded call unmatched: to fallback line=%s", line.pk)
         return provider.twiml_forward(number=line.fallback_number)
-    log.info("forwarded call unmatched: hang up to=%s forwarded_from=%s", to, forwarded_from)
+    log.info("call to %s unmatched (forwarded_from=%s): polite hang-up", to, forwarded_from)
     return provider.twiml_goodbye(GOODBYE)
 
 
-# Webhooks --------------------------------------------------------------------
+# The voice webhook ---------------------------------------------------------------
 
 def _candidates(*, to: str, caller: str | None, forwarded_from: str | None, now: datetime):
     calls = Call.objects.select_related("line", "answered_by").filter(
@@ -92,52 +115,89 @@ def _candidates(*, to: str, caller: str | None, forwarded_from: str | None, now:
     return calls.order_by("-created_at")
 
 
-def forwarded_call_arrive(*, params: dict, now: datetime) -> str:
-    """A call reached a server number: match it to the pending call and answer."""
+def _known(call_sid: str) -> str | None:
+    """The answer already given to this CallSid, for a retried webhook."""
+    call = Call.objects.select_related("line").filter(provider_call_sid=call_sid).first()
+    if call is not None:
+        return twiml_for(call)
+    leg = CallLeg.objects.filter(provider_call_sid=call_sid).first()
+    if leg is not None:
+        pull = Pull.objects.select_related("call").filter(leg=leg).first()
+        if pull is not None and pull.state == PullState.APPROVED:
+            return join_twiml(pull)
+        if pull is not None and pull.state == PullState.AWAITING_APPROVAL:
+            return provider.twiml_hold(ringback_url=ringback_url())
+        return provider.twiml_goodbye(NOTHING_TO_TAKE)
+    return None
+
+
+def call_arrived(*, params: dict, now: datetime) -> str:
+    """A call reached a server number: the forwarded call of a pending ring, or
+    a device dialling in; otherwise the line's fallback or a polite goodbye."""
     call_sid = params.get("CallSid", "")
-    to = _e164_or_none(params.get("To")) or ""
-    forwarded_from = _e164_or_none(params.get("ForwardedFrom"))
-    caller = _e164_or_none(params.get("From"))
-    known = Call.objects.select_related("line", "answered_by").filter(provider_call_sid=call_sid).first()
+    to = e164_or_none(params.get("To")) or ""
+    forwarded_from = e164_or_none(params.get("ForwardedFrom"))
+    caller = e164_or_none(params.get("From"))
+    known = _known(call_sid)
     if known is not None:
-        return twiml_for(known)
+        return known
     for call in _candidates(to=to, caller=caller, forwarded_from=forwarded_from, now=now)[:5]:
-        held_until = max(call.created_at + timedelta(seconds=settings.CALL_RING_SECONDS), now + timedelta(seconds=5))
-        dialing_until = now + timedelta(seconds=settings.DIAL_TIMEOUT_SECONDS + 5)
-        try:
-            won = transition(call, "forwarded_call_arrived", now=now,
-                             step=Step("forwarded_call_arrived", detail={"call_sid": call_sid,
-                                                                         "forwarded_from": forwarded_from}),
-                             fields={"provider_call_sid": call_sid,
-                                     "expires_at": dialing_until if call.answered_by_id else held_until},
-                             guard={"provider_call_sid__isnull": True})
-        except IntegrityError:  # the same CallSid claimed by a concurrent retry
-            won = False
-        if won:
-            log.info("forwarded call matched call=%s sid=%s answered=%s", call.pk, call_sid,
-                     bool(call.answered_by_id))
-            if not call.answered_by_id:
-                record(call, now=now, step=Step("caller_held"))
-            return twiml_for(call)
-        known = Call.objects.select_related("line", "answered_by").filter(provider_call_sid=call_sid).first()
+        if _claim(call, call_sid=call_sid, forwarded_from=forwarded_from, now=now):
+            return caller_twiml(call)
+        known = _known(call_sid)
         if known is not None:
-            return twiml_for(known)
+            return known
+    if not forwarded_from:
+        outcome, detail = moves.dial_in_arrive(caller=caller, call_sid=call_sid, now=now)
+        if outcome != "unknown":
+            log.info("dial-in %s sid=%s", outcome, call_sid)
+            return _dial_in_twiml(outcome, detail)
     return _unmatched(to=to, forwarded_from=forwarded_from)
 
 
-def _call_for_callback(call_id: str | None, params: dict) -> Call | None:
-    if not call_id:
-        return None
-    call = Call.objects.select_related("line", "answered_by").filter(pk=call_id).first()
-    if call is None or call.provider_call_sid != params.get("CallSid", params.get("ParentCallSid")):
-        return None
-    return call
+def _claim(call: Call, *, call_sid: str, forwarded_from: str | None, now: datetime) -> bool:
+    held_until = max(call.created_at + timedelta(seconds=settings.CALL_RING_SECONDS), now + timedelta(seconds=5))
+    dialing_until = now + timedelta(seconds=settings.DIAL_TIMEOUT_SECONDS + 5)
+    try:
+        won = transition(call, "forwarded_call_arrived", now=now,
+                         step=Step("forwarded_call_arrived", detail={"call_sid": call_sid,
+                                                                     "forwarded_from": forwarded_from}),
+                         fields={"provider_call_sid": call_sid,
+                                 "expires_at": dialing_until if call.answered_by_id else held_until},
+                         guard={"provider_call_sid__isnull": True})
+    except IntegrityError:  # the same CallSid claimed by a concurrent retry
+        return False
+    if not won:
+        return False
+    log.info("forwarded call matched call=%s sid=%s answered=%s", call.pk, call_sid, bool(call.answered_by_id))
+    if call.answered_by_id:
+        legs.leg_dial(call=call, now=now, role=LegRole.DEVICE, device=call.answered_by)
+    else:
+        record(call, now=now, step=Step("caller_held"))
+    return True
 
 
-def connect_twiml(*, call_id: str, params: dict) -> str:
-    """Where a held call is redirected once a device answered."""
-    call = _call_for_callback(call_id, params)
-    return twiml_for(call) if call is not None else provider.twiml_goodbye(GOODBYE)
+def dial_in_choice(*, device_id: str, params: dict, now: datetime) -> str:
+    device = Device.objects.select_related("user").filter(pk=device_id).first()
+    caller = e164_or_none(params.get("From"))
+    if device is None or not caller or device.phone_number != caller:
+        return provider.twiml_goodbye(NOTHING_TO_TAKE)
+    calls = list(moves.movable_calls_for(user=device.user))
+    digits = params.get("Digits", "")
+    if not digits.isdigit() or not 1 <= int(digits) <= len(calls):
+        return _dial_in_twiml("menu", (device, calls)) if calls else provider.twiml_goodbye(NOTHING_TO_TAKE)
+    outcome, pull = moves.dial_in_take(device=device, call=calls[int(digits) - 1], call_sid=params.get("CallSid", ""),
+                                       now=now)
+    return _dial_in_twiml(outcome, pull)
+
+
+def join_after_approval(*, pull_id: str, params: dict) -> str:
+    pull = Pull.objects.select_related("call", "leg").filter(pk=pull_id).first()
+    if pull is None or pull.leg is None or pull.leg.provider_call_sid != params.get("CallSid"):
+        return provider.twiml_goodbye()
+    if pull.state != PullState.APPROVED:
+        return provider.twiml_goodbye(NOTHING_TO_TAKE)
+    return join_twiml(pull)
 
 
 def fallback_twiml(*, call_id: str, params: dict) -> str:
@@ -147,81 +207,94 @@ def fallback_twiml(*, call_id: str, params: dict) -> str:
     return provider.twiml_goodbye(GOODBYE)
 
 
-DIAL_UNANSWERED = {"busy", "no-answer", "canceled"}
+# Callbacks -----------------------------------------------------------------------
+
+def _call_for_callback(call_id: str | None, params: dict) -> Call | None:
+    try:
+        call_id = uuid.UUID(str(call_id))
+    except ValueError:
+        return None
+    call = Call.objects.select_related("line").filter(pk=call_id).first()
+    if call is None or call.provider_call_sid != params.get("CallSid"):
+        return None
+    return call
 
 
 def dial_finished(*, call_id: str, params: dict, now: datetime) -> str:
-    """The `<Dial>` ended: the conversation is over, or the device never answered."""
+    """The caller's `<Dial><Conference>` ended: the conference is over."""
     call = _call_for_callback(call_id, params)
-    if call is None:
-        return provider.twiml_goodbye()
-    status = params.get("DialCallStatus", "")
-    detail = {"dial_status": status, "duration": params.get("DialCallDuration")}
-    if status in ("completed", "answered"):
-        if transition(call, "hung_up", now=now, step=Step("ended", call.answered_by_id, detail),
+    if call is not None and call.state == CallState.CONNECTED:
+        if transition(call, "hung_up", now=now, step=Step("ended", call.held_by_id,
+                                                          {"dial_status": params.get("DialCallStatus")}),
                       fields={"end_reason": "completed"}):
             announce_end(call, now=now, reason="completed")
-        return provider.twiml_goodbye()
-    name = "dial_unanswered" if status in DIAL_UNANSWERED else "dial_failed"
-    if transition(call, name, now=now, step=Step("dial_ended", call.answered_by_id, detail),
-                  fields={"end_reason": f"device_{status.replace('-', '_') or 'failed'}"}):
-        announce_end(call, now=now, reason=call.end_reason)
-        if call.line.fallback_number:
-            return provider.twiml_forward(number=call.line.fallback_number)
-    return provider.twiml_goodbye(GOODBYE)
+    return provider.twiml_goodbye()
 
 
+LEG_FAILED = {"busy", "no-answer", "failed", "canceled"}
 PARENT_ENDED = {"completed", "busy", "failed", "no-answer", "canceled"}
 
 
+def _leg(call_id, leg_ref: str | None, call_sid: str | None) -> CallLeg | None:
+    legs_of_call = CallLeg.objects.select_related("call").filter(call_id=call_id)
+    try:
+        by_ref = legs_of_call.filter(pk=uuid.UUID(str(leg_ref))).first() if leg_ref else None
+    except ValueError:
+        by_ref = None
+    return by_ref or (legs_of_call.filter(provider_call_sid=call_sid).first() if call_sid else None)
+
+
 def status_changed(*, call_id: str | None, leg: str | None, params: dict, now: datetime) -> None:
-    """Status callbacks: the device leg (`leg=device`) or the forwarded call itself."""
+    """Status callbacks of a device or transfer leg (`leg=`), or of the forwarded call."""
     status = params.get("CallStatus", "")
-    if leg == "device":
-        call = _call_for_callback(call_id, {"CallSid": params.get("ParentCallSid")})
-        if call is None:
+    if leg:
+        try:
+            call_id = uuid.UUID(str(call_id))
+        except ValueError:
             return
-        if status == "in-progress":
-            if transition(call, "device_connected", now=now,
-                          step=Step("connected", call.answered_by_id, {"dial_call_sid": params.get("CallSid")}),
-                          fields={"expires_at": None}):
-                notify(call, "call.connected", all_devices(call), now=now, push=False)
-        elif status in ("initiated", "ringing"):
-            record(call, now=now, step=Step(f"device_{status}", call.answered_by_id))
+        found = _leg(call_id, leg, None)
+        if found is None:
+            return
+        if status in LEG_FAILED:
+            legs.leg_failed(leg=found, reason=status, now=now)
+        elif status == "completed":
+            if found.state == LegState.DIALING:
+                legs.leg_failed(leg=found, reason="ended_before_joining", now=now)
+            else:
+                legs.leg_left(leg=found, now=now)
+        elif status in ("initiated", "ringing") and found.role != LegRole.MONITOR:
+            record(found.call, now=now, step=Step(f"leg_{status}", found.device_id, {"role": found.role}))
         return
-    call = Call.objects.select_related("line").filter(provider_call_sid=params.get("CallSid")).first()
-    if call is None or status not in PARENT_ENDED or call.is_terminal:
+    sid = params.get("CallSid")
+    call = Call.objects.select_related("line").filter(provider_call_sid=sid).first()
+    if call is None:
+        dial_in = CallLeg.objects.select_related("call").filter(provider_call_sid=sid).first()
+        if dial_in is not None and status in PARENT_ENDED:  # a device that dialled in hung up
+            if dial_in.state == LegState.DIALING:
+                legs.leg_failed(leg=dial_in, reason="hung_up", now=now)
+            else:
+                legs.leg_left(leg=dial_in, now=now)
         return
-    held = call.state == CallState.FORWARDED and not call.answered_by_id
+    if status not in PARENT_ENDED or call.is_terminal:
+        return
     if transition(call, "caller_hung_up", now=now, step=Step("caller_hung_up", detail={"call_status": status}),
                   fields={"end_reason": "completed" if call.state == CallState.CONNECTED else "caller_hung_up"}):
-        log.info("forwarded call ended by the provider call=%s status=%s held=%s", call.pk, status, held)
+        log.info("forwarded call ended call=%s status=%s", call.pk, status)
         announce_end(call, now=now, reason=call.end_reason)
+        # The conference ends with the caller (endConferenceOnExit); forget its legs.
+        CallLeg.objects.filter(call=call, state__in=[LegState.DIALING, LegState.JOINED]).update(
+            state=LegState.LEFT, ended_at=now, end_reason="call_ended")
 
 
-# Live-call updates -------------------------------------------------------------
-
-def connect_held_call(call: Call, *, now: datetime) -> None:
-    """A device answered while the caller was held: move the live call to it."""
+def conference_event(*, call_id: str | None, params: dict, now: datetime) -> None:
+    """Conference status callbacks: legs joining and leaving the call's anchor."""
     try:
-        provider.call_redirect(call.provider_call_sid, webhook_url("connect", call=call.pk))
-    except provider.ProviderError as exc:
-        log.warning("redirect failed call=%s: %s", call.pk, exc)
-        if transition(call, "dial_failed", now=now, step=Step("redirect_failed", detail={"error": str(exc)}),
-                      fields={"end_reason": "provider_error"}):
-            announce_end(call, now=now, reason="provider_error")
+        call_id = uuid.UUID(str(call_id))
+    except ValueError:
         return
-    record(call, now=now, step=Step("caller_redirected", call.answered_by_id))
-
-
-def release_held_call(call: Call, *, now: datetime) -> None:
-    """Nobody takes a held call: to the line's fallback, else hang up politely."""
-    try:
-        if call.line.fallback_number:
-            provider.call_redirect(call.provider_call_sid, webhook_url("fallback", call=call.pk))
-            record(call, now=now, step=Step("sent_to_fallback", detail={"number": call.line.fallback_number}))
-        else:
-            provider.call_hangup(call.provider_call_sid)
-            record(call, now=now, step=Step("caller_released"))
-    except provider.ProviderError as exc:
-        log.warning("releasing held call failed call=%s: %s", call.pk, exc)
+    event = params.get("StatusCallbackEvent", "")
+    found = _leg(call_id, params.get("ParticipantLabel"), params.get("CallSid"))
+    if event == "participant-join" and found is not None:
+        legs.leg_joined(leg=found, now=now, call_sid=params.get("CallSid"))
+    elif event == "participant-leave" and found is not None:
+        legs.leg_left(leg=found, now=now)

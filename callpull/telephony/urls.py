@@ -4,7 +4,9 @@ from callpull.telephony import views
 
 urlpatterns = [
     path("voice", views.voice, name="twilio-voice"),
-    path("connect", views.connect, name="twilio-connect"),
+    path("conference", views.conference, name="twilio-conference"),
+    path("dial-in-choice", views.dial_in_choice, name="twilio-dial-in-choice"),
+    path("join", views.join, name="twilio-join"),
     path("fallback", views.fallback, name="twilio-fallback"),
     path("dial-status", views.dial_status, name="twilio-dial-status"),
     path("status", views.status, name="twilio-status"),

@@ -46,12 +46,23 @@ def webhook(handler):
 
 @webhook
 def voice(request, params, now):
-    return services.forwarded_call_arrive(params=params, now=now)
+    return services.call_arrived(params=params, now=now)
 
 
 @webhook
-def connect(request, params, now):
-    return services.connect_twiml(call_id=request.GET.get("call"), params=params)
+def dial_in_choice(request, params, now):
+    return services.dial_in_choice(device_id=request.GET.get("device"), params=params, now=now)
+
+
+@webhook
+def join(request, params, now):
+    return services.join_after_approval(pull_id=request.GET.get("pull"), params=params)
+
+
+@webhook
+def conference(request, params, now):
+    services.conference_event(call_id=request.GET.get("call"), params=params, now=now)
+    return None
 
 
 @webhook

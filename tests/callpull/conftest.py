@@ -97,3 +97,80 @@ def signed_post(client, path: str, params: dict, *, token: str | None = None):
     url = settings.PUBLIC_BASE_URL + path
     signature = RequestValidator(token or settings.TWILIO_AUTH_TOKEN).compute_signature(url, params)
     return client.post(path, params, HTTP_X_TWILIO_SIGNATURE=signature)
+
+
+class FakeProvider:
+    """Stands in for callpull.telephony.provider's REST side (the one module unit
+    tests may patch) and records what the backend asked the provider to do."""
+
+    def __init__(self):
+        self.actions = []
+        self.refuse = False
+        self.sids = {}  # leg label → CallSid
+
+    def _maybe_refuse(self, what):
+        if self.refuse:
+            from callpull.telephony.provider import ProviderError
+            raise ProviderError(f"{what}: 503")
+
+    def participant_add(self, *, conference, kind, address, caller_id, label, status_url, conference_status_url,
+                        timeout, muted=False):
+        self._maybe_refuse("add")
+        sid = "CA" + uuid.uuid4().hex
+        self.sids[label] = sid
+        self.actions.append(("add", conference, f"{kind}:{address}", label))
+        return sid
+
+    def participant_remove(self, *, conference, call_sid):
+        self.actions.append(("remove", conference, call_sid))
+
+    def participant_mute(self, *, conference, call_sid, muted=True):
+        self.actions.append(("mute", conference, call_sid))
+
+    def call_redirect(self, call_sid, url):
+        self._maybe_refuse("redirect")
+        self.actions.append(("redirect", call_sid, url))
+
+    def call_hangup(self, call_sid):
+        self.actions.append(("hangup", call_sid))
+
+    def kinds(self):
+        return [action[0] for action in self.actions]
+
+
+@pytest.fixture(autouse=True)
+def fake_provider(monkeypatch):
+    from callpull.telephony import provider
+
+    fake = FakeProvider()
+    for name in ("participant_add", "participant_remove", "participant_mute", "call_redirect", "call_hangup"):
+        monkeypatch.setattr(provider, name, getattr(fake, name))
+    return fake
+
+
+def forward(client, *, sid, to="+15555550100", caller="+15550009999", forwarded_from="+15551234567"):
+    """The provider's voice webhook for a forwarded (or dialled-in) call."""
+    params = {"CallSid": sid, "To": to, "From": caller, "CallStatus": "ringing", "Direction": "inbound",
+              "AccountSid": "AC" + "5" * 32}
+    if forwarded_from:
+        params["ForwardedFrom"] = forwarded_from
+    return signed_post(client, "/telephony/twilio/voice", params)
+
+
+def conference(client, call_id, event, *, label="", sid=""):
+    params = {"StatusCallbackEvent": event, "CallSid": sid, "FriendlyName": f"callpull-{call_id}",
+              "ConferenceSid": "CF" + "0" * 32}
+    if label:
+        params["ParticipantLabel"] = label
+    return signed_post(client, f"/telephony/twilio/conference?call={call_id}", params)
+
+
+def leg_status(client, call_id, leg_label, status, *, sid=""):
+    return signed_post(client, f"/telephony/twilio/status?call={call_id}&leg={leg_label}",
+                       {"CallSid": sid, "CallStatus": status})
+
+
+def join_leg(client, call_id, fake_provider, label=None):
+    """The provider reports the last dialled leg answered and joined the conference."""
+    label = label or list(fake_provider.sids)[-1]
+    return conference(client, call_id, "participant-join", label=label, sid=fake_provider.sids[label])

@@ -1,6 +1,6 @@
-"""The provider's webhooks: signatures, matching, TwiML, dial and call status.
-Live-call updates go through callpull.telephony.provider, patched here (the
-end-to-end tests drive the real one against the simulator)."""
+"""The provider's webhooks: signatures, matching, the conference anchor, leg and
+call status. The provider's REST side is the fake in conftest (the end-to-end
+tests drive the real one against the simulator)."""
 
 import uuid
 from datetime import timedelta
@@ -9,20 +9,11 @@ from xml.etree import ElementTree
 import pytest
 from django.utils import timezone
 
-from callpull.models import Call
-from callpull.telephony import provider
-from tests.callpull.conftest import report, signed_post
+from callpull.models import Call, CallLeg
+from tests.callpull.conftest import conference, forward, join_leg, leg_status, report, signed_post
 
 pytestmark = pytest.mark.django_db
 SID = "CA" + "1" * 32
-
-
-def voice(client, *, sid=SID, to="+15555550100", caller="+15550009999", forwarded_from="+15551234567"):
-    params = {"CallSid": sid, "To": to, "From": caller, "CallStatus": "ringing", "Direction": "inbound",
-              "AccountSid": "AC" + "5" * 32}
-    if forwarded_from:
-        params["ForwardedFrom"] = forwarded_from
-    return signed_post(client, "/telephony/twilio/voice", params)
 
 
 def xml(response):
@@ -37,14 +28,6 @@ def answered_call(handset_api, line, tablet, tablet_api, online):
     call_id = report(handset_api, line).json()["call"]["id"]
     assert tablet_api.post(f"/api/v1/calls/{call_id}/answer").status_code == 200
     return call_id
-
-
-@pytest.fixture
-def redirects(monkeypatch):
-    sent = []
-    monkeypatch.setattr(provider, "call_redirect", lambda sid, url: sent.append(("redirect", sid, url)))
-    monkeypatch.setattr(provider, "call_hangup", lambda sid: sent.append(("hangup", sid)))
-    return sent
 
 
 def test_a_bad_signature_is_403(client, answered_call):
@@ -64,31 +47,34 @@ def test_webhooks_take_only_post(client):
     assert client.get("/telephony/twilio/voice").status_code == 405
 
 
-def test_the_forwarded_call_is_dialled_to_the_device_that_answered(client, answered_call):
-    root = xml(voice(client))
-    dial = root.find("Dial")
-    assert dial.find("Client").text == "tablet-1"
-    assert dial.get("action") == f"http://127.0.0.1:8000/telephony/twilio/dial-status?call={answered_call}"
-    assert dial.find("Client").get("statusCallback").endswith(f"status?call={answered_call}&leg=device")
+def test_the_forwarded_caller_waits_in_the_calls_conference_and_the_device_is_dialled_in(
+        client, answered_call, fake_provider):
+    root = xml(forward(client, sid=SID))
+    room = root.find("Dial/Conference")
+    assert room.text == f"callpull-{answered_call}"
+    assert (room.get("startConferenceOnEnter"), room.get("endConferenceOnExit")) == ("false", "true")
+    assert room.get("waitUrl").endswith("/static/callpull/ringback.wav")
+    assert root.find("Dial").get("action").endswith(f"dial-status?call={answered_call}")
+    leg = CallLeg.objects.get()
+    assert fake_provider.actions == [("add", f"callpull-{answered_call}", "client:tablet-1", str(leg.pk))]
     call = Call.objects.get()
     assert (call.state, call.provider_call_sid) == ("forwarded", SID)
 
 
-def test_a_retried_webhook_gets_the_same_twiml_and_one_leg(client, answered_call):
-    first = voice(client).content
-    second = voice(client).content
+def test_a_retried_webhook_gets_the_same_twiml_and_one_leg(client, answered_call, fake_provider):
+    first = forward(client, sid=SID).content
+    second = forward(client, sid=SID).content
     assert first == second
-    timeline = Call.objects.get().timeline.filter(event="forwarded_call_arrived")
-    assert timeline.count() == 1
+    assert CallLeg.objects.count() == 1
+    assert Call.objects.get().timeline.filter(event="forwarded_call_arrived").count() == 1
 
 
 def test_matching_without_forwarded_from_uses_server_number_and_caller(client, answered_call):
-    root = xml(voice(client, forwarded_from=None))
-    assert root.find("Dial") is not None
+    assert xml(forward(client, sid=SID, forwarded_from=None)).find("Dial/Conference") is not None
 
 
 def test_another_caller_does_not_match(client, answered_call):
-    root = xml(voice(client, caller="+15550001111"))
+    root = xml(forward(client, sid=SID, caller="+15550001111"))
     assert root.find("Dial") is None and root.find("Hangup") is not None
 
 
@@ -97,89 +83,102 @@ def test_the_most_recent_pending_call_wins_a_tie(client, handset_api, line, tabl
     older = report(handset_api, line).json()["call"]["id"]
     newer = report(handset_api, line).json()["call"]["id"]
     tablet_api.post(f"/api/v1/calls/{newer}/answer")
-    voice(client)
+    forward(client, sid=SID)
     assert Call.objects.get(provider_call_sid=SID).pk == uuid.UUID(newer)
     assert Call.objects.get(pk=older).provider_call_sid is None
 
 
 def test_an_old_report_is_outside_the_window(client, answered_call):
     Call.objects.update(created_at=timezone.now() - timedelta(minutes=10))
-    root = xml(voice(client))
-    assert root.find("Dial") is None
+    assert xml(forward(client, sid=SID)).find("Dial/Conference") is None
 
 
 def test_unmatched_goes_to_the_lines_fallback(client, line):
     line.fallback_number = "+15550007777"
     line.save()
-    root = xml(voice(client))
-    assert root.find("Dial").text == "+15550007777"
+    assert xml(forward(client, sid=SID)).find("Dial").text == "+15550007777"
 
 
 def test_unmatched_without_fallback_is_a_polite_hang_up(client, line):
-    root = xml(voice(client, forwarded_from="+15550000000"))
+    root = xml(forward(client, sid=SID, forwarded_from="+15550000000"))
     assert root.find("Say").text.startswith("Sorry")
     assert root.find("Hangup") is not None
 
 
-def test_device_answered_connects_then_dial_completed_completes(client, answered_call, online, handset):
+def test_the_device_joining_connects_and_its_hang_up_completes_the_call(client, answered_call, online, handset,
+                                                                       fake_provider):
     socket = online(handset[0])
-    voice(client)
-    response = signed_post(client, f"/telephony/twilio/status?call={answered_call}&leg=device",
-                           {"CallSid": "CA" + "2" * 32, "ParentCallSid": SID, "CallStatus": "in-progress"})
-    assert response.status_code == 204
-    assert Call.objects.get().state == "connected"
+    forward(client, sid=SID)
+    assert join_leg(client, answered_call, fake_provider).status_code == 204
+    call = Call.objects.get()
+    assert (call.state, str(call.held_by_id)) == ("connected", str(call.answered_by_id))
     assert "call.connected" in socket.types()
-    root = xml(signed_post(client, f"/telephony/twilio/dial-status?call={answered_call}",
-                           {"CallSid": SID, "DialCallSid": "CA" + "2" * 32, "DialCallStatus": "completed",
-                            "DialCallDuration": "42"}))
-    assert root.find("Hangup") is not None
+    leg = CallLeg.objects.get()
+    conference(client, answered_call, "participant-leave", label=str(leg.pk), sid=fake_provider.sids[str(leg.pk)])
     call = Call.objects.get()
     assert (call.state, call.end_reason) == ("completed", "completed")
-    assert call.ended_at is not None
+    assert ("hangup", SID) in fake_provider.actions  # the caller is not left alone in the room
     assert "call.ended" in socket.types()
 
 
-def test_device_not_answering_is_missed_and_goes_to_fallback(client, answered_call, line):
+def test_the_caller_hanging_up_completes_a_connected_call(client, answered_call, fake_provider):
+    forward(client, sid=SID)
+    join_leg(client, answered_call, fake_provider)
+    signed_post(client, "/telephony/twilio/status", {"CallSid": SID, "CallStatus": "completed"})
+    call = Call.objects.get()
+    assert (call.state, call.end_reason) == ("completed", "completed")
+    assert CallLeg.objects.get().state == "left"
+    xml(signed_post(client, f"/telephony/twilio/dial-status?call={answered_call}",
+                    {"CallSid": SID, "DialCallStatus": "completed"}))
+    assert Call.objects.get().state == "completed"
+
+
+def test_a_device_not_answering_is_missed_and_the_caller_goes_to_the_fallback(client, answered_call, line,
+                                                                             fake_provider):
     line.fallback_number = "+15550007777"
     line.save()
-    voice(client)
-    root = xml(signed_post(client, f"/telephony/twilio/dial-status?call={answered_call}",
-                           {"CallSid": SID, "DialCallStatus": "no-answer"}))
-    assert root.find("Dial").text == "+15550007777"
+    forward(client, sid=SID)
+    leg = CallLeg.objects.get()
+    leg_status(client, answered_call, leg.pk, "no-answer")
     call = Call.objects.get()
     assert (call.state, call.end_reason) == ("missed", "device_no_answer")
+    assert fake_provider.actions[-1] == ("redirect", SID,
+                                         f"http://127.0.0.1:8000/telephony/twilio/fallback?call={answered_call}")
+    root = xml(signed_post(client, f"/telephony/twilio/fallback?call={answered_call}", {"CallSid": SID}))
+    assert root.find("Dial").text == "+15550007777"
 
 
-def test_dial_failure_fails_the_call(client, answered_call):
-    voice(client)
-    signed_post(client, f"/telephony/twilio/dial-status?call={answered_call}",
-                {"CallSid": SID, "DialCallStatus": "failed"})
-    assert Call.objects.get().state == "failed"
+def test_a_provider_that_refuses_to_dial_fails_the_call(client, answered_call, fake_provider):
+    fake_provider.refuse = True
+    forward(client, sid=SID)
+    call = Call.objects.get()
+    assert (call.state, call.end_reason) == ("failed", "provider_error")
 
 
-def test_callbacks_for_another_calls_sid_are_ignored(client, answered_call):
-    voice(client)
-    signed_post(client, f"/telephony/twilio/dial-status?call={answered_call}",
-                {"CallSid": "CA" + "9" * 32, "DialCallStatus": "completed"})
+def test_callbacks_for_another_calls_legs_are_ignored(client, answered_call, fake_provider):
+    forward(client, sid=SID)
+    other = str(uuid.uuid4())
+    leg_status(client, other, CallLeg.objects.get().pk, "no-answer")
+    conference(client, answered_call, "participant-join", label=str(uuid.uuid4()), sid="CA" + "9" * 32)
     assert Call.objects.get().state == "forwarded"
 
 
-def test_immediate_holds_the_caller_then_redirects_when_a_device_answers(client, handset_api, line, tablet,
-                                                                        tablet_api, online, redirects):
+def test_immediate_holds_the_caller_then_dials_the_device_that_answers(client, handset_api, line, tablet,
+                                                                      tablet_api, online, fake_provider):
     line.policy = "immediate"
     line.save()
     online(tablet[0])
     body = report(handset_api, line).json()
     assert body["instruction"]["action"] == "reject"
-    root = xml(voice(client))
-    assert root.find("Play").get("loop") == "0"
-    assert root.find("Play").text.endswith("/static/callpull/ringback.wav")
+    root = xml(forward(client, sid=SID))
+    assert root.find("Dial/Conference").get("waitUrl").endswith("ringback.wav")
+    assert fake_provider.actions == []  # nobody answered yet: the caller hears ringback
     call_id = body["call"]["id"]
     response = tablet_api.post(f"/api/v1/calls/{call_id}/answer")
     assert response.json()["state"] == "forwarded"
-    assert redirects == [("redirect", SID, f"http://127.0.0.1:8000/telephony/twilio/connect?call={call_id}")]
-    root = xml(signed_post(client, f"/telephony/twilio/connect?call={call_id}", {"CallSid": SID}))
-    assert root.find("Dial/Client").text == "tablet-1"
+    assert fake_provider.kinds() == ["add"]
+    join_leg(client, call_id, fake_provider)
+    assert Call.objects.get().state == "connected"
 
 
 def test_caller_hanging_up_while_held_is_missed(client, handset_api, line, tablet, online):
@@ -187,7 +186,7 @@ def test_caller_hanging_up_while_held_is_missed(client, handset_api, line, table
     line.save()
     socket = online(tablet[0])
     report(handset_api, line)
-    voice(client)
+    forward(client, sid=SID)
     socket.frames()
     signed_post(client, "/telephony/twilio/status", {"CallSid": SID, "CallStatus": "completed"})
     call = Call.objects.get()
@@ -195,26 +194,10 @@ def test_caller_hanging_up_while_held_is_missed(client, handset_api, line, table
     assert socket.types() == ["call.ended"]
 
 
-def test_a_redirect_the_provider_refuses_fails_the_call(client, handset_api, line, tablet, tablet_api, online,
-                                                         monkeypatch):
-    def refuse(sid, url):
-        raise provider.ProviderError("503")
-    monkeypatch.setattr(provider, "call_redirect", refuse)
-    line.policy = "immediate"
-    line.save()
-    online(tablet[0])
-    call_id = report(handset_api, line).json()["call"]["id"]
-    voice(client)
-    tablet_api.post(f"/api/v1/calls/{call_id}/answer")
-    call = Call.objects.get()
-    assert (call.state, call.end_reason) == ("failed", "provider_error")
-
-
 def test_a_fault_inside_a_webhook_is_a_goodbye_not_an_error_page(client, monkeypatch, line):
     from callpull.telephony import services
 
     def explode(**kwargs):
         raise RuntimeError("boom")
-    monkeypatch.setattr(services, "forwarded_call_arrive", explode)
-    root = xml(voice(client))
-    assert root.find("Hangup") is not None
+    monkeypatch.setattr(services, "call_arrived", explode)
+    assert xml(forward(client, sid=SID)).find("Hangup") is not None

@@ -1,0 +1,240 @@
+"""Legs of a call's conference: the anchor that lets a live call move.
+
+The forwarded caller waits in a per-call conference (`Call.conference_name`,
+hearing ringback) that ends when the caller leaves. Devices are dialled into it
+as participants; moving the call means adding the new device's leg and, once it
+has joined, removing (or muting) the old one. The caller's leg is never touched,
+so the caller hears nothing but the new device's voice.
+
+Provider REST calls run off the request thread (`run_provider_action`), so a
+webhook answers at once and a slow provider never holds a user's request.
+"""
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import close_old_connections
+from django.utils import timezone
+
+from callpull.calls import all_devices, announce_end, notify
+from callpull.models import Call, CallLeg, CallState, LegRole, LegState, Pull, PullState
+from callpull.statemachine import Step, record, transition
+from callpull.telephony import provider
+from devices.models import Device
+
+log = logging.getLogger(__name__)
+
+_executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="provider")
+
+
+def run_provider_action(fn, *args, **kwargs) -> None:
+    """Run a provider REST action in the background (inline when
+    PROVIDER_ACTIONS_INLINE, as in unit tests)."""
+    if settings.PROVIDER_ACTIONS_INLINE:
+        fn(*args, **kwargs)
+        return
+
+    def task():
+        close_old_connections()
+        try:
+            fn(*args, **kwargs)
+        except Exception:
+            log.exception("provider action %s failed", getattr(fn, "__name__", fn))
+        finally:
+            close_old_connections()
+
+    _executor.submit(task)
+
+
+def _urls(call: Call, leg: CallLeg) -> dict:
+    from callpull.telephony.services import webhook_url
+
+    return {"status_url": webhook_url("status", call=call.pk, leg=leg.pk),
+            "conference_status_url": webhook_url("conference", call=call.pk)}
+
+
+# Dialling --------------------------------------------------------------------
+
+def leg_dial(*, call: Call, now: datetime, role: str, device: Device | None = None, number: str = "") -> CallLeg:
+    """Add a participant (a device's connect target, or a number) to the call's conference."""
+    leg = CallLeg.objects.create(call=call, device=device, number=number, role=role, created_at=now)
+    record(call, now=now, step=Step("leg_dialing", device.pk if device else None,
+                                    {"role": role, **({"number": number} if number else {})}))
+    run_provider_action(_dial, leg.pk)
+    return leg
+
+
+def _dial(leg_id) -> None:
+    leg = CallLeg.objects.select_related("call__line__server_number", "device").get(pk=leg_id)
+    call = leg.call
+    kind, address = (leg.device.connect_type, leg.device.connect_address) if leg.device else ("number", leg.number)
+    try:
+        sid = provider.participant_add(
+            conference=call.conference_name, kind=kind, address=address,
+            caller_id=call.line.server_number.number, label=str(leg.pk), timeout=settings.DIAL_TIMEOUT_SECONDS,
+            **_urls(call, leg))
+    except provider.ProviderError as exc:
+        log.warning("dialling leg=%s call=%s failed: %s", leg.pk, call.pk, exc)
+        leg_failed(leg=leg, reason="provider_error", now=timezone.now())
+        return
+    CallLeg.objects.filter(pk=leg.pk, provider_call_sid__isnull=True).update(provider_call_sid=sid)
+
+
+def leg_remove(leg: CallLeg, *, now: datetime, reason: str) -> None:
+    """Take a leg out of the conference (its call is hung up by the provider)."""
+    if not CallLeg.objects.filter(pk=leg.pk, state__in=[LegState.DIALING, LegState.JOINED]).update(
+            state=LegState.LEFT, ended_at=now, end_reason=reason):
+        return
+    sid = CallLeg.objects.values_list("provider_call_sid", flat=True).get(pk=leg.pk)
+    if sid:
+        conference = leg.call.conference_name
+        run_provider_action(_remove, conference, sid)
+
+
+def _remove(conference: str, sid: str) -> None:
+    try:
+        provider.participant_remove(conference=conference, call_sid=sid)
+    except provider.ProviderError as exc:
+        log.warning("removing %s from %s failed: %s", sid, conference, exc)
+
+
+def _mute(conference: str, sid: str) -> None:
+    try:
+        provider.participant_mute(conference=conference, call_sid=sid, muted=True)
+    except provider.ProviderError as exc:
+        log.warning("muting %s in %s failed: %s", sid, conference, exc)
+
+
+def release_caller(call: Call, *, now: datetime) -> None:
+    """Nobody takes (or keeps) the call: the caller goes to the line's fallback,
+    else is hung up politely. Ends the conference with the caller."""
+    from callpull.telephony.services import webhook_url
+
+    if not call.provider_call_sid:
+        return
+    for leg in call.legs.filter(state__in=[LegState.DIALING, LegState.JOINED]):
+        CallLeg.objects.filter(pk=leg.pk).update(state=LegState.LEFT, ended_at=now, end_reason="call_ended")
+    if call.line.fallback_number and call.state != CallState.COMPLETED:
+        record(call, now=now, step=Step("sent_to_fallback", detail={"number": call.line.fallback_number}))
+        run_provider_action(_redirect, call.provider_call_sid, webhook_url("fallback", call=call.pk))
+    else:
+        record(call, now=now, step=Step("caller_released"))
+        run_provider_action(_hangup, call.provider_call_sid)
+
+
+def _redirect(sid: str, url: str) -> None:
+    try:
+        provider.call_redirect(sid, url)
+    except provider.ProviderError as exc:
+        log.warning("redirect of %s failed: %s", sid, exc)
+
+
+def _hangup(sid: str) -> None:
+    try:
+        provider.call_hangup(sid)
+    except provider.ProviderError as exc:
+        log.warning("hang-up of %s failed: %s", sid, exc)
+
+
+# What the provider tells us about legs -----------------------------------------
+
+def _open_pull(leg: CallLeg) -> Pull | None:
+    return Pull.objects.select_related("call").filter(leg=leg, state=PullState.APPROVED).first()
+
+
+def leg_joined(*, leg: CallLeg, now: datetime, call_sid: str | None = None) -> None:
+    fields = {"state": LegState.JOINED, "joined_at": now}
+    if call_sid:
+        fields["provider_call_sid"] = call_sid
+    if not CallLeg.objects.filter(pk=leg.pk, state=LegState.DIALING).update(**fields):
+        return
+    call = Call.objects.select_related("line").get(pk=leg.call_id)
+    if call.is_terminal:  # joined too late: nothing left to carry
+        leg_remove(leg, now=now, reason="call_ended")
+        return
+    record(call, now=now, step=Step("leg_joined", leg.device_id, {"role": leg.role}))
+    if leg.role == LegRole.TRANSFER:
+        _transfer_completed(call, leg, now=now)
+        return
+    if call.state == CallState.FORWARDED:
+        if transition(call, "device_connected", now=now, step=Step("connected", leg.device_id),
+                      fields={"held_by_id": leg.device_id, "expires_at": None}):
+            notify(call, "call.connected", all_devices(call), now=now, push=False)
+        return
+    pull = _open_pull(leg)
+    if pull is not None:
+        from callpull import moves
+
+        moves.pull_completed(pull, leg, now=now)
+
+
+def _transfer_completed(call: Call, leg: CallLeg, *, now: datetime) -> None:
+    for other in call.legs.filter(state__in=[LegState.DIALING, LegState.JOINED]).exclude(pk=leg.pk):
+        leg_remove(other, now=now, reason="transferred")
+    Call.objects.filter(pk=call.pk).update(held_by=None, transferred_to=leg.number)
+    call.held_by_id, call.transferred_to = None, leg.number
+    record(call, now=now, step=Step("transferred", detail={"number": leg.number}))
+    notify(call, "call.transferred", all_devices(call), now=now, push=False, number=leg.number)
+
+
+def leg_failed(*, leg: CallLeg, reason: str, now: datetime) -> None:
+    """The leg never joined: no answer, busy, failed, or the provider refused."""
+    if not CallLeg.objects.filter(pk=leg.pk, state=LegState.DIALING).update(
+            state=LegState.FAILED, ended_at=now, end_reason=reason):
+        return
+    call = Call.objects.select_related("line").get(pk=leg.call_id)
+    record(call, now=now, step=Step("leg_failed", leg.device_id, {"role": leg.role, "reason": reason}))
+    pull = _open_pull(leg)
+    if pull is not None:
+        from callpull import moves
+
+        moves.pull_failed(pull, now=now, reason=reason)
+        return
+    if leg.role == LegRole.TRANSFER or call.is_terminal:
+        return
+    still_dialling = call.legs.filter(state__in=[LegState.DIALING, LegState.JOINED]).exists()
+    if call.state == CallState.FORWARDED and not still_dialling:
+        name = "dial_failed" if reason in ("failed", "provider_error") else "dial_unanswered"
+        if transition(call, name, now=now, step=Step("dial_ended", leg.device_id, {"reason": reason}),
+                      fields={"end_reason": f"device_{reason.replace('-', '_')}" if name == "dial_unanswered"
+                              else ("provider_error" if reason == "provider_error" else "device_failed")}):
+            announce_end(call, now=now, reason=call.end_reason)
+            release_caller(call, now=now)
+
+
+def leg_left(*, leg: CallLeg, now: datetime) -> None:
+    """A joined leg hung up on its own (a removal we asked for is already `left`)."""
+    if not CallLeg.objects.filter(pk=leg.pk, state=LegState.JOINED).update(
+            state=LegState.LEFT, ended_at=now, end_reason="hung_up"):
+        return
+    call = Call.objects.select_related("line").get(pk=leg.call_id)
+    record(call, now=now, step=Step("leg_left", leg.device_id, {"role": leg.role}))
+    if call.is_terminal or leg.role == LegRole.MONITOR:
+        return
+    if call.legs.filter(state=LegState.JOINED).exclude(role=LegRole.MONITOR).exists():
+        return  # someone still carries the conversation
+    # The device (or transfer target) holding the call hung up: the call is over.
+    if transition(call, "hung_up", now=now, step=Step("ended", leg.device_id, {"by": leg.role}),
+                  fields={"end_reason": "completed"}):
+        announce_end(call, now=now, reason="completed")
+        for other in call.legs.filter(state__in=[LegState.DIALING, LegState.JOINED]):
+            leg_remove(other, now=now, reason="call_ended")
+        run_provider_action(_hangup, call.provider_call_sid)
+
+
+def legs_dialing_expired(*, now: datetime) -> int:
+    """Legs the provider never reported on (lost callbacks): fail them."""
+    cutoff = now - timedelta(seconds=settings.DIAL_TIMEOUT_SECONDS + 15)
+    stale = list(CallLeg.objects.filter(state=LegState.DIALING, created_at__lt=cutoff))
+    for leg in stale:
+        leg_failed(leg=leg, reason="no_callback", now=now)
+    return len(stale)
+
+
+def mute_as_monitor(leg: CallLeg, *, now: datetime) -> None:
+    CallLeg.objects.filter(pk=leg.pk).update(role=LegRole.MONITOR)
+    sid = CallLeg.objects.values_list("provider_call_sid", flat=True).get(pk=leg.pk)
+    if sid:
+        run_provider_action(_mute, leg.call.conference_name, sid)

@@ -1,0 +1,279 @@
+"""Moving a live call: pull to another device of the same user (from the app or
+by dialling in), with the holder's approval where the user wants it, and
+transfer to an allow-listed number behind a PIN.
+
+The server checks that both devices belong to the same user without involving
+the remote party (US8799484): requests are scoped to the user, and a dial-in is
+recognised only by a caller id registered for one of the user's devices.
+"""
+
+import logging
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.contrib.auth.hashers import check_password
+from django.db import IntegrityError, transaction
+from rest_framework import status
+
+from callpull import legs
+from callpull.calls import all_devices, notify
+from callpull.models import (
+    PULL_FINAL_STATES,
+    AccountSettings,
+    Call,
+    CallLeg,
+    CallState,
+    LegRole,
+    LegState,
+    Pull,
+    PullState,
+)
+from callpull.statemachine import Step, record
+from devices import ratelimit
+from devices.errors import ApiError, conflict, forbidden, not_found
+from devices.models import Device
+from devices.phone import to_e164
+
+log = logging.getLogger(__name__)
+
+
+def pull_to_dict(pull: Pull) -> dict:
+    from callpull.representations import _iso
+
+    return {"id": str(pull.pk), "call": str(pull.call_id), "state": pull.state, "method": pull.method,
+            "requested_by": str(pull.requested_by_id),
+            "from_device": str(pull.from_device_id) if pull.from_device_id else None,
+            "created_at": _iso(pull.created_at), "expires_at": _iso(pull.expires_at),
+            "decided_at": _iso(pull.decided_at), "ended_at": _iso(pull.ended_at), "reason": pull.reason or None}
+
+
+def _announce(pull: Pull, event_type: str, *, now: datetime, push_to: list[Device] | None = None) -> None:
+    call = pull.call
+    devices = all_devices(call)
+    notify(call, event_type, devices, now=now, push=False, pull=pull_to_dict(pull))
+    if push_to:  # wake a sleeping holder that must decide
+        from notifications import fcm
+
+        if fcm.enabled():
+            notify(call, event_type, push_to, now=now, online=set(), pull=pull_to_dict(pull))
+
+
+def _movable(call: Call) -> bool:
+    return call.state == CallState.CONNECTED and call.held_by_id is not None
+
+
+def movable_calls_for(*, user):
+    return Call.objects.select_related("line").filter(user=user, state=CallState.CONNECTED,
+                                                      held_by__isnull=False).order_by("created_at")
+
+
+def _approval_required(call: Call) -> bool:
+    return AccountSettings.objects.filter(user_id=call.user_id, pull_requires_approval=True).exists()
+
+
+def _open(call: Call, *, device: Device, method: str, now: datetime, leg: CallLeg | None = None) -> Pull:
+    approval = _approval_required(call)
+    wait = settings.PULL_APPROVAL_SECONDS if approval else settings.DIAL_TIMEOUT_SECONDS + 10
+    try:
+        with transaction.atomic():
+            pull = Pull.objects.create(
+                call=call, requested_by=device, from_device_id=call.held_by_id, method=method, leg=leg,
+                state=PullState.AWAITING_APPROVAL if approval else PullState.APPROVED,
+                created_at=now, expires_at=now + timedelta(seconds=wait))
+    except IntegrityError:
+        raise conflict("pull_in_progress", "Another pull of this call is in progress.") from None
+    pull.call = call
+    record(call, now=now, step=Step("pull_requested", device.pk, {"pull": str(pull.pk), "method": method,
+                                                                  "approval": approval}))
+    holder = list(Device.objects.filter(pk=call.held_by_id)) if approval else None
+    _announce(pull, "pull.requested", now=now, push_to=holder)
+    log.info("pull requested pull=%s call=%s device=%s method=%s approval=%s", pull.pk, call.pk, device.pk,
+             method, approval)
+    return pull
+
+
+def pull_request(*, call: Call, device: Device, now: datetime) -> Pull:
+    """`device` asks for the live call to move to it."""
+    if not _movable(call):
+        raise conflict("call_not_movable", f"The call is {call.state}; only a connected call can be moved.")
+    if call.held_by_id == device.pk:
+        raise conflict("already_here", "This device already holds the call.")
+    if not device.connect_type:
+        raise conflict("no_connect_target", "This device has no connect target: set `connect` on it first.")
+    pull = _open(call, device=device, method="app", now=now)
+    if pull.state == PullState.APPROVED:
+        _connect(pull, now=now)
+    return pull
+
+
+def pull_for_user(*, user, pull_id) -> Pull:
+    import uuid
+
+    try:
+        pull_id = uuid.UUID(str(pull_id))
+    except ValueError:
+        raise not_found("pull") from None
+    pull = Pull.objects.select_related("call__line").filter(pk=pull_id, call__user=user).first()
+    if pull is None:
+        raise not_found("pull")
+    return pull
+
+
+def pull_decide(*, pull: Pull, device: Device, approve: bool, now: datetime) -> Pull:
+    """The holding device approves or denies (CN110996358B)."""
+    if pull.from_device_id != device.pk:
+        raise forbidden("not_holder", "Only the device holding the call decides on a pull.")
+    new_state = PullState.APPROVED if approve else PullState.DENIED
+    fields = {"state": new_state, "decided_at": now}
+    if approve:
+        fields["expires_at"] = now + timedelta(seconds=settings.DIAL_TIMEOUT_SECONDS + 10)
+    else:
+        fields.update(expires_at=None, ended_at=now, reason="denied")
+    if not Pull.objects.filter(pk=pull.pk, state=PullState.AWAITING_APPROVAL).update(**fields):
+        pull.refresh_from_db()
+        raise conflict("pull_not_pending", f"The pull is {pull.state}.")
+    for key, value in fields.items():
+        setattr(pull, key, value)
+    record(pull.call, now=now, step=Step("pull_approved" if approve else "pull_denied", device.pk,
+                                         {"pull": str(pull.pk)}))
+    _announce(pull, "pull.approved" if approve else "pull.denied", now=now)
+    if approve:
+        _connect(pull, now=now)
+    elif pull.leg_id:  # a dial-in waiting on hold
+        _release_dial_in(pull, now=now)
+    return pull
+
+
+def _connect(pull: Pull, *, now: datetime) -> None:
+    call = pull.call
+    if pull.method == "dial_in":
+        from callpull.telephony.services import webhook_url
+
+        leg = CallLeg.objects.get(pk=pull.leg_id)
+        legs.run_provider_action(legs._redirect, leg.provider_call_sid, webhook_url("join", pull=pull.pk))
+        return
+    leg = legs.leg_dial(call=call, now=now, role=LegRole.DEVICE, device=pull.requested_by)
+    Pull.objects.filter(pk=pull.pk).update(leg=leg)
+    pull.leg = leg
+
+
+def pull_completed(pull: Pull, leg: CallLeg, *, now: datetime) -> None:
+    """The new device joined the conference: drop (or mute) the old one."""
+    if not Pull.objects.filter(pk=pull.pk, state=PullState.APPROVED).update(
+            state=PullState.COMPLETED, ended_at=now, expires_at=None):
+        return
+    call = Call.objects.select_related("line").get(pk=pull.call_id)
+    monitor = AccountSettings.objects.filter(user_id=call.user_id, monitor_after_switch=True).exists()
+    for old in call.legs.filter(state=LegState.JOINED, role=LegRole.DEVICE).exclude(pk=leg.pk):
+        if monitor:
+            legs.mute_as_monitor(old, now=now)
+        else:
+            legs.leg_remove(old, now=now, reason="switched")
+    Call.objects.filter(pk=call.pk).update(held_by_id=leg.device_id)
+    call.held_by_id = leg.device_id
+    pull.refresh_from_db()
+    pull.call = call
+    record(call, now=now, step=Step("pull_completed", leg.device_id, {"pull": str(pull.pk),
+                                                                      "previous": "monitor" if monitor else "dropped"}))
+    _announce(pull, "pull.completed", now=now)
+    log.info("pull completed pull=%s call=%s to=%s", pull.pk, call.pk, leg.device_id)
+
+
+def pull_failed(pull: Pull, *, now: datetime, reason: str) -> None:
+    if not Pull.objects.filter(pk=pull.pk, state__in=[PullState.APPROVED, PullState.AWAITING_APPROVAL]).update(
+            state=PullState.FAILED, ended_at=now, expires_at=None, reason=reason):
+        return
+    pull.refresh_from_db()
+    record(pull.call, now=now, step=Step("pull_failed", pull.requested_by_id, {"pull": str(pull.pk),
+                                                                               "reason": reason}))
+    _announce(pull, "pull.failed", now=now)
+
+
+def pulls_sweep(*, now: datetime) -> int:
+    """Unanswered approvals count as denied; connections that never joined fail."""
+    due = list(Pull.objects.select_related("call__line").filter(expires_at__lte=now)
+               .exclude(state__in=PULL_FINAL_STATES))
+    for pull in due:
+        if pull.state == PullState.AWAITING_APPROVAL:
+            if Pull.objects.filter(pk=pull.pk, state=PullState.AWAITING_APPROVAL).update(
+                    state=PullState.DENIED, decided_at=now, ended_at=now, expires_at=None, reason="timeout"):
+                pull.refresh_from_db()
+                record(pull.call, now=now, step=Step("pull_denied", detail={"pull": str(pull.pk),
+                                                                            "reason": "timeout"}))
+                _announce(pull, "pull.denied", now=now)
+                if pull.leg_id:
+                    _release_dial_in(pull, now=now)
+        else:
+            leg = CallLeg.objects.filter(pk=pull.leg_id).first()
+            pull_failed(pull, now=now, reason="timeout")
+            if leg is not None:
+                legs.leg_remove(leg, now=now, reason="pull_timeout")
+    return len(due)
+
+
+# Dial-in pull (CN101877748A) ------------------------------------------------
+
+def dial_in_arrive(*, caller: str | None, call_sid: str, now: datetime) -> tuple[str, object]:
+    """A call to a server number that is no forwarded call: is it a device of a
+    user dialling in to take over a live call? Returns (outcome, detail):
+    ("unknown", None), ("none", device), ("menu", (device, calls)),
+    ("join", pull) or ("hold", pull)."""
+    if not caller:  # never match on a withheld caller id
+        return "unknown", None
+    devices = list(Device.objects.select_related("user").filter(phone_number=caller))
+    if len({d.user_id for d in devices}) != 1:
+        return "unknown", None  # no match, or a number two accounts claim: trust neither
+    device = devices[0]
+    calls = list(movable_calls_for(user=device.user))
+    if not calls:
+        return "none", device
+    if len(calls) > 1:
+        return "menu", (device, calls)
+    return dial_in_take(device=device, call=calls[0], call_sid=call_sid, now=now)
+
+
+def dial_in_take(*, device: Device, call: Call, call_sid: str, now: datetime) -> tuple[str, Pull]:
+    leg = CallLeg.objects.filter(provider_call_sid=call_sid).first()
+    if leg is None:
+        leg = CallLeg.objects.create(call=call, device=device, role=LegRole.DEVICE, provider_call_sid=call_sid,
+                                     created_at=now)
+    pull = Pull.objects.filter(leg=leg).first() or _open(call, device=device, method="dial_in", now=now, leg=leg)
+    return ("join" if pull.state == PullState.APPROVED else "hold"), pull
+
+
+def _release_dial_in(pull: Pull, *, now: datetime) -> None:
+    leg = CallLeg.objects.filter(pk=pull.leg_id).first()
+    if leg is not None and leg.provider_call_sid:
+        CallLeg.objects.filter(pk=leg.pk, state=LegState.DIALING).update(
+            state=LegState.FAILED, ended_at=now, end_reason="pull_denied")
+        legs.run_provider_action(legs._hangup, leg.provider_call_sid)
+
+
+# Transfer to a final number --------------------------------------------------
+
+def call_transfer(*, call: Call, device: Device, number: str, pin: str, now: datetime) -> CallLeg:
+    """Hand the live call to an allow-listed number, behind the user's PIN.
+
+    The allow-list is checked first: a number off the list is refused whatever
+    the PIN, so the PIN cannot be probed with arbitrary numbers.
+    """
+    target = to_e164(number, call.line.region or None, field="number")
+    account = AccountSettings.objects.filter(user_id=call.user_id).first()
+    if account is None or target not in account.transfer_allowlist:
+        log.warning("transfer refused: number not on the allow-list call=%s device=%s", call.pk, device.pk)
+        raise forbidden("number_not_allowed", "That number is not on your transfer allow-list.")
+    if not account.transfer_pin_hash:
+        raise forbidden("transfer_pin_not_set", "Set a transfer PIN in your account first.")
+    key = f"user:{call.user_id}"
+    ratelimit.check("transfer_pin", key)
+    if not check_password(str(pin or ""), account.transfer_pin_hash):
+        ratelimit.hit("transfer_pin", key)
+        log.warning("transfer refused: wrong PIN call=%s device=%s", call.pk, device.pk)
+        raise ApiError("wrong_pin", "The transfer PIN is wrong.", status=status.HTTP_403_FORBIDDEN)
+    if not _movable(call):
+        raise conflict("call_not_movable", f"The call is {call.state}; only a connected call can be transferred.")
+    if call.legs.filter(role=LegRole.TRANSFER, state=LegState.DIALING).exists():
+        raise conflict("transfer_in_progress", "A transfer of this call is in progress.")
+    record(call, now=now, step=Step("transfer_requested", device.pk, {"number": target}))
+    log.info("transfer call=%s to an allow-listed number by device=%s", call.pk, device.pk)
+    return legs.leg_dial(call=call, now=now, role=LegRole.TRANSFER, number=target)
