@@ -10,7 +10,8 @@ imports the twilio SDK: its signature code is an independent implementation
 that cross-checks the product's adapter. See docs/SIMULATOR.md.
 
 Modules: `config` (what it needs to know), `signature`, `twiml` (the subset it
-follows), `outbound` (every HTTP request it makes), `provider` (calls, legs and
-the TwiML engine), `carrier` (forwarding codes and handset calls), `app` (the
-ASGI application and its routes).
+follows), `outbound` (every HTTP request it makes), `common` (errors, steps,
+times shared by the next two), `provider` (calls, legs and the TwiML engine,
+<Gather>), `conference` (conferences and their participants), `carrier`
+(forwarding codes and handset calls), `app` (the ASGI application and its routes).
 """

@@ -24,7 +24,7 @@ from callpull.simulator import twiml
 from callpull.simulator.carrier import Carrier, check_e164
 from callpull.simulator.config import SimulatorConfig
 from callpull.simulator.outbound import Outbound
-from callpull.simulator.provider import BEHAVIOURS, Behaviour, Callback, Provider, SimulatorError
+from callpull.simulator.provider import BEHAVIOURS, WITHHELD, Behaviour, Callback, Provider, SimulatorError
 
 log = logging.getLogger("callpull.simulator")
 
@@ -37,10 +37,29 @@ SURFACE = [
     ("GET /simulator/2010-04-01/Accounts/{AccountSid}/Calls/{CallSid}.json", "Twilio REST: one call"),
     ("POST /simulator/2010-04-01/Accounts/{AccountSid}/Calls/{CallSid}.json",
      "Twilio REST: update a live call (form: Url and Method, Twiml, or Status=completed)"),
+    ("GET /simulator/2010-04-01/Accounts/{AccountSid}/Conferences.json",
+     "Twilio REST: list conferences (query: FriendlyName, Status)"),
+    ("GET /simulator/2010-04-01/Accounts/{AccountSid}/Conferences/{ConferenceSid}.json", "Twilio REST: one conference"),
+    ("POST /simulator/2010-04-01/Accounts/{AccountSid}/Conferences/{ConferenceSid}.json",
+     "Twilio REST: end a conference (form: Status=completed)"),
+    ("POST /simulator/2010-04-01/Accounts/{AccountSid}/Conferences/{ConferenceSidOrFriendlyName}/Participants.json",
+     "Twilio REST: call To and add it to the conference (created if the name is new)"),
+    ("GET /simulator/2010-04-01/Accounts/{AccountSid}/Conferences/{ConferenceSid}/Participants.json",
+     "Twilio REST: the conference's current participants"),
+    ("GET /simulator/2010-04-01/Accounts/{AccountSid}/Conferences/{ConferenceSid}/Participants/{CallSidOrLabel}.json",
+     "Twilio REST: one participant"),
+    ("POST /simulator/2010-04-01/Accounts/{AccountSid}/Conferences/{ConferenceSid}/Participants/{CallSidOrLabel}.json",
+     "Twilio REST: update a participant (form: Muted, Hold, HoldUrl, EndConferenceOnExit)"),
+    ("DELETE /simulator/2010-04-01/Accounts/{AccountSid}/Conferences/{ConferenceSid}/Participants/{CallSidOrLabel}"
+     ".json", "Twilio REST: remove a participant (204)"),
     ("GET /simulator/calls", "every call and leg, with its events"),
-    ("POST /simulator/calls", "a call straight to a server number {from, to, forwarded_from?, retry_webhook?}"),
+    ("POST /simulator/calls",
+     "a call straight to a server number {from (E.164 or anonymous), to, forwarded_from?, retry_webhook?}"),
     ("GET /simulator/calls/{sid}", "one call or leg, with its events"),
     ("POST /simulator/calls/{sid}/hangup", "{party: caller|device} hangs up"),
+    ("POST /simulator/calls/{sid}/digits", "{digits: \"12#\"}: the caller presses keys during a <Gather>"),
+    ("GET /simulator/conferences", "every conference, with its participants (current and past) and events"),
+    ("GET /simulator/conferences/{sid or friendly name}", "one conference"),
     ("GET /simulator/devices", "configured device behaviours"),
     ("POST /simulator/devices", "{address, behaviour: answer|no-answer|busy|fail, answer_after?, hangup_after?}"),
     ("DELETE /simulator/state", "forget every call, device and forwarding"),
@@ -78,9 +97,14 @@ class Request:
     def form(self) -> dict[str, str]:
         return dict(parse_qsl(self.body.decode("utf-8", "replace"), keep_blank_values=True))
 
+    def form_all(self, name: str) -> list[str]:
+        """Every value of a form field given several times (the twilio SDK sends a list that way)."""
+        return [value for key, value in parse_qsl(self.body.decode("utf-8", "replace"), keep_blank_values=True)
+                if key == name]
+
 
 class Response:
-    def __init__(self, status: int, body: dict | list, headers: dict[str, str] | None = None):
+    def __init__(self, status: int, body: dict | list | None, headers: dict[str, str] | None = None):
         self.status, self.body, self.headers = status, body, headers or {}
 
 
@@ -104,15 +128,27 @@ class SimulatorApp:
         self.provider = Provider(config, self.outbound)
         self.carrier = Carrier(self.provider)
         account = r"(?P<account>[^/]+)"
+        conference = r"(?P<conference>[^/]+?)"
         self.routes: list[tuple[re.Pattern, dict[str, Handler]]] = [(re.compile(pattern + r"$"), handlers) for
                                                                     pattern, handlers in [
             (r"/?", {"GET": self.index}),
             (rf"/2010-04-01/Accounts/{account}/Calls\.json", {"GET": self.rest_list, "POST": self.rest_create}),
             (rf"/2010-04-01/Accounts/{account}/Calls/(?P<sid>[^/]+)\.json",
              {"GET": self.rest_fetch, "POST": self.rest_update}),
+            (rf"/2010-04-01/Accounts/{account}/Conferences\.json", {"GET": self.rest_conferences}),
+            (rf"/2010-04-01/Accounts/{account}/Conferences/{conference}\.json",
+             {"GET": self.rest_conference, "POST": self.rest_conference_update}),
+            (rf"/2010-04-01/Accounts/{account}/Conferences/{conference}/Participants\.json",
+             {"GET": self.rest_participants, "POST": self.rest_participant_create}),
+            (rf"/2010-04-01/Accounts/{account}/Conferences/{conference}/Participants/(?P<participant>[^/]+)\.json",
+             {"GET": self.rest_participant, "POST": self.rest_participant_update,
+              "DELETE": self.rest_participant_delete}),
             (r"/calls", {"GET": self.calls_list, "POST": self.calls_create}),
             (r"/calls/(?P<sid>[^/]+)", {"GET": self.calls_detail}),
             (r"/calls/(?P<sid>[^/]+)/hangup", {"POST": self.calls_hangup}),
+            (r"/calls/(?P<sid>[^/]+)/digits", {"POST": self.calls_digits}),
+            (r"/conferences", {"GET": self.conferences_list}),
+            (r"/conferences/(?P<conference>[^/]+)", {"GET": self.conferences_detail}),
             (r"/devices", {"GET": self.devices_list, "POST": self.devices_set}),
             (r"/state", {"DELETE": self.state_reset}),
             (r"/carrier/mmi", {"POST": self.carrier_mmi}),
@@ -148,8 +184,11 @@ class SimulatorApp:
             response = Response(413, _envelope("too_large", "The body is too large."))
         else:
             response = await self._dispatch(scope, bytes(body))
-        payload = json.dumps(response.body, indent=1 if scope["method"] == "GET" else None).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+        if response.body is None:  # 204
+            payload, headers = b"", [(b"content-length", b"0")]
+        else:
+            payload = json.dumps(response.body, indent=1 if scope["method"] == "GET" else None).encode()
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
         headers += [(key.lower().encode(), value.encode()) for key, value in response.headers.items()]
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
@@ -268,19 +307,94 @@ class SimulatorApp:
                 document = twiml.parse(form["Twiml"])
             except twiml.TwiMLError as exc:
                 raise SimulatorError(400, "21220", f"Invalid Twiml: {exc}") from None
-        callback = None
-        if form.get("StatusCallback"):
-            events = tuple(re.split(r"[\s,]+", form.get("StatusCallbackEvent", "").strip())) if \
-                form.get("StatusCallbackEvent", "").strip() else ("completed",)
-            callback = Callback(form["StatusCallback"], (form.get("StatusCallbackMethod") or "POST").upper(), events)
-        try:
-            timeout = float(form.get("Timeout") or 60)
-        except ValueError:
-            raise SimulatorError(400, "21207", "Timeout is not a number.") from None
+        callback = _callback(request, form, "StatusCallback", twiml.DIAL_EVENTS, ("completed",))
+        timeout = _seconds(form, "Timeout", 60)
         leg = self.provider.outbound_call(from_=form["From"], to=form["To"], url=form.get("Url"),
                                           method=(form.get("Method") or "POST").upper(), document=document,
                                           callback=callback, timeout=timeout)
         return Response(201, leg.as_resource())
+
+    # -- Twilio REST: conferences ------------------------------------------------------------
+
+    def _rest_conference(self, request: Request):
+        self._authenticate(request)
+        try:
+            return self.provider.conference(request.args["conference"])
+        except SimulatorError:
+            raise SimulatorError(404, "20404", f"The requested resource {request.scope['path']} was not found") \
+                from None
+
+    def _rest_participant(self, request: Request):
+        room = self._rest_conference(request)
+        participant = room.find(request.args["participant"])
+        if participant is None:
+            raise SimulatorError(404, "20404", f"The requested resource {request.scope['path']} was not found")
+        return participant
+
+    def _page(self, request: Request, key: str, items: list[dict]) -> Response:
+        return Response(200, {key: items, "page": 0, "page_size": len(items), "start": 0,
+                              "end": max(0, len(items) - 1), "first_page_uri": None, "next_page_uri": None,
+                              "previous_page_uri": None, "uri": request.scope["path"][len(PREFIX):]})
+
+    async def rest_conferences(self, request: Request) -> Response:
+        self._authenticate(request)
+        rooms = [room for room in reversed(self.provider.conferences.values())
+                 if request.query.get("FriendlyName") in (None, room.friendly_name)
+                 and request.query.get("Status") in (None, room.status)]
+        return self._page(request, "conferences", [room.as_resource() for room in rooms])
+
+    async def rest_conference(self, request: Request) -> Response:
+        return Response(200, self._rest_conference(request).as_resource())
+
+    async def rest_conference_update(self, request: Request) -> Response:
+        room = self._rest_conference(request)
+        status = request.form().get("Status")
+        if status not in (None, "", "completed"):
+            raise SimulatorError(400, "21218", f"Invalid Status {status!r}: only completed.")
+        if status == "completed":
+            self.provider.end_conference(room)
+        return Response(200, room.as_resource())
+
+    async def rest_participants(self, request: Request) -> Response:
+        room = self._rest_conference(request)
+        return self._page(request, "participants", [participant.as_resource() for participant in room.current()])
+
+    async def rest_participant(self, request: Request) -> Response:
+        return Response(200, self._rest_participant(request).as_resource())
+
+    async def rest_participant_create(self, request: Request) -> Response:
+        self._authenticate(request)
+        form = request.form()
+        for name in ("To", "From"):
+            if not form.get(name):
+                raise SimulatorError(400, "21201" if name == "To" else "21603", f"A '{name}' is required.")
+        beep = form.get("Beep") or "true"
+        if beep not in twiml.BEEPS:
+            raise SimulatorError(400, "21218", f"Beep must be one of {', '.join(twiml.BEEPS)}.")
+        wait_method = (form.get("WaitMethod") or "POST").upper()
+        participant = self.provider.add_participant(
+            request.args["conference"], from_=form["From"], to=form["To"], label=form.get("Label") or None,
+            muted=_flag(form, "Muted", False), beep=beep,
+            start_conference_on_enter=_flag(form, "StartConferenceOnEnter", True),
+            end_conference_on_exit=_flag(form, "EndConferenceOnExit", False),
+            timeout=_seconds(form, "Timeout", 60),
+            callback=_callback(request, form, "StatusCallback", twiml.DIAL_EVENTS, ("completed",)),
+            conference_callback=_callback(request, form, "ConferenceStatusCallback", twiml.CONFERENCE_EVENTS,
+                                          ("start", "end")),
+            wait_url=form.get("WaitUrl"), wait_method=wait_method if wait_method in ("GET", "POST") else "POST")
+        return Response(201, participant.as_resource())
+
+    async def rest_participant_update(self, request: Request) -> Response:
+        participant = self._rest_participant(request)
+        form = request.form()
+        participant = self.provider.update_participant(
+            participant, muted=_flag(form, "Muted", None), hold=_flag(form, "Hold", None),
+            hold_url=form.get("HoldUrl") or None, end_conference_on_exit=_flag(form, "EndConferenceOnExit", None))
+        return Response(200, participant.as_resource())
+
+    async def rest_participant_delete(self, request: Request) -> Response:
+        self.provider.remove_participant(self._rest_participant(request))
+        return Response(204, None)
 
     # -- control API: provider -----------------------------------------------------------
 
@@ -293,7 +407,9 @@ class SimulatorApp:
     async def calls_create(self, request: Request) -> Response:
         data = request.json()
         caller = data.get("from")
-        if caller is not None:
+        if isinstance(caller, str) and caller.lower() == WITHHELD:
+            caller = WITHHELD
+        elif caller is not None:
             check_e164(caller, "from")
         forwarded_from = data.get("forwarded_from")
         if forwarded_from is not None:
@@ -308,6 +424,17 @@ class SimulatorApp:
         party = request.json().get("party", "caller")
         target = self.provider.hangup(leg, party)
         return Response(202, target.as_json())
+
+    async def calls_digits(self, request: Request) -> Response:
+        leg = self.provider.get(request.args["sid"])
+        self.provider.send_digits(leg, request.json().get("digits"))
+        return Response(202, leg.as_json())
+
+    async def conferences_list(self, request: Request) -> Response:
+        return Response(200, [room.as_json() for room in self.provider.conferences.values()])
+
+    async def conferences_detail(self, request: Request) -> Response:
+        return Response(200, self.provider.conference(request.args["conference"]).as_json())
 
     async def devices_list(self, request: Request) -> Response:
         return Response(200, [{"address": address, **behaviour.as_json()}
@@ -367,6 +494,44 @@ class SimulatorApp:
         else:
             self.carrier.hangup(call)
         return Response(200, self.carrier.as_json(call))
+
+
+def _flag(form: dict[str, str], name: str, default):
+    """A Twilio boolean form field: true or false (any case); absent or empty: `default`."""
+    value = form.get(name)
+    if value is None or value == "":
+        return default
+    if value.lower() not in ("true", "false"):
+        raise SimulatorError(400, "21218", f"{name} must be true or false.")
+    return value.lower() == "true"
+
+
+def _seconds(form: dict[str, str], name: str, default: float) -> float:
+    try:
+        value = float(form.get(name) or default)
+    except ValueError:
+        raise SimulatorError(400, "21207", f"{name} is not a number.") from None
+    if value < 0:
+        raise SimulatorError(400, "21207", f"{name} is negative.")
+    return value
+
+
+def _callback(request: Request, form: dict[str, str], name: str, allowed: tuple[str, ...],
+              default: tuple[str, ...]) -> Callback | None:
+    """{name}, {name}Event (space-separated or repeated), {name}Method → a Callback, or None."""
+    url = form.get(name)
+    if not url:
+        return None
+    events = tuple(event for value in request.form_all(f"{name}Event")
+                   for event in re.split(r"[\s,]+", value.strip()) if event) or default
+    unknown = set(events) - set(allowed)
+    if unknown:
+        raise SimulatorError(400, "21626",
+                             f"{name}Event {' '.join(sorted(unknown))} is not one of {' '.join(allowed)}.")
+    method = (form.get(f"{name}Method") or "POST").upper()
+    if method not in ("GET", "POST"):
+        raise SimulatorError(400, "21207", f"{name}Method {method!r} is not GET or POST.")
+    return Callback(url, method, events)
 
 
 def _envelope(code: str, message: str) -> dict:

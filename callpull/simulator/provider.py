@@ -614,6 +614,92 @@ class Provider(ConferenceEngine):
         self._end(child, "completed", reason=f"hung up by {by}")
         return "completed"
 
+    # -- <Gather> ------------------------------------------------------------------------
+
+    async def _gather(self, leg: Leg, gather: twiml.Gather, url: str | None):
+        """Play the nested verbs, collect keys (POST /simulator/calls/{sid}/digits), then request
+        the action with Digits; without any key within `timeout`, go on after the <Gather>."""
+        self._answer(leg)
+        state = Gathering(gather)
+        leg.gathering = state
+        leg.activity = "gathering"
+        leg.record("gather", input=gather.input, num_digits=gather.num_digits, timeout=gather.timeout,
+                   finish_on_key=gather.finish_on_key, action=gather.action)
+        try:
+            digits, finished_on_key, how = await self._collect(leg, state)
+        finally:
+            leg.gathering = None
+            leg.activity = leg.status
+        leg.record("gather_ended", digits=digits, finished_on_key=finished_on_key or None, reason=how)
+        if how == "interrupted" or (not digits and not gather.action_on_empty_result):
+            return CONTINUE  # an interrupt is taken before the next verb; no input: the next verb
+        target = self._resolve(url, gather.action) if gather.action else url
+        if target is None:  # inline TwiML without an action: nowhere to post
+            leg.record("error", message="<Gather> without action in TwiML that has no URL")
+            return self._application_error(leg)
+        extra = (("Digits", digits),) + ((("FinishedOnKey", finished_on_key),) if finished_on_key else ())
+        request = Fetch(target, gather.method, label="gather action", extra=extra)
+        document = await self._fetch(leg, request)
+        if leg.hangup_by:
+            return STOP
+        if leg.redirect is not None:
+            return CONTINUE
+        if document is None:
+            return self._application_error(leg)
+        return Inline(document, request.url)
+
+    async def _collect(self, leg: Leg, state: Gathering) -> tuple[str, str, str]:
+        """(digits, the finishing key or "", how it ended: num_digits, finish_on_key, timeout, interrupted)."""
+        gather = state.gather
+        for verb in gather.verbs:  # the prompts; a key pressed cuts them short
+            if state.keys or leg.wake.is_set():
+                break
+            match verb:
+                case twiml.Say(text=text):
+                    leg.record("say", text=text, during="gather")
+                case twiml.Play(url=media, loop=0):
+                    leg.record("play", url=media, loop=0, during="gather")
+                    await wait_any([leg.wake, state.arrived])
+                case twiml.Play(url=media, loop=loop):
+                    leg.record("play", url=media, loop=loop, during="gather")
+                case twiml.Pause(length=length):
+                    leg.record("pause", length=length, during="gather")
+                    await wait_any([leg.wake, state.arrived], timeout=length)
+        loop = asyncio.get_running_loop()
+        digits = ""
+        deadline = loop.time() + gather.timeout
+        while True:
+            while state.keys:
+                key = state.keys.pop(0)
+                if gather.finish_on_key and key == gather.finish_on_key:
+                    return digits, key, "finish_on_key"
+                digits += key
+                deadline = loop.time() + gather.timeout  # timeout counts from the last key
+                if gather.num_digits and len(digits) >= gather.num_digits:
+                    if state.keys:
+                        leg.record("digits_ignored", digits="".join(state.keys))
+                    return digits, "", "num_digits"
+            if leg.hangup_by or leg.redirect is not None:
+                return digits, "", "interrupted"
+            state.arrived.clear()
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return digits, "", "timeout"
+            await wait_any([leg.wake, state.arrived], remaining)
+
+    def send_digits(self, leg: Leg, digits) -> Leg:
+        """The caller presses keys (DTMF) during a <Gather>."""
+        if not isinstance(digits, str) or not digits or any(key not in twiml.DTMF_KEYS for key in digits):
+            raise SimulatorError(400, "invalid_input", "digits must be a non-empty string of 0-9, * and #.")
+        if leg.ended:
+            raise SimulatorError(409, "call_ended", f"Call {leg.sid} has already ended.")
+        if leg.gathering is None:
+            raise SimulatorError(409, "not_gathering", f"Call {leg.sid} is not in a <Gather>: nobody listens for keys.")
+        leg.record("digits", digits=digits)
+        leg.gathering.keys.extend(digits)
+        leg.gathering.arrived.set()
+        return leg
+
     # -- outside events ------------------------------------------------------------------
 
     def hangup(self, leg: Leg, party: str) -> Leg:
@@ -643,7 +729,7 @@ class Provider(ConferenceEngine):
     def _hang_up(self, leg: Leg, by: str) -> None:
         leg.record("hangup", by=by)
         leg.hangup_by = leg.hangup_by or by
-        if leg.participant is not None:
+        if leg.participant is not None and leg.participant.joined:  # a ringing one: see _run_participant
             self._leave(leg.participant, "participant_hung_up", call_status="completed")
         leg.wake.set()
 
@@ -668,7 +754,7 @@ class Provider(ConferenceEngine):
             leg.redirect = Fetch(url, method, label="rest update")
         else:
             raise SimulatorError(400, "21205", "Url, Twiml or Status is required.")
-        if leg.participant is not None and leg.answered_at:
+        if leg.participant is not None and leg.participant.joined:
             # The call leaves its conference to follow the new TwiML (a ringing participant joins
             # nothing: the update applies once it answers).
             self._leave(leg.participant, "participant_updated_via_api")

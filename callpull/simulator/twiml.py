@@ -113,7 +113,6 @@ class Dial:
     answer_on_bridge: bool = False
     caller_id: str | None = None
 
-
     @property
     def conference(self) -> Conference | None:
         return self.nouns[0] if isinstance(self.nouns[0], Conference) else None

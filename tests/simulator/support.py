@@ -82,9 +82,10 @@ class FakeBackend:
         query = scope["query_string"].decode()
         url = self.public_url + scope["path"] + (f"?{query}" if query else "")
         if scope["method"] == "POST":
-            params, signed_params = dict(parse_qsl(body.decode())), dict(parse_qsl(body.decode()))
+            form = parse_qsl(body.decode(), keep_blank_values=True)  # as Django's request.POST
+            params, signed_params = dict(form), dict(form)
         else:
-            params, signed_params = dict(parse_qsl(query)), {}
+            params, signed_params = dict(parse_qsl(query, keep_blank_values=True)), {}
         valid = self.validator.validate(url, signed_params, headers.get("x-twilio-signature", ""))
         self.received.append(Received(scope["method"], scope["path"], url, params, headers, valid))
         answer = self.answers.get(scope["path"], lambda params: "<Response/>")(params)

@@ -161,10 +161,10 @@ def test_an_error_page_or_invalid_twiml_ends_the_call_with_an_application_error(
     parent = until(sim, sid, status="completed")
     assert any(e["event"] == "error" for e in parent["events"])
 
-    sim.backend.answers[VOICE] = lambda params: "<Response><Gather/></Response>"
+    sim.backend.answers[VOICE] = lambda params: "<Response><Record/></Response>"
     sid = incoming(sim)
     parent = until(sim, sid, status="completed")
-    assert "<Gather> is not supported" in [e for e in parent["events"] if e["event"] == "error"][0]["message"]
+    assert "<Record> is not supported" in [e for e in parent["events"] if e["event"] == "error"][0]["message"]
 
 
 def test_reject_ends_an_unanswered_call_busy(sim):
