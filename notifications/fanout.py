@@ -67,9 +67,6 @@ def fanout(*, event_type: str, payload: dict, devices: Sequence[Device], ref, no
     event_id, text = frame(event_type, at=now, **payload)
     result = FanoutResult(event_id=event_id)
     result.websocket = [d.pk for d in devices if d.pk in online]
-    if result.websocket:
-        async_to_sync(_group_send_all)([device_group(pk) for pk in result.websocket], text)
-    sent_at = timezone.now()  # the timeline shows when frames actually left, not when the request began
 
     pushes = []
     if fcm_data is not None and fcm.enabled():
@@ -79,14 +76,18 @@ def fanout(*, event_type: str, payload: dict, devices: Sequence[Device], ref, no
             if device.fcm_token:
                 pushes.append(fcm.Push(device_id=str(device.pk), token=device.fcm_token, data=data,
                                        collapse_key=collapse_key or str(ref), deadline=expires))
-        result.fcm = [device.pk for device in devices if device.fcm_token] if pushes else []
+        result.fcm = [device.pk for device in devices if device.fcm_token]
 
+    # Records first, frames second: a fast client's ack must find its delivery row.
+    sent_at = timezone.now()
     Delivery.objects.bulk_create(
         [Delivery(event_id=event_id, event_type=event_type, ref=ref, device_id=pk, transport=Transport.WEBSOCKET,
                   queued_at=now, sent_at=sent_at, attempts=1) for pk in result.websocket]
         + [Delivery(event_id=event_id, event_type=event_type, ref=ref, device_id=push.device_id,
                     transport=Transport.FCM, queued_at=now) for push in pushes]
     )
+    if result.websocket:
+        async_to_sync(_group_send_all)([device_group(pk) for pk in result.websocket], text)
     if pushes:
         fcm.send_many(pushes, on_result=lambda push_result: _fcm_done(push_result, event_id, on_fcm_accepted))
     log.info("fanout %s ref=%s event=%s websocket=%d fcm=%d", event_type, ref, event_id,

@@ -280,7 +280,9 @@ class Walkthrough:
                 self.follower.result()
             if leg is None:
                 continue
-            if leg["activity"] == "bridged":
+            connected = [frame for frame in handset.frames if frame.get("type") == "call.connected"
+                         and (frame.get("call") or {}).get("id") == self.call_id]
+            if leg["activity"] in ("bridged", "conference") or connected:
                 return
             if leg["ended_at"]:
                 raise Failure(f"the provider call ended ({leg['status']}) before the tablet was connected")
