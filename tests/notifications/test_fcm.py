@@ -132,12 +132,11 @@ def test_quota_exceeded_waits_as_long_as_retry_after_says(fake_fcm, send):
 def test_a_retry_after_beyond_the_budget_gives_up_at_once(fake_fcm, send, settings):
     settings.FCM_RETRY_BUDGET_SECONDS = 1.0
     fake_fcm.fail("quota_exceeded", retry_after=30)
-    started = time.time()
 
     [result] = send([make_push()])
 
     assert (result.error, result.attempts) == ("quota_exceeded", 1)
-    assert time.time() - started < 0.5
+    assert len(fake_fcm.requests()) == 1
 
 
 def test_persistent_503_stops_at_the_retry_budget(fake_fcm, send, settings):
@@ -148,8 +147,9 @@ def test_persistent_503_stops_at_the_retry_budget(fake_fcm, send, settings):
     [result] = send([make_push()])
 
     assert (result.ok, result.error, result.drop_token) == (False, "unavailable", False)
-    assert result.attempts >= 2
-    assert time.time() - started < 0.6
+    # backoff 0.1, 0.2, 0.4 s: a 0.35 s budget allows a few tries, not an open-ended retry loop
+    assert 2 <= result.attempts <= 4
+    assert all(r.received_at <= started + 0.35 + 0.15 for r in fake_fcm.requests())  # none begun past the budget
 
 
 def test_retries_stop_at_the_end_of_the_ring_even_with_budget_left(fake_fcm, send, settings):
@@ -172,7 +172,7 @@ def test_a_hung_request_times_out_and_is_retried(fake_fcm, send, settings):
     [result] = send([make_push()])
 
     assert result.ok and result.attempts == 2
-    assert 0.2 <= time.time() - started < 0.8
+    assert time.time() - started >= 0.2  # the first try was given its full timeout
 
 
 def test_a_request_hanging_past_the_deadline_is_reported_at_the_deadline(fake_fcm, send):
@@ -196,13 +196,11 @@ def test_a_push_past_its_deadline_expires_without_a_request(fake_fcm, send):
 
 
 def test_send_many_returns_before_anything_is_sent(fake_fcm):
-    fake_fcm.latency_ms = 100
+    fake_fcm.latency_ms = 1000  # FCM cannot have answered by the time a blocking call would return
     results = Results()
-    started = time.perf_counter()
 
     fcm.send_many([make_push(f"token-{i:010d}") for i in range(20)], results)
 
-    assert time.perf_counter() - started < 0.1
     assert results.results == []
     assert len(results.wait(20)) == 20
 
@@ -216,7 +214,6 @@ def test_results_come_in_completion_order_so_a_slow_token_does_not_hold_back_a_f
     results.wait(2)
 
     assert [r.push.token for r in results.results] == ["token-fast-0000", "token-slow-0000"]
-    assert results.arrived_at[0] - started < 0.2
     assert results.arrived_at[1] - started >= 0.25
 
 
@@ -239,14 +236,14 @@ def test_on_result_is_called_from_a_background_thread_and_may_fail(fake_fcm):
 def test_a_hundred_tokens_are_all_delivered(fake_fcm, send):
     fake_fcm.latency_ms = 20
     tokens = [f"token-{i:012d}" for i in range(100)]
-    started = time.perf_counter()
 
     results = send([make_push(token) for token in tokens])
 
     assert all(r.ok for r in results)
     assert sorted(r.push.token for r in results) == tokens
     assert sorted(m.token for m in fake_fcm.messages()) == tokens
-    assert time.perf_counter() - started < 1.0  # concurrent: 100 x 20 ms in a row would be 2 s
+    received = sorted(r.received_at for r in fake_fcm.requests())
+    assert received[-1] - received[0] < 99 * 0.020  # sent one after another they could not be closer
 
 
 def test_shutdown_reports_pushes_still_in_flight(fake_fcm):
