@@ -23,7 +23,7 @@ from django.utils import timezone
 from callpull.models import Call, CallState, ForwardingState, Line, Policy
 from callpull.representations import call_to_dict
 from callpull.statemachine import PENDING_STATES, Step, record, transition
-from devices.errors import ApiError, conflict, not_found
+from devices.errors import ApiError, conflict, not_found, one_or_404
 from devices.models import Device, DeviceKind
 from devices.phone import to_e164
 from notifications import fcm
@@ -100,14 +100,7 @@ def _line_for(*, user, ref: str) -> Line:
 
 
 def call_for_user(*, user, call_id) -> Call:
-    try:
-        call_id = uuid.UUID(str(call_id))
-    except ValueError:
-        raise not_found("call") from None
-    call = Call.objects.select_related("line").filter(pk=call_id, user=user).first()
-    if call is None:
-        raise not_found("call")
-    return call
+    return one_or_404(Call.objects.select_related("line").filter(user=user), call_id, "call")
 
 
 def instruction_of(call: Call) -> Instruction:

@@ -30,7 +30,7 @@ from callpull.models import (
 )
 from callpull.statemachine import Step, record
 from devices import ratelimit
-from devices.errors import ApiError, conflict, forbidden, not_found
+from devices.errors import ApiError, conflict, forbidden, one_or_404
 from devices.models import Device
 from devices.phone import to_e164
 
@@ -107,16 +107,7 @@ def pull_request(*, call: Call, device: Device, now: datetime) -> Pull:
 
 
 def pull_for_user(*, user, pull_id) -> Pull:
-    import uuid
-
-    try:
-        pull_id = uuid.UUID(str(pull_id))
-    except ValueError:
-        raise not_found("pull") from None
-    pull = Pull.objects.select_related("call__line").filter(pk=pull_id, call__user=user).first()
-    if pull is None:
-        raise not_found("pull")
-    return pull
+    return one_or_404(Pull.objects.select_related("call__line").filter(call__user=user), pull_id, "pull")
 
 
 def pull_decide(*, pull: Pull, device: Device, approve: bool, now: datetime) -> Pull:

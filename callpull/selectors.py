@@ -1,9 +1,7 @@
 """Reads of the call workflow, always scoped to the asking user."""
 
-import uuid
-
 from callpull.models import Line
-from devices.errors import not_found
+from devices.errors import one_or_404
 
 
 def lines_for_user(*, user):
@@ -11,11 +9,4 @@ def lines_for_user(*, user):
 
 
 def line_for_user(*, user, line_id) -> Line:
-    try:
-        line_id = uuid.UUID(str(line_id))
-    except ValueError:
-        raise not_found("line") from None
-    line = lines_for_user(user=user).filter(pk=line_id).first()
-    if line is None:
-        raise not_found("line")
-    return line
+    return one_or_404(lines_for_user(user=user), line_id, "line")

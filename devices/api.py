@@ -3,7 +3,6 @@
 Each view validates its input, calls one service or selector, and renders.
 """
 
-import uuid
 
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema, inline_serializer
@@ -14,7 +13,7 @@ from rest_framework.views import APIView
 
 from devices import selectors, services
 from devices.auth import IsDevice
-from devices.errors import ApiError, not_found
+from devices.errors import ApiError
 from devices.serializers import DeviceInput, DeviceOutput, DeviceUpdateInput, device_fields
 
 
@@ -104,12 +103,8 @@ class DeviceListCreateApi(APIView):
 
 def _device_from_path(request, device_id: str):
     if device_id == "me":
-        return selectors.device_for_user(user=request.user, device_id=request.auth.pk)
-    try:
-        parsed = uuid.UUID(device_id)
-    except ValueError:
-        raise not_found("device") from None
-    return selectors.device_for_user(user=request.user, device_id=parsed)
+        device_id = request.auth.pk
+    return selectors.device_for_user(user=request.user, device_id=device_id)
 
 
 class DeviceDetailApi(APIView):

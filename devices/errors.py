@@ -5,6 +5,8 @@ Rendered by callpull.api.errors into the contract's envelope:
 package, so devices, notifications and callpull can all raise it.
 """
 
+import uuid
+
 from rest_framework import status as http
 from rest_framework.exceptions import APIException
 
@@ -23,6 +25,19 @@ class ApiError(APIException):
 def not_found(what: str = "object") -> ApiError:
     """404 for absent objects and for objects of other users alike."""
     return ApiError("not_found", f"No such {what}.", status=http.HTTP_404_NOT_FOUND)
+
+
+def one_or_404(queryset, object_id, what: str):
+    """The object with this id among `queryset` (already scoped to the asking
+    user), or 404 — for a malformed id, a missing object and another user's alike."""
+    try:
+        object_id = uuid.UUID(str(object_id))
+    except ValueError:
+        raise not_found(what) from None
+    found = queryset.filter(pk=object_id).first()
+    if found is None:
+        raise not_found(what)
+    return found
 
 
 def forbidden(code: str, message: str) -> ApiError:

@@ -6,7 +6,7 @@ from django.conf import settings
 from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
 
-from devices.errors import not_found
+from devices.errors import one_or_404
 from devices.models import Device, DeviceConnection
 
 
@@ -23,10 +23,7 @@ def devices_for_user(*, user, now=None) -> QuerySet:
 
 def device_for_user(*, user, device_id, now=None) -> Device:
     """The user's active device, or 404 (for other users' devices too)."""
-    device = devices_for_user(user=user, now=now).filter(pk=device_id).first()
-    if device is None:
-        raise not_found("device")
-    return device
+    return one_or_404(devices_for_user(user=user, now=now), device_id, "device")
 
 
 def device_is_online(*, device_id, now=None) -> bool:
