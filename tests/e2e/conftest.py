@@ -8,6 +8,13 @@
   database (`servers.database()` then `servers.start(db)` twice); all stopped
   (SIGTERM, then SIGKILL) and their databases dropped when the test ends.
 
+- `fake_fcm` (session): notifications.fakefcm.FakeFCM in this process, with a
+  service-account file (`fake_fcm.credentials_file`) whose token_uri is the fake.
+- `ring_settings` (session): what a server needs to take calls end to end: the
+  embedded simulator's REST base on the server's own port, a short simulated answer
+  delay, a fast sweeper, and real firebase-admin pointed at `fake_fcm`.
+- `ring_server` (session): one server with `ring_settings`, for the ring-flow tests.
+
 When a test fails, the tail of every server log it could have touched is added
 to the report. Full logs are under the session's pytest tmp dir.
 """
@@ -16,7 +23,8 @@ import time
 
 import pytest
 
-from tests.e2e.support import Environment, Server, Servers
+from notifications.fakefcm import FakeFCM
+from tests.e2e.support import Environment, Server, Servers, simulator_api_base
 
 
 @pytest.fixture(autouse=True)
@@ -52,6 +60,39 @@ def servers(environment, request):
     owner = Servers(environment, request.node.name[:40])
     try:
         yield owner
+    finally:
+        owner.close()
+
+
+@pytest.fixture(scope="session")
+def fake_fcm(tmp_path_factory):
+    fake = FakeFCM().start()
+    fake.credentials_file = fake.write_credentials(tmp_path_factory.mktemp("fcm") / "service-account.json")
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
+@pytest.fixture(scope="session")
+def ring_settings(fake_fcm) -> dict:
+    return {
+        "TWILIO_API_BASE": simulator_api_base,  # the server's own port, known once it starts
+        "SIMULATOR_ANSWER_DELAY_SECONDS": 0.2,
+        "SWEEP_INTERVAL_SECONDS": 0.2,
+        "FCM_CREDENTIALS_FILE": str(fake_fcm.credentials_file),
+        "FCM_ENDPOINT": fake_fcm.url,
+        "FCM_HTTP_TIMEOUT_SECONDS": 2,
+        "FCM_RETRY_BUDGET_SECONDS": 4,
+    }
+
+
+@pytest.fixture(scope="session")
+def ring_server(environment, ring_settings):
+    """A server that takes calls end to end: simulator, sweeper and FCM (the fake)."""
+    owner = Servers(environment, "ring")
+    try:
+        yield owner.start(name="ring", **ring_settings)
     finally:
         owner.close()
 

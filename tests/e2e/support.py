@@ -40,6 +40,9 @@ _CONFIG_VARIABLES = (
     "TWILIO_AUTH_TOKEN", "TWILIO_API_BASE", "PAIRING_CODE_TTL_SECONDS", "WS_TICKET_TTL_SECONDS",
     "PRESENCE_HEARTBEAT_SECONDS", "PRESENCE_STALE_SECONDS", "RATE_LIMIT_LOGIN", "RATE_LIMIT_PAIRING",
     "RATE_LIMIT_SIGNUP", "RATE_LIMIT_WS_TICKET", "LOG_LEVEL", "SECRET_KEY", "DEBUG",
+    "CALL_RING_SECONDS", "CALL_FORWARD_WAIT_SECONDS", "CALL_MATCH_WINDOW_SECONDS", "DIAL_TIMEOUT_SECONDS",
+    "SWEEPER_IN_PROCESS", "SWEEP_INTERVAL_SECONDS", "FCM_HTTP_TIMEOUT_SECONDS", "FCM_RETRY_BUDGET_SECONDS",
+    "SIMULATOR_ANSWER_DELAY_SECONDS", "SIMULATOR_BACKEND_URL",
 )
 
 # The server number every e2e server hands out, and the origin it believes it is
@@ -49,6 +52,13 @@ SERVER_NUMBER = "+15555550100"
 PUBLIC_BASE_URL = "https://callpull.example.test"
 
 _unique = itertools.count(1)
+
+
+def simulator_api_base(port: int) -> str:
+    """TWILIO_API_BASE for a server whose embedded simulator must be reached on its
+    own loopback port (PUBLIC_BASE_URL is a name that does not resolve). Pass the
+    function itself as a setting: `servers.start(TWILIO_API_BASE=simulator_api_base)`."""
+    return f"http://127.0.0.1:{port}/simulator"
 
 
 def unique(prefix: str) -> str:
@@ -86,9 +96,10 @@ class Server:
 
     every: list[Server] = []  # for the failure report: whose log to show
 
-    def __init__(self, *, name: str, env: dict[str, str], log_path: Path):
+    def __init__(self, *, name: str, env: dict[str, str], log_path: Path, per_port: dict | None = None):
         self.name = name
         self.env = env
+        self.per_port = per_port or {}  # settings computed from the port: {name: f(port) -> value}
         self.log_path = log_path
         self.port: int | None = None
         self.process: subprocess.Popen | None = None
@@ -113,6 +124,7 @@ class Server:
     def start(self, *, timeout: float = 30.0) -> Server:
         for _attempt in range(3):
             self.port = free_port()
+            self.env = {**self.env, **{key: str(value(self.port)) for key, value in self.per_port.items()}}
             with open(self.log_path, "ab") as log:
                 log.write(f"--- starting {self.name} on port {self.port}\n".encode())
                 log.flush()
@@ -308,11 +320,14 @@ class Servers:
 
     def start(self, database: str | None = None, *, name: str | None = None, **settings) -> Server:
         """A server on `database` (a fresh one if not given), with extra settings
-        as environment variables, e.g. PRESENCE_STALE_SECONDS=3."""
+        as environment variables, e.g. PRESENCE_STALE_SECONDS=3. A callable value is
+        called with the server's port (see `simulator_api_base`)."""
         database = database or self.database()
         label = name or unique(self.name)
-        server = Server(name=label, env=self.environment.server_env(database, **settings),
-                        log_path=self.environment.tmp_dir / f"{label}.log")
+        fixed = {key: value for key, value in settings.items() if not callable(value)}
+        per_port = {key: value for key, value in settings.items() if callable(value)}
+        server = Server(name=label, env=self.environment.server_env(database, **fixed),
+                        log_path=self.environment.tmp_dir / f"{label}.log", per_port=per_port)
         self._servers.callback(server.stop)
         return server.start()
 
@@ -354,11 +369,12 @@ class Account:
     password: str = PASSWORD
 
     def register(self, kind: str = "tablet", *, name: str | None = None, platform: str = "android",
-                 via: Server | None = None) -> Device:
+                 via: Server | None = None, **fields) -> Device:
+        """Register a device; `fields` go into `device` as they are (fcm_token, connect, …)."""
         name = name or f"{kind} of {self.username}"
         response = call(via or self.server, "POST", "/api/v1/devices", json={
             "username": self.username, "password": self.password,
-            "device": {"name": name, "kind": kind, "platform": platform}})
+            "device": {"name": name, "kind": kind, "platform": platform, **fields}})
         assert response.status_code == 201, response.text
         body = response.json()
         return Device(id=body["device"]["id"], token=body["token"], name=name, kind=kind)
