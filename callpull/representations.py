@@ -23,6 +23,8 @@ def call_to_dict(call: Call) -> dict:
         "state": call.state,
         "policy": call.policy,
         "answered_by": str(call.answered_by_id) if call.answered_by_id else None,
+        "held_by": str(call.held_by_id) if call.held_by_id else None,
+        "transferred_to": call.transferred_to or None,
         "created_at": _iso(call.created_at),
         "expires_at": _iso(call.expires_at),
         "ended_at": _iso(call.ended_at),

@@ -95,6 +95,8 @@ class CallOutput(serializers.Serializer):
     state = serializers.ChoiceField(choices=CallState.choices)
     policy = serializers.ChoiceField(choices=Policy.choices)
     answered_by = serializers.UUIDField(allow_null=True)
+    held_by = serializers.UUIDField(allow_null=True, help_text="The device carrying the call now.")
+    transferred_to = serializers.CharField(allow_null=True)
     created_at = serializers.DateTimeField()
     expires_at = serializers.DateTimeField(allow_null=True)
     ended_at = serializers.DateTimeField(allow_null=True)

@@ -59,6 +59,7 @@ def test_pull_moves_the_call_without_the_caller_noticing(client, live_call, desk
     assert desktop_api.get(f"/api/v1/pulls/{pull['id']}").json()["pull"]["state"] == "completed"
     call = Call.objects.get()
     assert (call.state, call.held_by_id) == ("connected", desktop[0].pk)
+    assert desktop_api.get(f"/api/v1/calls/{live_call}").json()["held_by"] == str(desktop[0].pk)
     tablet_leg = CallLeg.objects.get(device=tablet[0])
     assert ("remove", f"callpull-{live_call}", tablet_leg.provider_call_sid) in fake_provider.actions
     assert tablet_leg.state == "left" and tablet_leg.end_reason == "switched"
