@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run test install install-dev migrate lock clean
+.PHONY: run test install install-dev browser migrate lock clean
 
 $(VENV)/.runtime: requirements.txt constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,8 +25,20 @@ migrate: install
 run: migrate
 	$(PY) manage.py serve --host $(HOST) --port $(PORT)
 
-test: install-dev
+test: install-dev browser
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The browser tests (tests/web) drive Debian's Chromium with the pinned Playwright package
+# (from requirements-dev.txt); Playwright's own browser download is never used. Installed
+# once, quietly; nothing happens when it is already there.
+CHROMIUM ?= /usr/bin/chromium
+APT_GET  := $(if $(filter 0,$(shell id -u)),,sudo )apt-get
+
+browser:
+	@test -x $(CHROMIUM) || { \
+	  echo "Installing Debian's chromium for the browser tests (tests/web)"; \
+	  $(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq chromium >/dev/null \
+	  && test -x $(CHROMIUM) || { echo "Could not install chromium at $(CHROMIUM): tests/web need it" >&2; exit 1; }; }
 
 # Re-pin every transitive dependency after changing requirements*.txt.
 lock:

@@ -1,0 +1,963 @@
+// The callpull web companion: this tab is one of the user's devices (kind `web`).
+// It signs in (password or pairing code), keeps its token in localStorage, listens on
+// the device WebSocket, rings for incoming calls, answers and declines them, moves
+// live calls here and approves moves away, and shows devices, lines and history.
+//
+// Everything the user reads comes from the API or its events; errors show the
+// envelope's message as the server wrote it.
+
+import { api, ApiError, browserDevice, defaultDeviceName, session } from "./api.js";
+import { $, formatClock, formatDuration, formatNumber, h, humanize, preciseTime, replace, timeAgo } from "./dom.js";
+import { drawQr, encodeQr } from "./qr.js";
+import { Ringer } from "./ring.js";
+import { Connection } from "./socket.js";
+import { renderTimeline } from "./timeline.js";
+
+const OUTCOME_CARD_SECONDS = 60;   // how long an answered-elsewhere / missed card stays up
+const HISTORY_LIMIT = 25;
+
+const CALL_STATES = {
+  ringing: "Ringing", answering: "Answering", forwarded: "Connecting", connected: "Connected",
+  completed: "Completed", missed: "Missed", declined: "Declined", answered_on_handset: "Answered on the handset",
+  failed: "Failed",
+};
+const END_REASONS = {
+  completed: "the call ended", caller_hung_up: "the caller hung up", no_answer: "nobody answered in time",
+  forwarded_call_never_arrived: "the forwarded call never reached callpull", declined: "declined",
+  answered_on_handset: "answered on the handset", reject_failed: "the handset could not pass the call on",
+  device_no_answer: "the device did not pick up", device_busy: "the device was busy",
+  device_canceled: "the device call was canceled", device_failed: "the device could not be reached",
+  dial_timeout: "the device took too long to answer", provider_error: "the voice provider failed",
+  switched: "the call moved", transferred: "the call was transferred",
+};
+const POLICIES = {
+  on_answer: "On answer: the handset keeps ringing until you answer on another device",
+  immediate: "Immediate: the handset passes the call on at once; the caller hears ringing until you answer",
+};
+const FORWARDING = {
+  active: "Active", unverified: "Not checked yet", inactive: "Off", mismatch: "Forwards somewhere else",
+};
+const KINDS = { handset: "Handset", tablet: "Tablet", desktop: "Desktop", web: "Browser" };
+
+const state = {
+  me: null,             // this browser's device id
+  devices: new Map(),   // id → device
+  lines: [],
+  incoming: new Map(),  // call id → {call, status, text, busy, endsAt}
+  live: new Map(),      // call id → {call, holder, connectedAt, pull, approval, note}
+  declinedHere: new Set(),
+  history: [],
+  expanded: new Set(),
+  account: null,
+};
+let connection = null;
+let ringer = null;
+
+// Errors -------------------------------------------------------------------------
+
+function notify(message, kind = "error") {
+  const notice = h("div", { class: `notice notice-${kind}` },
+    h("p", { text: message }),
+    h("button", { type: "button", class: "link-button", onclick: () => notice.remove() }, "Dismiss"));
+  $("#notices").append(notice);
+  setTimeout(() => notice.remove(), 12000);
+}
+
+// Every authenticated call goes through here: a 401 means this browser's device was
+// removed (or its token revoked), so the tab signs out.
+async function call(method, path, options = {}) {
+  try {
+    return await api(method, path, options);
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 401 && session.load()) {
+      signedOut("This browser was removed from your devices. Sign in again to take calls here.");
+    }
+    throw error;
+  }
+}
+
+async function attempt(action, what) {
+  try {
+    return await action();
+  } catch (error) {
+    notify(what ? `${what}: ${error.message}` : error.message);
+    return undefined;
+  }
+}
+
+// Focus survives re-rendering: actionable elements carry data-key, and the element
+// that had focus is focused again after a list is rebuilt.
+function preservingFocus(render) {
+  const key = document.activeElement?.dataset?.key;
+  render();
+  if (key) {
+    const again = document.querySelector(`[data-key="${CSS.escape(key)}"]`);
+    if (again && again !== document.activeElement) again.focus();
+  }
+}
+
+function deviceName(id) {
+  if (!id) return "an unknown device";
+  const device = state.devices.get(id);
+  if (device) return device.me ? "this browser" : device.name;
+  return id === state.me ? "this browser" : "a removed device";
+}
+
+function callerLabel(call) {
+  return call.caller_name || (call.caller ? formatNumber(call.caller) : "Unknown caller");
+}
+
+function endText(call, reason) {
+  const why = END_REASONS[reason || call.end_reason] || humanize(reason || call.end_reason || "");
+  switch (call.state) {
+    case "missed": return `Missed call — ${why}`;
+    case "declined": return "Declined everywhere";
+    case "answered_on_handset": return "Answered on the handset";
+    case "completed": return "Call ended";
+    case "failed": return `Call failed — ${why}`;
+    default: return `Ended — ${why}`;
+  }
+}
+
+// Incoming calls ------------------------------------------------------------------
+
+function setIncoming(call, fields) {
+  const entry = state.incoming.get(call.id) || { call, status: "ringing", text: "", busy: false };
+  Object.assign(entry, { call: { ...entry.call, ...call } }, fields);
+  if (entry.status !== "ringing" && entry.status !== "answered_here") {
+    entry.endsAt = Date.now() + OUTCOME_CARD_SECONDS * 1000;
+    setTimeout(() => {
+      const current = state.incoming.get(call.id);
+      if (current && current.endsAt && current.endsAt <= Date.now()) dismissIncoming(call.id);
+    }, OUTCOME_CARD_SECONDS * 1000 + 50);
+  } else {
+    entry.endsAt = null;
+  }
+  state.incoming.set(call.id, entry);
+  renderIncoming();
+}
+
+function dismissIncoming(callId) {
+  state.incoming.delete(callId);
+  renderIncoming();
+}
+
+async function answer(callId) {
+  const entry = state.incoming.get(callId);
+  entry.busy = true;
+  renderIncoming();
+  try {
+    const answered = await call("POST", `/calls/${callId}/answer`);
+    setIncoming(answered, { status: "answered_here", text: "Answered here — connecting…", busy: false });
+  } catch (error) {
+    if (error.code === "already_answered" || error.code === "call_not_ringing") {
+      setIncoming(entry.call, { status: "elsewhere", text: error.message, busy: false });
+    } else {
+      entry.busy = false;
+      renderIncoming();
+      notify(`Could not answer: ${error.message}`);
+    }
+  }
+}
+
+async function decline(callId, scope) {
+  const entry = state.incoming.get(callId);
+  entry.busy = true;
+  renderIncoming();
+  try {
+    const declined = await call("POST", `/calls/${callId}/decline`, { body: { scope } });
+    if (scope === "device") state.declinedHere.add(callId);
+    setIncoming(declined, {
+      status: scope === "device" ? "declined_here" : "declined",
+      text: scope === "device" ? "Declined on this browser" : "Declined everywhere", busy: false,
+    });
+  } catch (error) {
+    entry.busy = false;
+    renderIncoming();
+    notify(`Could not decline: ${error.message}`);
+  }
+}
+
+function renderIncoming() {
+  preservingFocus(() => {
+    const cards = [...state.incoming.values()].map((entry) => {
+      const { call } = entry;
+      const ringing = entry.status === "ringing";
+      const titleId = `incoming-title-${call.id}`;
+      return h("article", {
+        class: "call-card incoming-card", dataset: { callId: call.id, status: entry.status },
+        "aria-labelledby": titleId,
+      },
+      h("p", { class: "eyebrow" }, ringing ? "Incoming call" : "Call", " · line ", formatNumber(call.line)),
+      h("h2", { class: "caller-name", id: titleId, text: callerLabel(call) }),
+      call.caller_name ? h("p", { class: "caller-number", text: formatNumber(call.caller) }) : null,
+      h("p", { class: "call-status", text: ringing ? ringerText() : entry.text }),
+      ringing ? h("div", { class: "actions" },
+        h("button", { type: "button", class: "answer primary", "data-key": `answer:${call.id}`, disabled: entry.busy,
+          onclick: () => answer(call.id) }, "Answer"),
+        h("button", { type: "button", class: "decline danger", "data-key": `decline:${call.id}`,
+          disabled: entry.busy, onclick: () => decline(call.id, "device") }, "Decline"),
+        h("button", { type: "button", class: "decline-everywhere", "data-key": `decline-all:${call.id}`,
+          disabled: entry.busy, onclick: () => decline(call.id, "everywhere") }, "Decline everywhere"),
+        h("button", { type: "button", class: "mute", "data-key": `mute:${call.id}`,
+          "aria-pressed": ringer.muted ? "true" : "false", onclick: () => ringer.setMuted(!ringer.muted) },
+        "Mute ring"))
+        : h("div", { class: "actions" },
+          h("button", { type: "button", class: "link-button", "data-key": `dismiss:${call.id}`,
+            onclick: () => dismissIncoming(call.id) }, "Dismiss")));
+    });
+    replace($("#incoming"), cards);
+  });
+  const ringingNow = [...state.incoming.values()].some((entry) => entry.status === "ringing");
+  if (ringingNow) ringer.start(); else ringer.stop();
+  document.title = ringingNow ? "Incoming call — callpull" : "callpull";
+}
+
+function ringerText() {
+  switch (ringer.state) {
+    case "muted": return "Ringing (ring muted)";
+    case "blocked": return "Ringing (click anywhere on the page to hear the ring)";
+    default: return "Ringing";
+  }
+}
+
+// Live calls, moves and approvals ----------------------------------------------------
+
+// Who holds a connected call: the device of the last `connected` or `pull_completed` step.
+function holderFromTimeline(timeline) {
+  let holder = null;
+  let connectedAt = null;
+  for (const entry of timeline || []) {
+    if (entry.event === "connected") {
+      holder = entry.device || holder;
+      connectedAt = entry.at;
+    } else if (entry.event === "pull_completed") {
+      holder = entry.device || holder;
+    } else if (entry.event === "transferred") {
+      holder = null;
+    }
+  }
+  return { holder, connectedAt };
+}
+
+function liveEntry(call) {
+  const entry = state.live.get(call.id) || { call, holder: call.answered_by, connectedAt: null, pull: null,
+    approval: null, note: "" };
+  entry.call = { ...entry.call, ...call };
+  state.live.set(call.id, entry);
+  return entry;
+}
+
+async function loadLive() {
+  const connected = await call("GET", "/calls?state=connected");
+  const details = await Promise.all(connected.map((c) => call("GET", `/calls/${c.id}`)));
+  const seen = new Set();
+  for (const detail of details) {
+    seen.add(detail.id);
+    const entry = liveEntry(detail);
+    Object.assign(entry, holderFromTimeline(detail.timeline));
+    // A move requested while this tab was away may still wait for this device's answer.
+    const open = openPullIds(detail.timeline);
+    for (const pullId of open) {
+      const { pull } = await call("GET", `/pulls/${pullId}`);
+      applyPull(entry, pull);
+    }
+  }
+  for (const id of [...state.live.keys()]) if (!seen.has(id)) state.live.delete(id);
+  renderLive();
+}
+
+function openPullIds(timeline) {
+  const open = new Set();
+  for (const entry of timeline || []) {
+    const pullId = entry.detail?.pull;
+    if (!pullId) continue;
+    if (entry.event === "pull_requested") open.add(pullId);
+    else if (["pull_approved", "pull_denied", "pull_completed", "pull_failed"].includes(entry.event)) {
+      open.delete(pullId);
+    }
+  }
+  return [...open];
+}
+
+function applyPull(entry, pull) {
+  if (pull.from_device === state.me) {
+    if (pull.state === "awaiting_approval") {
+      entry.approval = pull;
+      entry.note = "";
+    } else if (entry.approval && entry.approval.id === pull.id) {
+      entry.approval = null;
+      entry.note = pull.state === "denied" ? (pull.reason === "timeout" ? "The move request timed out." : "You kept the call here.")
+        : pull.state === "approved" ? `Moving the call to ${deviceName(pull.requested_by)}…` : "";
+    }
+  }
+  if (pull.requested_by === state.me) entry.pull = pull;
+  if (pull.state === "completed") {
+    entry.holder = pull.requested_by;
+    if (pull.from_device === state.me) entry.note = `The call moved to ${deviceName(pull.requested_by)}.`;
+  }
+}
+
+async function moveHere(callId) {
+  const entry = state.live.get(callId);
+  entry.pull = { state: "requesting" };
+  renderLive();
+  try {
+    const { pull } = await call("POST", `/calls/${callId}/pull`);
+    applyPull(entry, pull);
+  } catch (error) {
+    entry.pull = null;
+    notify(`Could not move the call here: ${error.message}`);
+  }
+  renderLive();
+}
+
+async function decidePull(callId, approve) {
+  const entry = state.live.get(callId);
+  const pull = entry.approval;
+  if (!pull) return;
+  entry.approval = { ...pull, busy: true };
+  renderLive();
+  try {
+    const decided = await call("POST", `/pulls/${pull.id}/${approve ? "approve" : "deny"}`);
+    applyPull(entry, decided.pull);
+  } catch (error) {
+    entry.approval = null;
+    notify(`Could not ${approve ? "approve" : "deny"} the move: ${error.message}`);
+  }
+  renderLive();
+}
+
+function pullProgress(entry) {
+  const pull = entry.pull;
+  if (!pull) return null;
+  const holder = deviceName(pull.from_device || entry.holder);
+  const texts = {
+    requesting: "Asking to move the call here…",
+    awaiting_approval: `Waiting for ${holder} to approve the move…`,
+    approved: "Approved — this browser is joining the call…",
+    denied: pull.reason === "timeout" ? `${holder} did not answer the request in time.` : `${holder} kept the call.`,
+    completed: "The call is here now.",
+    failed: `The move failed${pull.reason ? ` (${humanize(pull.reason).toLowerCase()})` : ""}; the call stayed where it was.`,
+  };
+  return h("p", { class: "pull-progress", dataset: { state: pull.state, pullId: pull.id }, role: "status",
+    text: texts[pull.state] || humanize(pull.state) });
+}
+
+function renderLive() {
+  preservingFocus(() => {
+    const cards = [...state.live.values()].map((entry) => {
+      const { call } = entry;
+      const here = entry.holder === state.me;
+      const titleId = `live-title-${call.id}`;
+      const pullOpen = entry.pull && ["requesting", "awaiting_approval", "approved"].includes(entry.pull.state);
+      const since = entry.connectedAt ? h("span", { class: "since", dataset: { since: entry.connectedAt } }) : null;
+      const approval = entry.approval ? h("div", {
+        class: "approval", role: "group", "aria-labelledby": `approval-${call.id}`, dataset: { pullId: entry.approval.id },
+      },
+      h("p", { id: `approval-${call.id}`, class: "approval-question" },
+        h("strong", { text: deviceName(entry.approval.requested_by) }), " wants to take this call."),
+      entry.approval.expires_at ? h("p", { class: "muted small" }, "Counts as no in ",
+        h("span", { dataset: { until: entry.approval.expires_at } }), ".") : null,
+      h("div", { class: "actions" },
+        h("button", { type: "button", class: "approve primary", "data-key": `approve:${call.id}`,
+          disabled: entry.approval.busy, onclick: () => decidePull(call.id, true) }, "Approve"),
+        h("button", { type: "button", class: "deny", "data-key": `deny:${call.id}`, disabled: entry.approval.busy,
+          onclick: () => decidePull(call.id, false) }, "Deny"))) : null;
+      return h("article", { class: "call-card live-card", dataset: { callId: call.id, here: here ? "true" : "false" },
+        "aria-labelledby": titleId },
+      h("p", { class: "eyebrow" }, "Live call · line ", formatNumber(call.line)),
+      h("h3", { class: "caller-name", id: titleId, text: callerLabel(call) }),
+      call.caller_name ? h("p", { class: "caller-number", text: formatNumber(call.caller) }) : null,
+      h("p", { class: "holder" }, "On ", h("strong", { text: here ? "this browser" : deviceName(entry.holder) }),
+        since ? " · " : null, since),
+      approval,
+      entry.note ? h("p", { class: "note", role: "status", text: entry.note }) : null,
+      pullProgress(entry),
+      !here && !pullOpen ? h("div", { class: "actions" },
+        h("button", { type: "button", class: "move-here primary", "data-key": `move:${call.id}`,
+          onclick: () => moveHere(call.id) }, "Move here")) : null);
+    });
+    replace($("#live-calls"), cards.length ? cards : h("p", { class: "muted empty", text: "No call in progress." }));
+  });
+  tick();
+}
+
+// Devices, pairing and the account's move setting ---------------------------------------
+
+// A list read while presence events arrive can be older than they are: the newest
+// presence event wins over a list requested before it, and an older list never
+// replaces a newer one.
+const presenceSeen = new Map();   // device id → {online, at: when the event arrived}
+let devicesRequested = 0;
+let devicesApplied = 0;
+
+async function loadDevices() {
+  const requested = ++devicesRequested;
+  const startedAt = performance.now();
+  const devices = await call("GET", "/devices");
+  if (requested < devicesApplied) return;
+  devicesApplied = requested;
+  for (const device of devices) {
+    const seen = presenceSeen.get(device.id);
+    if (seen && seen.at >= startedAt) device.online = seen.online;
+    const previous = state.devices.get(device.id);
+    if (previous?.ui) device.ui = previous.ui;
+  }
+  state.devices = new Map(devices.map((device) => [device.id, device]));
+  renderDevices();
+}
+
+function renderDevices() {
+  preservingFocus(() => {
+    const rows = [...state.devices.values()].map((device) => {
+      const ui = device.ui || {};
+      const name = device.me ? `${device.name} (this browser)` : device.name;
+      const hidden = (text) => h("span", { class: "visually-hidden", text });
+      return h("li", { class: "device", dataset: { deviceId: device.id, online: device.online ? "true" : "false" } },
+        h("div", { class: "device-main" },
+          h("span", { class: "presence-dot", "aria-hidden": "true" }),
+          h("div", {},
+            h("p", { class: "device-name" }, device.name, device.me ? h("span", { class: "badge", text: "This browser" }) : null),
+            h("p", { class: "device-meta muted" }, KINDS[device.kind] || humanize(device.kind), " · ",
+              h("span", { class: "presence", text: device.online ? "Online" : `Last seen ${timeAgo(device.last_seen_at)}` })))),
+        h("div", { class: "device-actions" },
+          device.kind !== "handset" ? h("span", { class: "toggle" },
+            h("input", { type: "checkbox", id: `ring-${device.id}`, "data-key": `ring:${device.id}`,
+              checked: device.ring_enabled, onchange: (event) => setRing(device, event.target.checked) }),
+            h("label", { for: `ring-${device.id}` }, "Ring", hidden(` on ${name}`))) : null,
+          h("button", { type: "button", class: "link-button", "data-key": `rename:${device.id}`,
+            "aria-expanded": ui.renaming ? "true" : "false", onclick: () => toggleUi(device, "renaming") },
+          "Rename", hidden(` ${name}`)),
+          h("button", { type: "button", class: "link-button danger-text", "data-key": `remove:${device.id}`,
+            "aria-expanded": ui.removing ? "true" : "false", onclick: () => toggleUi(device, "removing") },
+          device.me ? "Remove this browser" : h("span", {}, "Remove", hidden(` ${name}`)))),
+        ui.renaming ? renameForm(device) : null,
+        ui.removing ? h("div", { class: "confirm" },
+          h("p", { text: device.me ? "Remove this browser? It signs out and stops ringing here."
+            : `Remove ${device.name}? Its sign-in stops working at once.` }),
+          h("div", { class: "actions" },
+            h("button", { type: "button", class: "danger", "data-key": `remove-yes:${device.id}`,
+              onclick: () => removeDevice(device) }, "Remove"),
+            h("button", { type: "button", "data-key": `remove-no:${device.id}`,
+              onclick: () => toggleUi(device, "removing") }, "Cancel"))) : null);
+    });
+    replace($("#devices"), rows);
+  });
+  renderLive();
+}
+
+function toggleUi(device, flag) {
+  device.ui = { ...(device.ui || {}), [flag]: !(device.ui || {})[flag], draft: undefined };
+  renderDevices();
+  if (flag === "renaming" && device.ui.renaming) $(`#rename-${CSS.escape(device.id)}`)?.focus();
+}
+
+function renameForm(device) {
+  const inputId = `rename-${device.id}`;
+  return h("form", { class: "rename", novalidate: true, onsubmit: (event) => {
+    event.preventDefault();
+    renameDevice(device, event.target.elements.name.value.trim());
+  } },
+  h("label", { for: inputId }, `New name for ${device.name}`),
+  h("div", { class: "inline" },
+    // The draft survives the list being redrawn (presence changes) while the user types.
+    h("input", { id: inputId, name: "name", value: device.ui?.draft ?? device.name, maxlength: 100, required: true,
+      "data-key": `rename-input:${device.id}`, oninput: (event) => { device.ui.draft = event.target.value; } }),
+    h("button", { type: "submit", class: "primary" }, "Save"),
+    h("button", { type: "button", onclick: () => toggleUi(device, "renaming") }, "Cancel")));
+}
+
+async function renameDevice(device, name) {
+  if (!name) return notify("A device needs a name.");
+  const updated = await attempt(() => call("PATCH", `/devices/${device.id}`, { body: { name } }), "Could not rename");
+  if (!updated) return attempt(loadDevices);
+  state.devices.set(device.id, updated);
+  renderDevices();
+  if (updated.me) $("#me-name").textContent = updated.name;
+  $(`[data-key="rename:${CSS.escape(device.id)}"]`)?.focus();
+}
+
+async function setRing(device, enabled) {
+  const updated = await attempt(() => call("PATCH", `/devices/${device.id}`, { body: { ring_enabled: enabled } }),
+    "Could not change ringing");
+  if (!updated) return attempt(loadDevices);  // the list may be stale (a device removed elsewhere)
+  state.devices.set(device.id, { ...updated, ui: device.ui });
+  renderDevices();
+}
+
+async function removeDevice(device) {
+  if (device.me) return signOut();
+  const done = await attempt(() => call("DELETE", `/devices/${device.id}`), `Could not remove ${device.name}`);
+  if (done === undefined) return attempt(loadDevices);
+  state.devices.delete(device.id);
+  renderDevices();
+  $("#add-device").focus();
+}
+
+let pairingTimer = null;
+
+async function addDevice() {
+  const panel = $("#pairing");
+  const pairing = await attempt(() => call("POST", "/pairing-codes"), "Could not make a pairing code");
+  if (!pairing) return;
+  const code = pairing.code;
+  const canvas = h("canvas", { class: "qr", role: "img", "aria-label": `QR code of the pairing code ${code}` });
+  drawQr(canvas, encodeQr(code, { level: "M" }), { scale: 6 });
+  const shown = code.length === 8 ? `${code.slice(0, 4)}-${code.slice(4)}` : code;
+  replace(panel,
+    h("h3", { text: "Add a device" }),
+    h("p", {}, "On the new device choose “pairing code” and type this code, or scan it. It works once."),
+    h("p", { class: "pairing-code", dataset: { code }, "aria-label": `Pairing code: ${code.split("").join(" ")}` }, shown),
+    canvas,
+    h("p", { class: "muted small" }, "Expires in ", h("span", { dataset: { until: pairing.expires_at } }), "."),
+    h("button", { type: "button", id: "pairing-done", onclick: closePairing }, "Done"));
+  panel.hidden = false;
+  clearTimeout(pairingTimer);
+  pairingTimer = setTimeout(closePairing, Math.max(0, Date.parse(pairing.expires_at) - Date.now()));
+  tick();
+  $("#pairing-done").focus();
+}
+
+function closePairing() {
+  clearTimeout(pairingTimer);
+  const panel = $("#pairing");
+  const hadFocus = panel.contains(document.activeElement);
+  panel.hidden = true;
+  panel.replaceChildren();
+  if (hadFocus) $("#add-device").focus();
+}
+
+async function loadAccount() {
+  state.account = await call("GET", "/account");
+  $("#pull-approval").checked = Boolean(state.account.pull_requires_approval);
+}
+
+async function setPullApproval(enabled) {
+  const updated = await attempt(() => call("PATCH", "/account", { body: { pull_requires_approval: enabled } }),
+    "Could not change the setting");
+  if (updated) state.account = updated;
+  $("#pull-approval").checked = Boolean(state.account?.pull_requires_approval);
+}
+
+// Lines ------------------------------------------------------------------------------
+
+async function loadLines() {
+  state.lines = await call("GET", "/lines");
+  const items = state.lines.map((line) => h("article", { class: "line", dataset: { lineId: line.id } },
+    h("h3", { class: "line-number", text: formatNumber(line.number) }),
+    h("dl", {},
+      h("dt", { text: "Forwards to" }), h("dd", {}, formatNumber(line.server_number), h("span", { class: "muted", text: " (callpull)" })),
+      h("dt", { text: "Forwarding" }), h("dd", {},
+        h("span", { class: `badge forwarding-${line.forwarding.state}`, text: FORWARDING[line.forwarding.state] || humanize(line.forwarding.state) }),
+        line.forwarding.verified_at ? h("span", { class: "muted", text: ` checked ${timeAgo(line.forwarding.verified_at)}` }) : null),
+      h("dt", { text: "Policy" }), h("dd", { text: POLICIES[line.policy] || humanize(line.policy) }),
+      h("dt", { text: "Codes to dial" }), h("dd", { class: "mmi" },
+        h("span", {}, "Turn on ", h("code", { text: line.mmi.register })),
+        h("span", {}, "Check ", h("code", { text: line.mmi.interrogate })),
+        h("span", {}, "Turn off ", h("code", { text: line.mmi.erase }))))));
+  replace($("#lines"), items.length ? items
+    : h("p", { class: "muted empty", text: "No line yet: the handset app registers your number." }));
+}
+
+// History and timelines ------------------------------------------------------------------
+
+let historyTimer = null;
+
+// Events come in bursts (ringing, answered, connected…): one reload per burst, never
+// postponed by the next event.
+function refreshHistorySoon() {
+  if (historyTimer) return;
+  historyTimer = setTimeout(() => {
+    historyTimer = null;
+    attempt(loadHistory, "Could not load recent calls");
+  }, 250);
+}
+
+async function loadHistory() {
+  state.history = await call("GET", `/calls?limit=${HISTORY_LIMIT}`);
+  renderHistory();
+  for (const id of state.expanded) loadDetail(id);
+}
+
+function callLength(call) {
+  if (!call.ended_at) return null;
+  return formatDuration((Date.parse(call.ended_at) - Date.parse(call.created_at)) / 1000);
+}
+
+function renderHistory() {
+  preservingFocus(() => {
+    const items = state.history.map((call) => {
+      const open = state.expanded.has(call.id);
+      const length = callLength(call);
+      return h("li", { class: "history-item", dataset: { callId: call.id, state: call.state } },
+        h("button", { type: "button", class: "history-toggle", "aria-expanded": open ? "true" : "false",
+          "aria-controls": `detail-${call.id}`, "data-key": `history:${call.id}`, onclick: () => toggleHistory(call.id) },
+        h("span", { class: "h-caller", text: callerLabel(call) }),
+        h("span", { class: "h-meta muted" }, formatClock(call.created_at), " · ",
+          h("span", { class: `h-state state-${call.state}`, text: CALL_STATES[call.state] || humanize(call.state) }),
+          length ? ` · ${length}` : null)),
+        h("div", { id: `detail-${call.id}`, class: "history-detail", hidden: !open }));
+    });
+    replace($("#history"), items.length ? items : h("li", { class: "muted empty", text: "No calls yet." }));
+  });
+  for (const id of state.expanded) {
+    const cached = detailCache.get(id);
+    if (cached) showDetail(cached);
+  }
+}
+
+const detailCache = new Map();
+
+async function toggleHistory(callId) {
+  if (state.expanded.has(callId)) state.expanded.delete(callId); else state.expanded.add(callId);
+  renderHistory();
+  if (state.expanded.has(callId)) await loadDetail(callId);
+}
+
+async function loadDetail(callId) {
+  const detail = await attempt(() => call("GET", `/calls/${callId}`), "Could not load the call");
+  if (!detail) return;
+  detailCache.set(callId, detail);
+  showDetail(detail);
+}
+
+function showDetail(detail) {
+  const container = document.getElementById(`detail-${detail.id}`);
+  if (!container || !state.expanded.has(detail.id)) return;
+  replace(container,
+    h("p", { class: "muted small" },
+      detail.caller ? formatNumber(detail.caller) : "Withheld number", " → ", formatNumber(detail.line),
+      " · ", detail.policy === "immediate" ? "immediate" : "on answer",
+      detail.answered_by ? ` · answered on ${deviceName(detail.answered_by)}` : "",
+      detail.end_reason ? ` · ${END_REASONS[detail.end_reason] || humanize(detail.end_reason)}` : ""),
+    renderTimeline(detail, deviceName));
+}
+
+// Events ---------------------------------------------------------------------------------
+
+function onEvent(frame) {
+  const call = frame.call;
+  switch (frame.type) {
+    case "call.ringing":
+      if (!state.declinedHere.has(call.id)) {
+        const current = state.incoming.get(call.id);
+        if (!current || current.status === "ringing") setIncoming(call, { status: "ringing" });
+        if (document.activeElement === document.body) $(`[data-key="answer:${CSS.escape(call.id)}"]`)?.focus();
+      }
+      refreshHistorySoon();
+      break;
+    case "call.answered_elsewhere":
+      if (state.incoming.has(call.id)) {
+        setIncoming(call, { status: "elsewhere", text: `Answered on ${frame.device?.name || deviceName(frame.device?.id)}` });
+      }
+      refreshHistorySoon();
+      break;
+    case "call.connected": {
+      // The live call card takes over from the incoming card.
+      if (state.incoming.has(call.id)) dismissIncoming(call.id);
+      const entry = liveEntry(call);
+      entry.holder = entry.holder || call.answered_by;
+      entry.connectedAt = entry.connectedAt || frame.at;
+      renderLive();
+      refreshHistorySoon();
+      break;
+    }
+    case "call.ended":
+      if (state.incoming.has(call.id)) {
+        const incoming = state.incoming.get(call.id);
+        const keep = incoming.status === "declined" || incoming.status === "declined_here";
+        setIncoming(call, keep ? {} : { status: "ended", text: endText(call, frame.reason) });
+      }
+      state.live.delete(call.id);
+      renderLive();
+      refreshHistorySoon();
+      break;
+    case "call.transferred":
+      state.live.delete(call.id);
+      renderLive();
+      notify(`The call from ${callerLabel(call)} was transferred to ${formatNumber(frame.number)}.`, "info");
+      refreshHistorySoon();
+      break;
+    case "pull.requested":
+    case "pull.approved":
+    case "pull.denied":
+    case "pull.failed":
+    case "pull.completed": {
+      const entry = liveEntry(call);
+      // The device asked is the one holding the call now (answered_by is only the first).
+      if (frame.type === "pull.requested" && frame.pull.from_device) entry.holder = frame.pull.from_device;
+      applyPull(entry, frame.pull);
+      renderLive();
+      if (frame.type === "pull.requested" && entry.approval) {
+        if (document.activeElement === document.body) $(`[data-key="approve:${CSS.escape(call.id)}"]`)?.focus();
+      }
+      if (frame.type === "pull.completed") refreshHistorySoon();
+      break;
+    }
+    case "device.presence": {
+      presenceSeen.set(frame.device.id, { online: frame.online, at: performance.now() });
+      const device = state.devices.get(frame.device.id);
+      if (!device) {
+        attempt(loadDevices, "Could not load devices");
+        break;
+      }
+      device.online = frame.online;
+      if (!frame.online) device.last_seen_at = frame.at;
+      renderDevices();
+      // A device going offline may have been removed (removal closes its sockets).
+      if (!frame.online) attempt(loadDevices, "Could not load devices");
+      break;
+    }
+    default:
+      break;
+  }
+}
+
+async function loadAll() {
+  await Promise.all([
+    attempt(loadDevices, "Could not load devices"),
+    attempt(loadLines, "Could not load lines"),
+    attempt(loadAccount, "Could not load settings"),
+    attempt(loadHistory, "Could not load recent calls"),
+  ]);
+  await attempt(loadLive, "Could not load live calls");
+  // Cards still ringing may have ended while the socket was down.
+  for (const entry of [...state.incoming.values()].filter((e) => e.status === "ringing")) {
+    const fresh = await attempt(() => call("GET", `/calls/${entry.call.id}`));
+    if (fresh && !["ringing", "forwarded"].includes(fresh.state)) {
+      setIncoming(fresh, { status: "ended", text: endText(fresh, fresh.end_reason) });
+    }
+  }
+}
+
+// Connection state -------------------------------------------------------------------------
+
+function onConnectionState({ state: connectionState, retryAt, reason }) {
+  const element = $("#connection");
+  const text = $("#connection-text");
+  element.dataset.state = connectionState;
+  delete text.dataset.until;
+  if (connectionState === "online") text.textContent = "Online";
+  else if (connectionState === "connecting") text.textContent = "Connecting…";
+  else if (retryAt) {
+    text.dataset.until = new Date(retryAt).toISOString();
+    text.dataset.prefix = "Offline — retrying in ";
+    text.title = reason || "";
+  } else {
+    text.textContent = "Offline";
+    text.title = reason || "";
+  }
+  $("#retry-now").hidden = !(connectionState === "offline" && retryAt);
+  // This browser's own row follows its socket, without waiting for the server to say so.
+  const mine = state.devices.get(state.me);
+  if (mine && mine.online !== (connectionState === "online") && connectionState !== "connecting") {
+    mine.online = connectionState === "online";
+    if (!mine.online) mine.last_seen_at = new Date().toISOString();
+    renderDevices();
+  }
+  tick();
+}
+
+// Timers: call durations, countdowns, "last seen" -------------------------------------------------
+
+function tick() {
+  const now = Date.now();
+  for (const element of document.querySelectorAll("[data-since]")) {
+    element.textContent = formatDuration((now - preciseTime(element.dataset.since)) / 1000);
+  }
+  for (const element of document.querySelectorAll("[data-until]")) {
+    const seconds = Math.max(0, Math.ceil((Date.parse(element.dataset.until) - now) / 1000));
+    const prefix = element.dataset.prefix || "";
+    element.textContent = prefix
+      ? `${prefix}${seconds} s`
+      : seconds >= 60 ? formatDuration(seconds) : `${seconds} s`;
+  }
+}
+
+// Sign in and out -----------------------------------------------------------------------------
+
+function showSignIn(reason = "") {
+  $("#app").hidden = true;
+  $("#status-area").hidden = true;
+  $("#me-area").hidden = true;
+  $("#signin").hidden = false;
+  const reasonElement = $("#signin-reason");
+  reasonElement.textContent = reason;
+  reasonElement.hidden = !reason;
+  for (const id of ["#device-name", "#pairing-device-name"]) if (!$(id).value) $(id).value = defaultDeviceName();
+}
+
+function showApp(stored) {
+  state.me = stored.device.id;
+  $("#signin").hidden = true;
+  $("#app").hidden = false;
+  $("#status-area").hidden = false;
+  $("#me-area").hidden = false;
+  $("#me-name").textContent = stored.device.name;
+  connection = new Connection({
+    onEvent,
+    onHello: (frame) => {
+      state.me = frame.device.id;
+      loadAll();
+    },
+    onState: onConnectionState,
+    isRevoked: async () => {
+      try {
+        await api("GET", "/devices/me");
+        return false;
+      } catch (error) {
+        return error.status === 401;
+      }
+    },
+    onRevoked: () => signedOut("This browser was removed from your devices. Sign in again to take calls here."),
+  });
+  connection.start();
+  // Everything is loaded on `hello` (and again after every reconnect); if the socket
+  // cannot open soon, load over HTTP anyway so the page is not empty.
+  clearTimeout(fallbackLoad);
+  fallbackLoad = setTimeout(() => { if (connection && connection.state !== "online") loadAll(); }, 2500);
+}
+
+let fallbackLoad = null;
+
+function resetState() {
+  state.me = null;
+  state.devices = new Map();
+  state.incoming.clear();
+  state.live.clear();
+  state.declinedHere.clear();
+  state.history = [];
+  state.expanded.clear();
+  detailCache.clear();
+  for (const selector of ["#incoming", "#live-calls", "#history", "#devices", "#lines"]) $(selector).replaceChildren();
+  closePairing();
+  ringer.stop();
+  document.title = "callpull";
+}
+
+function signedOut(reason) {
+  if (connection) connection.stop();
+  connection = null;
+  session.clear();
+  resetState();
+  showSignIn(reason);
+}
+
+async function signOut() {
+  const button = $("#sign-out");
+  button.disabled = true;
+  // The socket closes (4401) as soon as the device is gone; that is this sign-out, not news.
+  if (connection) connection.stop();
+  try {
+    await api("DELETE", "/devices/me");
+  } catch (error) {
+    if (error.status !== 401) {
+      button.disabled = false;
+      notify(`Could not sign out: ${error.message}`);
+      connection.start();
+      return;
+    }
+  }
+  button.disabled = false;
+  signedOut("You signed out. This browser no longer rings for your calls.");
+  $("#username").focus();
+}
+
+function fieldErrors(form, error) {
+  for (const input of form.querySelectorAll("input")) input.removeAttribute("aria-invalid");
+  for (const name of Object.keys(error.fields || {})) {
+    const field = form.elements[name] || form.elements[name.replace(/^device\./, "device_")];
+    if (field) field.setAttribute("aria-invalid", "true");
+  }
+}
+
+async function register(form, errorElement, body) {
+  const button = form.querySelector("button[type=submit]");
+  errorElement.hidden = true;
+  button.disabled = true;
+  try {
+    const registration = await api("POST", "/devices", { body, auth: false });
+    const stored = { token: registration.token, device: { id: registration.device.id, name: registration.device.name } };
+    session.save(stored);
+    form.reset();
+    showApp(stored);
+    $("#main").focus();
+  } catch (error) {
+    errorElement.textContent = error.message;
+    errorElement.hidden = false;
+    fieldErrors(form, error);
+    (form.querySelector("[aria-invalid=true]") || form.querySelector("input[type=password]") || form.querySelector("input"))
+      .focus();
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function wireSignIn() {
+  const passwordForm = $("#password-form");
+  passwordForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const username = passwordForm.elements.username.value.trim();
+    const password = passwordForm.elements.password.value;
+    const name = passwordForm.elements.device_name.value.trim() || defaultDeviceName();
+    const errorElement = $("#password-error");
+    if (!username || !password) {
+      errorElement.textContent = "Enter your username and your password.";
+      errorElement.hidden = false;
+      (username ? passwordForm.elements.password : passwordForm.elements.username).focus();
+      return;
+    }
+    register(passwordForm, errorElement, { username, password, device: browserDevice(name) });
+  });
+  const pairingForm = $("#pairing-form");
+  pairingForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const code = pairingForm.elements.pairing_code.value.trim();
+    const name = pairingForm.elements.device_name.value.trim() || defaultDeviceName();
+    const errorElement = $("#pairing-error");
+    if (!code) {
+      errorElement.textContent = "Enter the code shown on your other device.";
+      errorElement.hidden = false;
+      pairingForm.elements.pairing_code.focus();
+      return;
+    }
+    register(pairingForm, errorElement, { pairing_code: code, device: browserDevice(name) });
+  });
+}
+
+// Start ------------------------------------------------------------------------------------
+
+function start() {
+  ringer = new Ringer();
+  ringer.onChange(() => {
+    for (const element of document.querySelectorAll(".incoming-card[data-status=ringing] .call-status")) {
+      element.textContent = ringerText();
+    }
+    for (const button of document.querySelectorAll(".incoming-card .mute")) {
+      button.setAttribute("aria-pressed", ringer.muted ? "true" : "false");
+    }
+  });
+  wireSignIn();
+  $("#sign-out").addEventListener("click", signOut);
+  $("#retry-now").addEventListener("click", () => connection && connection.retryNow());
+  $("#add-device").addEventListener("click", addDevice);
+  $("#history-refresh").addEventListener("click", () => attempt(loadHistory, "Could not load recent calls"));
+  $("#pull-approval").addEventListener("change", (event) => setPullApproval(event.target.checked));
+  // Another tab signed this browser out (or in).
+  window.addEventListener("storage", (event) => {
+    if (event.key !== session.key) return;
+    if (!session.load() && connection) signedOut("This browser was signed out in another tab.");
+  });
+  setInterval(tick, 1000);
+  // No event says a device was removed while offline: re-read the list now and then, and
+  // whenever the tab comes back into view.
+  setInterval(() => { if (connection) attempt(loadDevices, "Could not load devices"); }, 30000);
+  document.addEventListener("visibilitychange", () => {
+    if (document.visibilityState === "visible" && connection) attempt(loadDevices, "Could not load devices");
+  });
+  const stored = session.load();
+  if (stored) showApp(stored); else showSignIn();
+}
+
+start();
