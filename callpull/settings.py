@@ -37,6 +37,27 @@ PUBLIC_BASE_URL = env_url("PUBLIC_BASE_URL", "http://127.0.0.1:8000", schemes=("
 _public_host = urlsplit(PUBLIC_BASE_URL).hostname
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", sorted({"127.0.0.1", "localhost", "[::1]", _public_host}))
 
+# Transport security. Defaults follow PUBLIC_BASE_URL: served over https (and not DEBUG) means
+# HSTS, an http→https redirect and secure cookies; each can be set on its own.
+_served_over_https = urlsplit(PUBLIC_BASE_URL).scheme == "https" and not DEBUG
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000 if _served_over_https else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+# Preloading is a commitment for the whole domain, which only its owner can make (hstspreload.org):
+# off unless asked for, and then Django's reminder about it (security.W021) is silenced.
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", _served_over_https)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES", _served_over_https)
+SESSION_COOKIE_HTTPONLY = True
+# Behind a TLS-terminating proxy, trust its X-Forwarded-Proto only when told to (a client could
+# send the header itself when there is no proxy): SECURE_PROXY_SSL_HEADER=true.
+if env_bool("SECURE_PROXY_SSL_HEADER", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
+
 # Origins a browser WebSocket may come from. Same-origin pages are always allowed.
 WEBSOCKET_ALLOWED_ORIGINS = env_list("WEBSOCKET_ALLOWED_ORIGINS", [])
 
@@ -190,6 +211,9 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Take your mobile calls on whatever device is at hand.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The schema and docs are public: a stale token in the header must not turn them into a 401.
+    "SERVE_AUTHENTICATION": [],
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "devices.schema.add_error_responses"],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
