@@ -48,3 +48,15 @@ lock:
 
 clean:
 	rm -rf $(VENV) callpull.sqlite3* .pytest_cache
+
+# Benchmarks (bench/README.md): `make bench` runs the quick profile (a few minutes),
+# `make bench PROFILE=full` the long one. Results: bench/results/latest.{md,json}, plots.
+PROFILE ?= quick
+
+$(VENV)/.bench: $(VENV)/.runtime requirements-bench.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt -c constraints.txt
+	touch $@
+
+.PHONY: bench
+bench: $(VENV)/.bench
+	$(PY) -m bench run --profile $(PROFILE)

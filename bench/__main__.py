@@ -1,0 +1,52 @@
+import argparse
+
+from bench import report, run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description="callpull benchmarks (bench/README.md)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    go = sub.add_parser("run", help="run the suite and write bench/results/")
+    go.add_argument("--profile", choices=sorted(run.PROFILES), default="quick")
+    go.add_argument("--only", default="", help="comma-separated subset: ring,fcm,webhook")
+    go.add_argument("--configs", default="", help="comma-separated configuration names of the profile to keep")
+    go.add_argument("--sockets", default="", help="comma-separated socket counts instead of the profile's")
+    go.add_argument("--rates", default="", help="comma-separated ring rates instead of the profile's")
+    sub.add_parser("profile", help="py-spy the ring path once; writes bench/results/profile.md")
+    again = sub.add_parser("report", help="rewrite latest.md/plots from a raw results file")
+    again.add_argument("raw", nargs="+", help="one or more raw files; several are merged (ring cells and memory "
+                       "rows appended, FCM and webhook from the last file that has them)")
+    args = parser.parse_args()
+    if args.command == "run":
+        overrides = {"configs": [c.strip() for c in args.configs.split(",") if c.strip()],
+                     "sockets": [int(x) for x in args.sockets.split(",") if x],
+                     "rates": [float(x) for x in args.rates.split(",") if x]}
+        run.run(args.profile, set(filter(None, args.only.split(","))) or None, overrides)
+    elif args.command == "profile":
+        from bench import profile
+        profile.run()
+    else:
+        import json
+        from pathlib import Path
+        merged = None
+        for name in args.raw:
+            data = json.loads(Path(name).read_text())
+            if merged is None:
+                merged = data
+                continue
+            merged["ring"] += data.get("ring", [])
+            merged["memory"] += data.get("memory", [])
+            merged["fcm"] = data.get("fcm") or merged.get("fcm")
+            merged["webhook"] = data.get("webhook") or merged.get("webhook")
+            merged["meta"]["merged_from"] = merged["meta"].get("merged_from", [args.raw[0]]) + [name]
+            merged["meta"].setdefault("commands", [merged["meta"]["command"]]).append(data["meta"]["command"])
+            merged["meta"]["load_end"] = data["meta"].get("load_end")
+        if merged["meta"].get("commands"):
+            merged["meta"]["command"] = " ; ".join(
+                [*merged["meta"]["commands"], ".venv/bin/python -m bench report " + " ".join(args.raw)])
+            merged["meta"]["completed"] = None  # each piece says what it measured
+        report.write(merged, Path(args.raw[0]).stem.split("-")[0])
+
+
+if __name__ == "__main__":
+    main()

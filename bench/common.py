@@ -1,0 +1,223 @@
+"""Processes, databases, load and resource readings shared by the benchmarks."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+RAW = RESULTS / "raw"
+SERVER_NUMBER = "+15555550100"
+PUBLIC_BASE_URL = "https://callpull.bench.test"
+TWILIO_AUTH_TOKEN = "simulator-auth-token"
+POSTGRES_URL = os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+REDIS_BASE = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
+# Product variables a developer's shell may set; the benchmark servers get only ours.
+_SCRUB = ("DATABASE_URL", "REDIS_URL", "FCM_CREDENTIALS_FILE", "FCM_ENDPOINT", "TWILIO_API_BASE",
+          "PUBLIC_BASE_URL", "SERVER_NUMBERS", "DEBUG", "LOG_LEVEL")
+NCPU = os.cpu_count() or 1
+SERVER_CORES = {0}
+CLIENT_CORES = {1} if NCPU > 1 else {0}
+
+
+def load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def pin_self_to_client_cores() -> None:
+    if NCPU > 1:
+        os.sched_setaffinity(0, CLIENT_CORES)
+
+
+def raise_nofile(n: int = 65536) -> int:
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = min(max(n, soft), hard) if hard != resource.RLIM_INFINITY else n
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        pass
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+class Database:
+    """A fresh database: SQLite file, or a PostgreSQL database dropped at close()."""
+
+    def __init__(self, kind: str, tmp: Path):
+        self.kind = kind
+        self.name = f"callpull_bench_{uuid.uuid4().hex[:10]}"
+        if kind == "postgres":
+            import psycopg
+            with psycopg.connect(_pg_admin(), autocommit=True) as admin:
+                admin.execute(f'CREATE DATABASE "{self.name}"')
+            self.url = urlunsplit(urlsplit(POSTGRES_URL)._replace(path=f"/{self.name}"))
+        else:
+            self.url = f"sqlite:///{tmp / (self.name + '.sqlite3')}"
+
+    def close(self) -> None:
+        if self.kind == "postgres":
+            import psycopg
+            with psycopg.connect(_pg_admin(), autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+def _pg_admin() -> str:
+    return urlunsplit(urlsplit(POSTGRES_URL)._replace(path="/postgres"))
+
+
+def claim_redis_db() -> tuple[str, object]:
+    """A Redis database of our own (lock key, as tests/e2e does), flushed of asgi keys."""
+    import redis
+    me = uuid.uuid4().hex
+    for db in range(14, 0, -1):
+        client = redis.Redis.from_url(f"{REDIS_BASE}/{db}")
+        if client.set("callpull-bench:lock", me, nx=True, ex=1800):
+            for key in client.scan_iter(match="asgi*", count=500):
+                client.delete(key)
+            return f"{REDIS_BASE}/{db}", client
+        client.close()
+    raise RuntimeError("no free Redis database")
+
+
+def server_env(database_url: str, redis_url: str | None, **extra) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
+    env.update({"DJANGO_SETTINGS_MODULE": "callpull.settings", "PYTHONUNBUFFERED": "1",
+                "DATABASE_URL": database_url, "PUBLIC_BASE_URL": PUBLIC_BASE_URL,
+                "SERVER_NUMBERS": SERVER_NUMBER, "LOG_LEVEL": "WARNING"})
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def migrate(env: dict) -> None:
+    done = subprocess.run([sys.executable, "manage.py", "migrate", "--no-input"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        raise RuntimeError(f"migrate failed:\n{done.stdout}\n{done.stderr}")
+
+
+def seed(env: dict, users: int, secondaries: int, policy: str, out: Path, prefix: str = "b") -> list[dict]:
+    done = subprocess.run([sys.executable, "-m", "bench.seed", str(users), str(secondaries), policy, str(out),
+                           prefix], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"seed failed:\n{done.stdout}\n{done.stderr}")
+    return json.loads(out.read_text())
+
+
+class Server:
+    """uvicorn on `app` (callpull.asgi:application or bench.floor.app:application)."""
+
+    def __init__(self, app: str, env: dict, log_path: Path, *, workers: int = 1, deflate: bool = False,
+                 pin: bool = True):
+        self.app, self.env, self.log_path = app, env, log_path
+        self.workers, self.deflate, self.pin = workers, deflate, pin
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/v1/"
+
+    def start(self, timeout: float = 60) -> Server:
+        command = [sys.executable, "-m", "uvicorn", self.app, "--host", "127.0.0.1", "--port", str(self.port),
+                   "--lifespan", "auto", "--ws-per-message-deflate", "true" if self.deflate else "false",
+                   "--no-access-log", "--log-level", "warning", "--timeout-graceful-shutdown", "3",
+                   "--backlog", "8192"]
+        if self.workers > 1:
+            command += ["--workers", str(self.workers)]
+        pin = SERVER_CORES if (self.pin and NCPU > 1) else None
+        with open(self.log_path, "ab") as log_file:
+            self.process = subprocess.Popen(
+                command, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL, stdout=log_file,
+                stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=(lambda: os.sched_setaffinity(0, pin)) if pin else None)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server {self.app} died:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(self.base_url + "/api/v1/", timeout=1, trust_env=False).status_code < 500:
+                    if self.workers == 1 or len(self.worker_processes()) >= self.workers:
+                        time.sleep(0.3 if self.workers == 1 else 1.5)
+                        return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"server {self.app} not ready:\n{self.log_path.read_text()[-3000:]}")
+
+    def processes(self) -> list[psutil.Process]:
+        root = psutil.Process(self.process.pid)
+        return [root] + root.children(recursive=True)
+
+    def worker_processes(self) -> list[psutil.Process]:
+        """The processes that serve requests: uvicorn's spawned workers when --workers > 1."""
+        procs = self.processes()
+        if self.workers > 1:
+            return [p for p in procs[1:] if "resource_tracker" not in " ".join(p.cmdline())]
+        return procs[:1]
+
+    def rss_bytes(self) -> int:
+        """VmRSS (from /proc/<pid>/status) summed over the serving processes."""
+        total = 0
+        for proc in self.worker_processes():
+            with open(f"/proc/{proc.pid}/status") as status:
+                for line in status:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+        return total
+
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        for proc in self.worker_processes():
+            times = proc.cpu_times()
+            total += times.user + times.system
+        return total
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                self.process.wait(timeout=10)
+            except (subprocess.TimeoutExpired, ProcessLookupError):
+                try:
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.process.wait(timeout=10)
+
+
+def percentiles(values: list[float]) -> dict:
+    if not values:
+        return {"n": 0, "p50": None, "p95": None, "p99": None, "max": None}
+    ordered = sorted(values)
+
+    def pick(q):
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
+    return {"n": len(ordered), "p50": pick(0.50), "p95": pick(0.95), "p99": pick(0.99), "max": round(ordered[-1], 3)}

@@ -1,0 +1,144 @@
+"""`python -m bench run --profile quick|full`: every benchmark, then the report."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from bench import common, report, ringrun, webhook
+from bench.common import RAW, ROOT, Database, Server, log
+
+PROFILES = {
+    "quick": {
+        "configs": [{"name": "embedded", "db": "sqlite", "redis": False, "workers": 1}],
+        "sockets": [100, 1000], "rates": [1, 10], "duration": 10, "fcm_sizes": [1, 10, 100], "fcm_repeats": 3,
+        "webhook_rounds": 5,
+    },
+    "full": {
+        "configs": [{"name": "embedded", "db": "sqlite", "redis": False, "workers": 1},
+                    {"name": "pg+redis 1 worker", "db": "postgres", "redis": True, "workers": 1},
+                    {"name": "pg+redis 2 workers", "db": "postgres", "redis": True, "workers": 2}],
+        "sockets": [100, 1000, 5000], "rates": [1, 10, 50, 100], "duration": 10,
+        "fcm_sizes": [1, 10, 100, 1000], "fcm_repeats": 3, "webhook_rounds": 10,
+    },
+}
+
+
+def run(profile: str, only: set[str] | None = None, overrides: dict | None = None) -> Path:
+    spec = dict(PROFILES[profile])
+    for key, value in (overrides or {}).items():
+        if key == "configs":
+            spec["configs"] = [c for c in spec["configs"] if c["name"] in value]
+        elif value:
+            spec[key] = value
+    RAW.mkdir(parents=True, exist_ok=True)
+    common.pin_self_to_client_cores()
+    nofile = common.raise_nofile(65536)
+    tmp = Path(tempfile.mkdtemp(prefix="callpull-bench-"))
+    started = time.time()
+    argv = shlex.join(sys.argv[1:]) if sys.argv[0].endswith(("bench/__main__.py", "-m")) else f"run --profile {profile}"
+    meta = {"profile": profile, "overrides": {k: v for k, v in (overrides or {}).items() if v},
+            "command": f".venv/bin/python -m bench {argv}",
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "load_start": common.load(),
+            "cpus": os.cpu_count(), "python": platform.python_version(), "nofile": nofile,
+            "pinning": ("server processes (uvicorn, 1 worker) and the fake FCM on core 0; the benchmark client and "
+                        "the FCM sender on core 1; 2-worker servers, PostgreSQL and Redis unpinned")
+            if (os.cpu_count() or 1) > 1 else "none (1 CPU)"}
+    log(f"bench {profile}: {os.cpu_count()} CPUs, load {meta['load_start']}, open files {nofile}, tmp {tmp}")
+    results = {"meta": meta, "ring": [], "memory": [], "fcm": [], "webhook": None}
+    completed = False
+
+    def stop(signum, frame):  # SIGTERM: stop servers (finally blocks) and keep what was measured
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        if not only or "ring" in only:
+            for config in spec["configs"]:
+                out = ringrun.run_config(config, spec["sockets"], spec["rates"], spec["duration"], tmp,
+                                         memory_deflate=True)
+                results["ring"].extend(out["cells"])
+                results["memory"].extend(out["memory"])
+        if not only or "fcm" in only:
+            results["fcm"] = run_fcm(spec["fcm_sizes"], spec["fcm_repeats"], tmp)
+        if not only or "webhook" in only:
+            results["webhook"] = run_webhook(spec["webhook_rounds"], tmp)
+        completed = True
+    finally:
+        meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        meta["load_end"] = common.load()
+        meta["duration_s"] = round(time.time() - started, 1)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started))
+        meta["completed"] = completed
+        (RAW / f"{stamp}-{profile}.json").write_text(json.dumps(results))
+        if completed:
+            path = report.write(results, stamp)
+        else:  # an interrupted run never replaces latest.*
+            path = RAW / f"{stamp}-{profile}-partial.md"
+            path.write_text(report.markdown(results))
+        log(f"done in {meta['duration_s']} s: {path} (raw samples: {RAW / (stamp + '-' + profile + '.json')})")
+    return path
+
+
+def run_fcm(sizes: list[int], repeats: int, tmp: Path) -> list[dict]:
+    port = common.free_port()
+    creds = tmp / "fake-fcm-service-account.json"
+    env = common.server_env(f"sqlite:///{tmp / 'fcm-main.sqlite3'}", None)
+    pin = common.SERVER_CORES if common.NCPU > 1 else None
+    fake_log = open(tmp / "fakefcm.log", "ab")
+    fake = subprocess.Popen([sys.executable, "manage.py", "fakefcm", "--port", str(port), "--latency-ms", "20",
+                             "--credentials-out", str(creds)], cwd=ROOT, env=env, stdout=fake_log,
+                            stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=(lambda: os.sched_setaffinity(0, pin)) if pin else None)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/_fake/rules", timeout=1, trust_env=False)
+                if creds.exists():
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        out = tmp / "fcm.json"
+        bench_env = {**env, "DJANGO_SETTINGS_MODULE": "bench.fcm_settings", "BENCH_FCM_DB": str(tmp / "fcm.sqlite3"),
+                     "FCM_CREDENTIALS_FILE": str(creds), "FCM_ENDPOINT": f"http://127.0.0.1:{port}",
+                     "FCM_HTTP_TIMEOUT_SECONDS": "10", "FCM_RETRY_BUDGET_SECONDS": "10"}
+        done = subprocess.run([sys.executable, "-m", "bench.fcmbench", ",".join(map(str, sizes)), str(repeats),
+                               str(out)], cwd=ROOT, env=bench_env, timeout=900)
+        if done.returncode != 0:
+            raise RuntimeError("fcm benchmark failed")
+        return json.loads(out.read_text())
+    finally:
+        fake.terminate()
+        try:
+            fake.wait(10)
+        except subprocess.TimeoutExpired:
+            fake.kill()
+        fake_log.close()
+
+
+def run_webhook(rounds: int, tmp: Path, concurrency: int = 20) -> dict:
+    db = Database("sqlite", tmp)
+    port_holder = {}
+    env = common.server_env(db.url, None, CALL_RING_SECONDS=60, PRESENCE_STALE_SECONDS=600,
+                            CALL_FORWARD_WAIT_SECONDS=60)
+    common.migrate(env)
+    seed = common.seed(env, concurrency, 1, "immediate", tmp / "seed-webhook.json", prefix="w")
+    server = Server("callpull.asgi:application", env, tmp / "webhook.log")
+    server.env = {**env, "TWILIO_API_BASE": f"http://127.0.0.1:{server.port}/simulator"}
+    server.start()
+    del port_holder
+    try:
+        return asyncio.run(webhook.run(server, seed, concurrency=concurrency, rounds=rounds))
+    finally:
+        server.stop()
+        db.close()
