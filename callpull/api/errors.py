@@ -9,6 +9,7 @@ paths under /api/ go through `handler404` / `handler500`.
 import logging
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -49,8 +50,25 @@ def _flatten(detail, prefix: str = "") -> dict:
     return {prefix or "non_field_errors": messages}
 
 
+def _unavailable(exc) -> bool:
+    """The database or Redis is briefly out of reach: the client should retry."""
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return True
+    try:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+    except ImportError:  # redis is only installed with channels-redis
+        return False
+    return isinstance(exc, (RedisConnectionError, RedisTimeoutError))
+
+
 def exception_handler(exc, context):
-    if isinstance(exc, Http404):
+    if _unavailable(exc):
+        # Every write runs in a transaction, so nothing half-written stays behind.
+        log.warning("service unavailable: %s: %s", type(exc).__name__, exc)
+        exc = ApiError("service_unavailable", "The service is briefly unavailable. Try again in a moment.",
+                       status=status.HTTP_503_SERVICE_UNAVAILABLE, retry_after=1)
+    elif isinstance(exc, Http404):
         exc = ApiError("not_found", "Not found.", status=status.HTTP_404_NOT_FOUND)
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()
