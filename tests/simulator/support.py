@@ -45,6 +45,20 @@ def eventually(check, *, timeout: float = 5.0, interval: float = 0.02):
         time.sleep(interval)
 
 
+def leg(sim, sid):
+    """The simulator's record of one call or leg."""
+    return sim.http.get(f"/simulator/calls/{sid}").json()
+
+
+def until(sim, sid, **expected):
+    """Wait until the record's fields have the expected values."""
+    def check():
+        current = leg(sim, sid)
+        assert {key: current[key] for key in expected} == expected, current
+        return current
+    return eventually(check)
+
+
 @dataclass
 class Received:
     method: str

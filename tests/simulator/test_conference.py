@@ -7,7 +7,7 @@ conference ends (endConferenceOnExit, the last participant, REST).
 
 import pytest
 
-from tests.simulator.support import ACCOUNT_SID, AUTH_TOKEN, CALLER, SERVER_NUMBER, eventually
+from tests.simulator.support import ACCOUNT_SID, AUTH_TOKEN, CALLER, SERVER_NUMBER, eventually, leg, until
 
 VOICE = "/telephony/twilio/voice"
 STATUS = "/telephony/twilio/status"
@@ -39,16 +39,6 @@ def incoming(sim, caller=CALLER):
     return response.json()["sid"]
 
 
-def leg(sim, sid):
-    return sim.http.get(f"/simulator/calls/{sid}").json()
-
-
-def until(sim, sid, **expected):
-    def check():
-        current = leg(sim, sid)
-        assert {key: current[key] for key in expected} == expected, current
-        return current
-    return eventually(check)
 
 
 def room(sim, key=ROOM):

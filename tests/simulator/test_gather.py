@@ -1,6 +1,6 @@
 """<Gather> collects keys the test presses (POST /simulator/calls/{sid}/digits); dial-in callers."""
 
-from tests.simulator.support import CALLER, SERVER_NUMBER, eventually
+from tests.simulator.support import CALLER, SERVER_NUMBER, until
 
 VOICE = "/telephony/twilio/voice"
 MENU = "/telephony/twilio/menu"
@@ -11,13 +11,6 @@ def incoming(sim, caller=CALLER):
     assert response.status_code == 201, response.text
     return response.json()["sid"]
 
-
-def until(sim, sid, **expected):
-    def check():
-        current = sim.http.get(f"/simulator/calls/{sid}").json()
-        assert {key: current[key] for key in expected} == expected, current
-        return current
-    return eventually(check)
 
 
 def press(sim, sid, digits):

@@ -1,6 +1,6 @@
 """The voice provider follows TwiML: <Dial> legs and their callbacks, holds, redirects, errors."""
 
-from tests.simulator.support import CALLER, LINE, SERVER_NUMBER, eventually
+from tests.simulator.support import CALLER, LINE, SERVER_NUMBER, eventually, leg, until
 
 VOICE = "/telephony/twilio/voice"
 DIAL_STATUS = "/telephony/twilio/dial-status"
@@ -20,16 +20,6 @@ def incoming(sim, **fields):
     return response.json()["sid"]
 
 
-def leg(sim, sid):
-    return sim.http.get(f"/simulator/calls/{sid}").json()
-
-
-def until(sim, sid, **expected):
-    def check():
-        current = leg(sim, sid)
-        assert {key: current[key] for key in expected} == expected, current
-        return current
-    return eventually(check)
 
 
 def child_callbacks(sim):
