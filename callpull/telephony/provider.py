@@ -29,26 +29,6 @@ def signature_valid(url: str, params: dict, signature: str) -> bool:
 
 # TwiML ---------------------------------------------------------------------
 
-def twiml_dial(*, kind: str, address: str, action_url: str, status_url: str, timeout: int,
-               caller_id: str | None = None) -> str:
-    """Ring one device: `kind` is client, sip or number."""
-    response = VoiceResponse()
-    dial = Dial(action=action_url, method="POST", timeout=timeout, answer_on_bridge=True,
-                caller_id=caller_id or None)
-    noun_kwargs = {"status_callback": status_url, "status_callback_event": "initiated ringing answered completed",
-                   "status_callback_method": "POST"}
-    if kind == "client":
-        dial.client(address, **noun_kwargs)
-    elif kind == "sip":
-        dial.sip(address, **noun_kwargs)
-    elif kind == "number":
-        dial.number(address, **noun_kwargs)
-    else:
-        raise ValueError(f"unknown connect type {kind!r}")
-    response.append(dial)
-    return str(response)
-
-
 def twiml_conference(*, name: str, start_on_enter: bool, end_on_exit: bool, status_url: str,
                      wait_url: str | None = None, action_url: str | None = None, label: str | None = None,
                      muted: bool = False) -> str:
