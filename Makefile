@@ -23,7 +23,7 @@ migrate: install
 	$(PY) manage.py migrate --no-input
 
 run: migrate
-	$(PY) manage.py serve --host $(HOST) --port $(PORT)
+	PUBLIC_BASE_URL=$${PUBLIC_BASE_URL:-http://$(HOST):$(PORT)} $(PY) manage.py serve --host $(HOST) --port $(PORT)
 
 test: install-dev browser
 	$(PY) -m pytest $(PYTEST_ARGS)
