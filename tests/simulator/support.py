@@ -59,6 +59,16 @@ def until(sim, sid, **expected):
     return eventually(check)
 
 
+def until_event(sim, sid, event):
+    """Wait until the record holds `event` (some are recorded a moment after the
+    activity changes: `wait_audio` follows the fetch of the wait URL)."""
+    def check():
+        current = leg(sim, sid)
+        assert any(entry["event"] == event for entry in current["events"]), current
+        return current
+    return eventually(check)
+
+
 @dataclass
 class Received:
     method: str

@@ -7,7 +7,7 @@ conference ends (endConferenceOnExit, the last participant, REST).
 
 import pytest
 
-from tests.simulator.support import ACCOUNT_SID, AUTH_TOKEN, CALLER, SERVER_NUMBER, eventually, leg, until
+from tests.simulator.support import ACCOUNT_SID, AUTH_TOKEN, CALLER, SERVER_NUMBER, eventually, leg, until, until_event
 
 VOICE = "/telephony/twilio/voice"
 STATUS = "/telephony/twilio/status"
@@ -80,6 +80,7 @@ def caller_waiting(sim, **attributes):
     sim.backend.answers[VOICE] = lambda params: caller_twiml(**attributes)
     sid = incoming(sim)
     until(sim, sid, activity="conference-waiting")
+    until_event(sim, sid, "wait_audio")
     return sid
 
 
@@ -309,6 +310,7 @@ def test_the_participants_api_creates_an_unknown_conference_and_removing_the_las
                   ConferenceStatusCallbackEvent="start end join leave")
     device = created["call_sid"]
     until(sim, device, activity="conference-waiting")
+    until_event(sim, device, "wait_audio")
     record = room(sim, "fresh-room")
     assert created["conference_sid"] == record["sid"] and record["sid"].startswith("CF") and len(record["sid"]) == 34
     assert record["status_callback"]["events"] == ["start", "end", "join", "leave"]
@@ -329,7 +331,7 @@ def test_two_callers_meet_in_a_twiml_conference_and_a_withheld_caller_dials_in(s
         startConferenceOnEnter="true" if params["From"] == "anonymous" else "false")
     first = incoming(sim)
     until(sim, first, activity="conference-waiting")
-    assert named(leg(sim, first), "wait_audio")[0]["silence"] is True
+    assert named(until_event(sim, first, "wait_audio"), "wait_audio")[0]["silence"] is True
 
     second = incoming(sim, caller="anonymous")
 

@@ -1,6 +1,6 @@
 """<Gather> collects keys the test presses (POST /simulator/calls/{sid}/digits); dial-in callers."""
 
-from tests.simulator.support import CALLER, SERVER_NUMBER, until
+from tests.simulator.support import CALLER, SERVER_NUMBER, until, until_event
 
 VOICE = "/telephony/twilio/voice"
 MENU = "/telephony/twilio/menu"
@@ -105,7 +105,8 @@ def test_a_withheld_caller_dials_in_picks_from_a_menu_and_waits_in_a_conference(
     until(sim, sid, activity="gathering")
     press(sim, sid, "2")
 
-    record = until(sim, sid, activity="conference-waiting")
+    until(sim, sid, activity="conference-waiting")
+    record = until_event(sim, sid, "wait_audio")
 
     assert sim.backend.to(VOICE)[0].params["From"] == "anonymous" and record["from"] == "anonymous"
     steps = [e["event"] for e in record["events"] if e["event"] not in ("callback",)]
