@@ -4,8 +4,8 @@ our server number, and the provider connects it (callpull.telephony).
 
 Rules that protect users, enforced here:
 - the handset is told to reject only when forwarding on the line is `active` and
-  at least one secondary device was reached (a frame written to a connected
-  socket, or a push FCM accepted), never before;
+  at least one secondary device was reached (it acknowledged the `call.ringing`
+  frame, or FCM accepted a push for it, or it answered), never before;
 - every state change is a guarded transition (callpull.statemachine);
 - a call that cannot be helped rings on the handset as if we did not exist.
 """
@@ -27,12 +27,13 @@ from devices.errors import ApiError, conflict, not_found, one_or_404
 from devices.models import Device, DeviceKind
 from devices.phone import to_e164
 from notifications import fcm
-from notifications.fanout import fanout, online_device_ids
+from notifications.fanout import any_receipt, fanout, online_device_ids
 
 log = logging.getLogger(__name__)
 
 KEEP_RINGING = "keep_ringing"
 REJECT = "reject"
+AWAITING_DELIVERY = "awaiting_delivery"
 
 
 @dataclass(frozen=True)
@@ -69,12 +70,12 @@ def _deadline(call: Call, now: datetime) -> datetime:
 
 
 def notify(call: Call, event_type: str, devices: list[Device], *, now: datetime, push: bool = True,
-           online: set | None = None, on_fcm_accepted=None, **extra):
+           online: set | None = None, on_fcm_accepted=None, wait_ack: float = 0, **extra):
     """Send a call event to devices (WebSocket, and FCM when `push`)."""
     return fanout(event_type=event_type, payload={"call": call_to_dict(call), **extra}, devices=devices,
                   ref=call.pk, now=now, fcm_data=_fcm_data(call) if push else None,
                   deadline=_deadline(call, now), collapse_key=str(call.pk), online=online,
-                  on_fcm_accepted=on_fcm_accepted)
+                  on_fcm_accepted=on_fcm_accepted, wait_ack=wait_ack)
 
 
 def announce_end(call: Call, *, now: datetime, reason: str) -> None:
@@ -141,6 +142,10 @@ def call_report(*, device: Device, report_id, line: str, caller: str | None, cal
     else:
         instruction = _ring(call, now=now)
     _store_instruction(call, instruction, now=timezone.now(), transport="http")
+    if instruction.reason == AWAITING_DELIVERY and any_receipt(ref=call.pk, event_type="call.ringing"):
+        # A receipt came in after the wait and before `awaiting_delivery` was stored,
+        # so its handler saw nothing to do: reject now, over WebSocket and FCM.
+        _reject_if_awaiting(call.pk)
     log.info("call reported call=%s line=%s policy=%s instruction=%s/%s", call.pk, line_obj.pk, call.policy,
              instruction.action, instruction.reason)
     return call, instruction, True
@@ -153,15 +158,18 @@ def _ring(call: Call, *, now: datetime) -> Instruction:
     if not online and not pushable:
         return Instruction(KEEP_RINGING, "no_reachable_device")
     immediate = call.policy == Policy.IMMEDIATE
-    on_accepted = (lambda device_id: _reject_after_push(call.pk)) if immediate and not online else None
-    result = notify(call, "call.ringing", targets, now=now, online=online, on_fcm_accepted=on_accepted)
-    if not result.reached_any and not result.fcm:
+    # `immediate`: the first receipt decides. An ack within RING_ACK_WAIT_SECONDS goes
+    # into this answer; a later ack, or FCM accepting a push, sends call.reject.
+    on_accepted = (lambda device_id: _reject_if_awaiting(call.pk)) if immediate else None
+    result = notify(call, "call.ringing", targets, now=now, online=online, on_fcm_accepted=on_accepted,
+                    wait_ack=settings.RING_ACK_WAIT_SECONDS if immediate else 0)
+    if not result.websocket and not result.fcm:
         return Instruction(KEEP_RINGING, "no_reachable_device")
     if not immediate:
         return Instruction(KEEP_RINGING, "policy_on_answer")
-    if result.reached_any:
+    if result.acked:
         return Instruction(REJECT)
-    return Instruction(KEEP_RINGING, "awaiting_delivery")
+    return Instruction(KEEP_RINGING, AWAITING_DELIVERY)
 
 
 def _store_instruction(call: Call, instruction: Instruction, *, now: datetime, transport: str) -> None:
@@ -192,12 +200,20 @@ def _send_reject(call: Call, *, now: datetime, reason: str) -> bool:
     return True
 
 
-def _reject_after_push(call_id) -> None:
-    """`immediate` with only FCM devices: reject once the first push was accepted."""
+def _reject_if_awaiting(call_id) -> None:
+    """`immediate`, answered `awaiting_delivery`: a secondary was reached since
+    (an ack, or FCM accepted a push), so the handset may reject now."""
     now = timezone.now()
-    call = Call.objects.select_related("line").filter(pk=call_id, state=CallState.RINGING).first()
+    call = (Call.objects.select_related("line")
+            .filter(pk=call_id, state=CallState.RINGING, keep_ringing_reason=AWAITING_DELIVERY,
+                    reject_sent_at__isnull=True).first())
     if call is not None and _send_reject(call, now=now, reason="delivered"):
-        log.info("reject sent after fcm delivery call=%s", call_id)
+        log.info("reject sent after delivery call=%s", call_id)
+
+
+def on_delivery_acked(sender, event_type: str, ref, device_id, **kwargs) -> None:
+    if event_type == "call.ringing" and ref is not None:
+        _reject_if_awaiting(ref)
 
 
 # Answer, decline, handset events ---------------------------------------------

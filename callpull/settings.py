@@ -161,7 +161,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # channels_redis, with a capacity per worker and a blocking pool (notifications/layers.py).
+            "BACKEND": "notifications.layers.RedisChannelLayer",
             # channels_redis waits for messages with blocking 5 s BZPOPMINs and relies on
             # cancelling them; redis-py >= 6 puts a 5 s socket timeout on every read, which
             # kills idle sockets' consumers and can swallow that cancellation (a refused
@@ -242,6 +243,11 @@ PRESENCE_STALE_SECONDS = env_int("PRESENCE_STALE_SECONDS", 60, minimum=2)
 # handset, its reject and the carrier's forwarding.
 CALL_RING_SECONDS = env_int("CALL_RING_SECONDS", 45, minimum=5)
 CALL_FORWARD_WAIT_SECONDS = env_int("CALL_FORWARD_WAIT_SECONDS", 20, minimum=2)
+# "Reached" means a secondary acknowledged the `call.ringing` frame (or FCM accepted a
+# push). With policy `immediate` the ring report waits at most this long for the first
+# ack before answering; without one it answers keep_ringing/awaiting_delivery and the
+# reject reaches the handset over WebSocket and FCM when the first ack comes. 0: never wait.
+RING_ACK_WAIT_SECONDS = env_float("RING_ACK_WAIT_SECONDS", 0.5, minimum=0)
 # A forwarded call matches a ring report at most this old.
 CALL_MATCH_WINDOW_SECONDS = env_int("CALL_MATCH_WINDOW_SECONDS", 120, minimum=10)
 # How long the provider rings the chosen device before giving up.

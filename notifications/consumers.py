@@ -8,6 +8,7 @@ else it is closed with 4403; native clients send no Origin.
 """
 
 import logging
+import time
 import uuid
 from urllib.parse import parse_qs, urlsplit
 
@@ -82,6 +83,10 @@ def _close(channel_name):
 
 class DeviceConsumer(AsyncJsonWebsocketConsumer):
     device = None
+    # event id → (reply channel, deadline) for frames whose sender waits for the
+    # receipt (notifications.fanout); None until the first such frame, as most
+    # sockets never get one.
+    receipts = None
 
     async def __call__(self, scope, receive, send):
         async def send_while_open(message):
@@ -156,6 +161,10 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
         except ValueError:
             await self.send_error("invalid_ack", "An ack carries the event's id.")
             return
+        waiting = self.receipts.pop(str(event_id), None) if self.receipts else None
+        if waiting is not None and waiting[1] > time.time():
+            # Someone waits for this receipt (a ring report): tell them first.
+            await self.channel_layer.send(waiting[0], {"type": "ack.receipt", "device": str(self.device.pk)})
         await database_sync_to_async(_ack)(event_id, self.device)
 
     async def send_error(self, code: str, message: str):
@@ -164,6 +173,14 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
     # Channel-layer handlers, named after the message types in notifications.events.
 
     async def frame_send(self, message):
+        reply = message.get("ack_to")
+        if reply:
+            now = time.time()
+            if self.receipts is None:
+                self.receipts = {}
+            elif len(self.receipts) > 16:  # forget receipts nobody waits for any more
+                self.receipts = {key: value for key, value in self.receipts.items() if value[1] > now}
+            self.receipts[message["event"]] = (reply, message["ack_by"])
         await self.send(text_data=message["text"])
 
     async def socket_close(self, message):

@@ -5,10 +5,20 @@ The frame is serialised once; all group sends go out in one trip to the event
 loop; FCM runs in the background (notifications.fcm) and reports back per
 device, so a slow or failing FCM never delays the WebSocket path or the HTTP
 answer.
+
+Receipts. A device was *reached* when it acknowledged the frame (`ack`), not
+when the frame was handed to the channel layer: a layer may drop a message
+(channels_redis drops group messages over capacity, silently, as ASGI allows)
+and a socket may be dead without knowing it. A sender that needs to know at
+once (`wait_ack`) gets a reply channel carried next to the frame; the consumer
+that receives the device's ack forwards it there before anything else, so the
+first receipt is one client round-trip away, across workers too. Every ack is
+also recorded on its delivery row and announced with `delivery_acked`.
 """
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -17,12 +27,14 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import close_old_connections
+from django.db.models import Q
 from django.utils import timezone
 
 from devices.models import Device, DeviceConnection
 from notifications import fcm
 from notifications.events import FRAME_MESSAGE, device_group, frame
 from notifications.models import Delivery, Transport
+from notifications.signals import delivery_acked
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +44,7 @@ class FanoutResult:
     event_id: str
     websocket: list = field(default_factory=list)  # device ids a frame went to
     fcm: list = field(default_factory=list)        # device ids a push was queued for
+    acked: list = field(default_factory=list)      # device ids whose ack came back while we waited
 
     @property
     def reached_any(self) -> bool:
@@ -44,21 +57,40 @@ def online_device_ids(device_ids, now: datetime) -> set:
                .values_list("device_id", flat=True))
 
 
-async def _group_send_all(groups: list[str], text: str) -> None:
+async def _group_send_all(groups: list[str], text: str, event_id: str, wait_ack: float) -> list[str]:
+    """Send the frame to every group; with `wait_ack`, wait that long at most for
+    the first receipt and return the ids of the devices whose ack came back."""
     layer = get_channel_layer()
-    message = {"type": FRAME_MESSAGE, "text": text}
+    message = {"type": FRAME_MESSAGE, "text": text, "event": event_id}
+    reply = None
+    if wait_ack > 0:
+        # The default prefix: channels_redis receives every process-local channel through one
+        # key per process, and a channel of another prefix would take that loop over.
+        reply = await layer.new_channel()
+        # The consumer forwards an ack only before `ack_by`: a receipt nobody waits
+        # for any more would sit in the layer until it expires.
+        message.update(ack_to=reply, ack_by=time.time() + wait_ack)
     await asyncio.gather(*(layer.group_send(group, message) for group in groups))
+    if reply is None:
+        return []
+    try:
+        async with asyncio.timeout(wait_ack):
+            receipt = await layer.receive(reply)
+    except TimeoutError:
+        return []
+    return [receipt["device"]]
 
 
 def fanout(*, event_type: str, payload: dict, devices: Sequence[Device], ref, now: datetime,
            fcm_data: dict[str, str] | None = None, deadline: datetime | None = None,
            collapse_key: str = "", online: set | None = None,
-           on_fcm_accepted: Callable[[object], None] | None = None) -> FanoutResult:
+           on_fcm_accepted: Callable[[object], None] | None = None, wait_ack: float = 0) -> FanoutResult:
     """Send `event_type` to `devices`; FCM only when `fcm_data` is given.
 
     `online` may pass presence already looked up by the caller. `on_fcm_accepted`
     is called (from a background thread) with the device id of each push FCM
-    accepted.
+    accepted. With `wait_ack` (seconds) and a device online, return once the
+    first device acknowledged the frame (`result.acked`) or after `wait_ack`.
     """
     if not devices:
         return FanoutResult(event_id="")
@@ -86,10 +118,12 @@ def fanout(*, event_type: str, payload: dict, devices: Sequence[Device], ref, no
         + [Delivery(event_id=event_id, event_type=event_type, ref=ref, device_id=push.device_id,
                     transport=Transport.FCM, queued_at=now) for push in pushes]
     )
-    if result.websocket:
-        async_to_sync(_group_send_all)([device_group(pk) for pk in result.websocket], text)
+    # Pushes first: FCM's round trip then overlaps the wait for a WebSocket receipt.
     if pushes:
         fcm.send_many(pushes, on_result=lambda push_result: _fcm_done(push_result, event_id, on_fcm_accepted))
+    if result.websocket:
+        result.acked = async_to_sync(_group_send_all)([device_group(pk) for pk in result.websocket], text,
+                                                      event_id, wait_ack)
     log.info("fanout %s ref=%s event=%s websocket=%d fcm=%d", event_type, ref, event_id,
              len(result.websocket), len(pushes))
     return result
@@ -116,7 +150,23 @@ def _fcm_done(result, event_id: str, on_accepted) -> None:
         close_old_connections()
 
 
+def any_receipt(*, ref, event_type: str) -> bool:
+    """Whether some device acknowledged an event of this type about `ref`, or FCM
+    accepted a push of one."""
+    return (Delivery.objects.filter(ref=ref, event_type=event_type)
+            .filter(Q(delivered_at__isnull=False) | Q(transport=Transport.FCM, sent_at__isnull=False, error=""))
+            .exists())
+
+
 def delivery_ack(*, event_id, device: Device, now: datetime) -> bool:
-    """A device confirmed it received an event. False if there was no such delivery."""
-    return bool(Delivery.objects.filter(event_id=event_id, device=device, delivered_at__isnull=True)
-                .update(delivered_at=now))
+    """A device confirmed it received an event. False if there was no such delivery
+    (or it was acknowledged already); True after recording it and sending
+    `delivery_acked`."""
+    rows = list(Delivery.objects.filter(event_id=event_id, device=device, delivered_at__isnull=True)
+                .values_list("pk", "event_type", "ref"))
+    if not rows or not Delivery.objects.filter(pk__in=[pk for pk, _, _ in rows], delivered_at__isnull=True) \
+            .update(delivered_at=now):
+        return False
+    _, event_type, ref = rows[0]
+    delivery_acked.send(sender=Delivery, event_type=event_type, ref=ref, device_id=device.pk)
+    return True

@@ -18,6 +18,10 @@ def _fast_password_hashing_and_inline_provider_actions(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     # Provider REST actions run inline so unit tests see their effects at once.
     settings.PROVIDER_ACTIONS_INLINE = True
+    # In-process tests have no client that could ack while a ring report waits for a
+    # receipt; they ack afterwards (Socket.ack). tests/notifications and tests/e2e
+    # cover the wait itself with real consumers.
+    settings.RING_ACK_WAIT_SECONDS = 0
 
 
 @pytest.fixture(autouse=True)

@@ -50,6 +50,16 @@ class Socket:
     def types(self) -> list[str]:
         return [frame["type"] for frame in self.frames()]
 
+    def ack(self, frames: list[dict] | None = None, *, of_type: str = "call.ringing") -> list[dict]:
+        """Acknowledge frames as the app does (the consumer's `ack`); by default every
+        `call.ringing` received so far. Returns the frames acked."""
+        from notifications.fanout import delivery_ack
+
+        chosen = [f for f in (self.frames() if frames is None else frames) if f["type"] == of_type]
+        for f in chosen:
+            delivery_ack(event_id=f["id"], device=self.device, now=timezone.now())
+        return chosen
+
 
 @pytest.fixture(autouse=True)
 def _fresh_channel_layer():

@@ -61,14 +61,47 @@ def test_ring_disabled_devices_and_the_handset_do_not_ring(handset, handset_api,
     assert desktop_socket.frames() == [] and handset_socket.frames() == []
 
 
-def test_immediate_rejects_once_a_secondary_was_reached(handset_api, line, tablet, online):
+def test_immediate_rejects_once_a_secondary_acknowledged_the_ring(handset, handset_api, line, tablet, desktop,
+                                                                   online):
     line.policy = "immediate"
     line.save()
-    online(tablet[0])
-    body = report(handset_api, line).json()
-    assert body["instruction"] == {"action": "reject"}
-    events = [e["event"] for e in body["call"]["timeline"]]
-    assert events.index("notification_sent") < events.index("reject_instructed")
+    handset_socket, tablet_socket, desktop_socket = online(handset[0]), online(tablet[0]), online(desktop[0])
+    first = report(handset_api, line, report_id=uuid.uuid4())
+    body = first.json()
+    # Online is not reached: nobody acknowledged the frame yet (and nobody waits in unit tests).
+    assert body["instruction"] == {"action": "keep_ringing", "reason": "awaiting_delivery"}
+    assert handset_socket.frames() == []
+
+    tablet_socket.ack()
+    [reject] = handset_socket.frames()
+    assert reject["type"] == "call.reject" and reject["call"]["id"] == body["call"]["id"]
+    desktop_socket.ack()  # a second receipt rejects nothing more
+    assert handset_socket.frames() == []
+
+    call = handset_api.get(f"/api/v1/calls/{body['call']['id']}").json()
+    events = [e["event"] for e in call["timeline"]]
+    assert events.index("notification_sent") < events.index("notification_delivered") \
+        < events.index("reject_instructed")
+    assert events.count("reject_instructed") == 1
+    [instructed] = [e for e in call["timeline"] if e["event"] == "reject_instructed"]
+    assert instructed["detail"]["reason"] == "delivered" and instructed["detail"]["websocket"] is True
+
+
+def test_a_repeated_report_after_the_receipt_answers_reject(handset_api, line, tablet, online):
+    line.policy = "immediate"
+    line.save()
+    tablet_socket = online(tablet[0])
+    report_id = uuid.uuid4()
+    report(handset_api, line, report_id=report_id)
+    tablet_socket.ack()
+    assert report(handset_api, line, report_id=report_id).json()["instruction"] == {"action": "reject"}
+
+
+def test_on_answer_never_rejects_on_a_receipt(handset, handset_api, line, tablet, online):
+    handset_socket, tablet_socket = online(handset[0]), online(tablet[0])
+    assert report(handset_api, line).json()["instruction"]["reason"] == "policy_on_answer"
+    assert tablet_socket.ack()
+    assert handset_socket.frames() == []
 
 
 def test_immediate_with_nobody_reachable_never_rejects(handset_api, line, tablet):

@@ -7,8 +7,8 @@ that the call lifecycle keeps its promises:
 - a terminal call never changes again, and its answered_by never changes;
 - once set, answered_by never changes to another device;
 - the handset is never told to reject unless forwarding was active and a
-  secondary device was reached (online, or it answered), or a device declined
-  the call "everywhere" (the user's explicit reject);
+  secondary device was reached (it acknowledged the ring, or it answered), or a
+  device declined the call "everywhere" (the user's explicit reject);
 - after every deadline has passed and a sweep runs, every call is terminal or
   connected.
 """
@@ -39,7 +39,8 @@ from callpull.calls import calls_sweep
 from callpull.models import TERMINAL_STATES, Call, CallState, TimelineEntry
 from callpull.statemachine import TRANSITIONS
 from devices.models import DeviceConnection
-from notifications.fanout import online_device_ids
+from notifications.fanout import delivery_ack
+from notifications.models import Delivery
 from tests.callpull.conftest import conference, forward, leg_status, report
 from tests.conftest import client_for, make_device, make_user
 
@@ -118,6 +119,22 @@ class CallLifecycle(RuleBasedStateMachine):
                                             connected_at=timezone.now(), seen_at=timezone.now())
         else:
             DeviceConnection.objects.filter(device=device).delete()
+
+    @rule(policy=st.sampled_from(["on_answer", "immediate"]))
+    def set_policy(self, policy):
+        self.line.policy = policy
+        self.line.save(update_fields=["policy"])
+
+    @precondition(lambda self: self.calls)
+    @rule(data=st.data(), index=st.integers(0, 2))
+    def secondary_acks(self, data, index):
+        """The app acknowledges the newest `call.ringing` it was sent for a call."""
+        call_id = data.draw(st.sampled_from(self.calls))
+        device = self.secondaries[index][0]
+        sent = (Delivery.objects.filter(ref=call_id, device=device, event_type="call.ringing")
+                .order_by("-queued_at").first())
+        if sent is not None:
+            delivery_ack(event_id=sent.event_id, device=device, now=timezone.now())
 
     @rule(seconds=st.sampled_from([1, 5, 15, 30, 60]))
     def time_passes(self, seconds):
@@ -219,10 +236,11 @@ class CallLifecycle(RuleBasedStateMachine):
                     continue
                 self.rejects_seen.add(entry.pk)
                 assert self.line.forwarding_state == "active", "reject while forwarding was not active"
-                # Reached: online when it was sent, or it answered; or the user declined "everywhere"
-                # from a device (an explicit "reject it", the contract's decline scope).
-                reached = (online_device_ids(secondary_ids, timezone.now()) or call.answered_by_id
-                           or entry.detail.get("reason") == "declined")
+                # Reached: a secondary acknowledged the ring, or it answered; or the user declined
+                # "everywhere" from a device (an explicit "reject it", the contract's decline scope).
+                acked = Delivery.objects.filter(ref=call.pk, event_type="call.ringing", device_id__in=secondary_ids,
+                                                delivered_at__isnull=False).exists()
+                reached = acked or call.answered_by_id or entry.detail.get("reason") == "declined"
                 assert reached, "reject although no secondary device was reached"
 
     def check_deadlines(self):

@@ -54,8 +54,10 @@ def test_a_forwarded_call_that_never_arrives_fails_and_the_devices_are_told(hand
 def test_immediate_reject_without_forwarded_call_fails_after_the_handset_rejected(handset_api, line, tablet, online):
     line.policy = "immediate"
     line.save()
-    online(tablet[0])
+    socket = online(tablet[0])
     call_id = report(handset_api, line).json()["call"]["id"]
+    socket.ack()  # reached: the handset is told to reject
+    assert Call.objects.get().reject_sent_at is not None
     handset_api.post(f"/api/v1/calls/{call_id}/handset-events", {"event": "rejected"}, format="json")
     sweep_after(settings.CALL_FORWARD_WAIT_SECONDS + 1)
     assert Call.objects.get().end_reason == "forwarded_call_never_arrived"

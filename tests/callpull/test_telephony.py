@@ -167,9 +167,10 @@ def test_immediate_holds_the_caller_then_dials_the_device_that_answers(client, h
                                                                       tablet_api, online, fake_provider):
     line.policy = "immediate"
     line.save()
-    online(tablet[0])
+    socket = online(tablet[0])
     body = report(handset_api, line).json()
-    assert body["instruction"]["action"] == "reject"
+    socket.ack()
+    assert Call.objects.get().reject_sent_at is not None
     root = xml(forward(client, sid=SID))
     assert root.find("Dial/Conference").get("waitUrl").endswith("ringback.wav")
     assert fake_provider.actions == []  # nobody answered yet: the caller hears ringback

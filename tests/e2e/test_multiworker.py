@@ -4,9 +4,13 @@ Two uvicorn processes on two ports share one database and one Redis channel
 layer, as two workers of one deployment would.
 """
 
+import json
 import os
+import random
 import signal
+import threading
 import time
+import uuid
 
 import pytest
 
@@ -53,6 +57,39 @@ def test_a_tablet_connected_to_one_worker_is_online_on_the_other(workers):
         assert_online(worker_a, handset.token, tablet.id, True)
     eventually(lambda: assert_online(worker_b, handset.token, tablet.id, False))
     assert_online(worker_a, handset.token, tablet.id, False)
+
+
+def test_a_receipt_on_one_worker_answers_the_ring_report_on_the_other(workers):
+    """The report waits on worker A for the first ack; the tablet's socket and its
+    ack are on worker B. The receipt crosses the channel layer in time for the
+    report's answer to be `reject`."""
+    worker_a, worker_b = workers
+    account = sign_up(worker_a, "pair")
+    handset = account.register("handset")
+    tablet = account.register("tablet")
+    number = f"+1555{random.randrange(10**6, 10**7)}"
+    line = call(worker_a, "POST", "/api/v1/lines", token=handset.token, json={"number": number}).json()
+    assert call(worker_a, "POST", f"/api/v1/lines/{line['id']}/forwarding", token=handset.token,
+                json={"state": "active", "target": line["server_number"]}).status_code == 200
+    assert call(worker_b, "PATCH", f"/api/v1/lines/{line['id']}", token=handset.token,
+                json={"policy": "immediate"}).json()["policy"] == "immediate"
+    with ws_connect(worker_b, tablet.token) as ws:
+        hello(ws)
+        acked = []
+
+        def app():
+            ringing = wait_for_frame(ws, lambda frame: frame["type"] == "call.ringing", timeout=10)
+            ws.send(json.dumps({"type": "ack", "id": ringing["id"]}))
+            acked.append(ringing)
+
+        reader = threading.Thread(target=app, daemon=True)
+        reader.start()
+        response = call(worker_a, "POST", "/api/v1/calls", token=handset.token,
+                        json={"report_id": str(uuid.uuid4()), "line": number, "caller": "+15550001111"})
+        reader.join(10)
+        assert response.status_code == 201, response.text
+        assert acked and acked[0]["call"]["id"] == response.json()["call"]["id"]
+        assert response.json()["instruction"] == {"action": "reject"}
 
 
 def test_a_desktop_on_one_worker_hears_a_tablet_come_and_go_on_the_other(workers):

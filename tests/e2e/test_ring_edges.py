@@ -406,6 +406,32 @@ def test_immediate_with_only_fcm_devices_rejects_once_fcm_accepted_the_push(ring
     wait_fcm(fake_fcm, token, "call.ended", ring.id)
 
 
+def test_immediate_waits_for_a_receipt_not_for_presence(ring_server):
+    """Online is not reached: while the tablet's app has not acknowledged the ring,
+    the handset is not told to reject; the tablet's late receipt tells it, over the
+    handset's WebSocket."""
+    home = household(ring_server, policy="immediate")
+    tablet = home.tablet()
+    with App(ring_server, home.handset) as handset_app, App(ring_server, tablet, ack=False) as tablet_app:
+        ring = home.ring()  # the report waited RING_ACK_WAIT_SECONDS for a receipt in vain
+        assert ring.instruction == {"action": "keep_ringing", "reason": "awaiting_delivery"}
+        ringing = tablet_app.wait_for("call.ringing", ring.id)
+        assert handset_app.of("call.reject", ring.id) == []
+        assert not find(home.get_call(ring.id)["timeline"], "reject_instructed")
+
+        tablet_app.ack(ringing)
+        reject = handset_app.wait_for("call.reject", ring.id)
+        assert reject["reason"] == "delivered"
+        timeline = home.get_call(ring.id)["timeline"]
+        assert_in_order(timeline, first(timeline, "notification_sent", device=tablet.id, type="call.ringing"),
+                        first(timeline, "notification_delivered", device=tablet.id, type="call.ringing"),
+                        first(timeline, "reject_instructed", reason="delivered"))
+        tablet_app.ack(ringing)  # a repeated receipt changes nothing
+        assert len(find(home.get_call(ring.id)["timeline"], "reject_instructed")) == 1
+        home.carrier(ring.carrier_id, "hangup")
+        ok(home.handset_event(ring.id, "caller_hung_up"))
+
+
 # Delivery receipts -------------------------------------------------------------------------
 
 def test_every_acknowledged_frame_lands_on_the_timeline_as_delivered(ring_server):

@@ -79,10 +79,12 @@ def when(entry_or_frame_at: str) -> datetime:
 
 class App:
     """A device's app on its WebSocket: a reader thread acks every frame that has an
-    id (a delivery receipt) and records each with its arrival time (time.time())."""
+    id (a delivery receipt; `ack=False`: only when told to, with `ack()`) and records
+    each with its arrival time (time.time())."""
 
-    def __init__(self, server: Server, device: Device):
+    def __init__(self, server: Server, device: Device, *, ack: bool = True):
         self.device = device
+        self.auto_ack = ack
         self.ws = ws_connect(server, device.token).__enter__()  # closed by close()
         self.hello = hello(self.ws)
         self.frames: list[tuple[float, dict]] = []
@@ -95,13 +97,16 @@ class App:
             while True:
                 frame = json.loads(self.ws.recv())
                 arrived = time.time()
-                if frame.get("id"):
-                    self.ws.send(json.dumps({"type": "ack", "id": frame["id"]}))
+                if frame.get("id") and self.auto_ack:
+                    self.ack(frame)
                 with self._changed:
                     self.frames.append((arrived, frame))
                     self._changed.notify_all()
         except (ConnectionClosed, OSError):
             pass
+
+    def ack(self, frame: dict) -> None:
+        self.ws.send(json.dumps({"type": "ack", "id": frame["id"]}))
 
     def of(self, event_type: str, call_id: str | None = None) -> list[tuple[float, dict]]:
         with self._changed:
