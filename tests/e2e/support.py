@@ -461,3 +461,416 @@ def close_code(ws: ClientConnection, timeout: float = 5.0) -> tuple[int | None, 
             return (closed.rcvd.code if closed.rcvd else None), frames
         except TimeoutError:
             raise AssertionError(f"socket still open after {timeout}s; frames: {frames}") from None
+
+
+# Faults --------------------------------------------------------------------
+#
+# Tools that break the parts a server depends on, the way they break in real life,
+# without touching the shared PostgreSQL and Redis: a TCP proxy of our own in front
+# of a service (cut it, restore it), a private redis-server (restart it), an
+# exclusive lock on a SQLite file, and a device client that reconnects.
+
+class TcpProxy:
+    """A TCP proxy on a free loopback port in front of `target` ((host, port)), served
+    by an asyncio loop in a thread.
+
+    - `cut()`: every open connection is reset and new ones are accepted and reset at
+      once, until `restore()` (to the client: the server went away).
+    - `cut_on(pattern, seconds)`: armed; the first client→server chunk that contains
+      `pattern` (bytes, e.g. a table name in an SQL statement) is not forwarded, and
+      the proxy cuts for `seconds` from then (a fault at a chosen step, every time).
+    """
+
+    def __init__(self, target: tuple[str, int]):
+        import asyncio
+        import threading
+
+        self.target = target
+        self.is_cut = False
+        self.cuts = 0
+        self.tripped = threading.Event()
+        self._pattern: bytes | None = None
+        self._trip_seconds = 0.0
+        self._writers: set = set()
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"proxy->{target[1]}", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("proxy did not start")
+
+    @property
+    def port(self) -> int:
+        return self._server.sockets[0].getsockname()[1]
+
+    def url_for(self, url: str) -> str:
+        """`url` (postgres://…, redis://…) with its host and port replaced by the proxy's."""
+        parts = urlsplit(url)
+        userinfo = parts.netloc.rpartition("@")[0]
+        netloc = (userinfo + "@" if userinfo else "") + f"127.0.0.1:{self.port}"
+        return urlunsplit(parts._replace(netloc=netloc))
+
+    def _run(self) -> None:
+        import asyncio
+
+        asyncio.set_event_loop(self._loop)
+
+        async def start():
+            self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+            self._ready.set()
+
+        self._loop.run_until_complete(start())
+        self._loop.run_forever()
+
+    async def _serve(self, reader, writer) -> None:
+        import asyncio
+
+        if self.is_cut:
+            writer.transport.abort()
+            return
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        pair = (writer, upstream_writer)
+        self._writers.update(pair)
+
+        async def pump(source, sink, inspect: bool):
+            try:
+                while chunk := await source.read(65536):
+                    if inspect and self._pattern is not None and self._pattern in chunk:
+                        self._pattern = None
+                        self._cut(self._trip_seconds)
+                        self.tripped.set()
+                        return
+                    sink.write(chunk)
+                    await sink.drain()
+            except (OSError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                for each in pair:
+                    each.transport.abort()
+
+        await asyncio.gather(pump(reader, upstream_writer, True), pump(upstream_reader, writer, False))
+        self._writers.difference_update(pair)
+
+    def _cut(self, seconds: float = 0.0) -> None:
+        self.is_cut = True
+        self.cuts += 1
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+        if seconds > 0:
+            self._loop.call_later(seconds, self._restore)
+
+    def _restore(self) -> None:
+        self.is_cut = False
+
+    def _call(self, function, *args) -> None:
+        import concurrent.futures
+
+        done = concurrent.futures.Future()
+
+        def run():
+            try:
+                done.set_result(function(*args))
+            except Exception as error:  # pragma: no cover - surfaced to the caller
+                done.set_exception(error)
+
+        self._loop.call_soon_threadsafe(run)
+        done.result(10)
+
+    def cut(self, seconds: float = 0.0) -> None:
+        """Reset every connection and refuse new ones; for `seconds`, or until restore()."""
+        self._call(self._cut, seconds)
+
+    def restore(self) -> None:
+        self._call(self._restore)
+
+    def cut_on(self, pattern: bytes, seconds: float) -> None:
+        def arm():
+            self.tripped.clear()
+            self._pattern, self._trip_seconds = pattern, seconds
+        self._call(arm)
+
+    def close(self) -> None:
+        def shut():
+            self._server.close()
+            self._cut()
+        try:
+            self._call(shut)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
+
+
+def redis_server_binary() -> str | None:
+    import shutil
+
+    return shutil.which("redis-server")
+
+
+class PrivateRedis:
+    """A redis-server of our own on a free loopback port, nothing saved to disk, so a
+    test can kill and restart it (the shared Redis is never touched)."""
+
+    def __init__(self, tmp_dir: Path):
+        self.tmp_dir = tmp_dir
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+        self.restarts = 0
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> PrivateRedis:
+        binary = redis_server_binary()
+        if binary is None:
+            raise RuntimeError("no redis-server binary on PATH")
+        log = open(self.tmp_dir / f"redis-{self.port}.log", "ab")
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.tmp_dir), "--protected-mode", "no"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.process.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as probe:
+                    probe.sendall(b"PING\r\n")
+                    if probe.recv(64).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        self.kill()
+        raise RuntimeError("redis-server did not answer PING")
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: every client connection drops, every key is gone."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def restart(self, down_seconds: float = 0.0) -> None:
+        self.kill()
+        time.sleep(down_seconds)
+        self.restarts += 1
+        for _attempt in range(50):  # the port may linger a moment after the kill
+            try:
+                self.start()
+                return
+            except RuntimeError:
+                time.sleep(0.1)
+        raise RuntimeError("redis-server did not come back")
+
+    stop = kill
+
+    def flush(self) -> None:
+        """FLUSHALL: every key gone while every connection stays up (what a restart
+        without persistence, or a failover to an empty replica, leaves behind)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as conn:
+            conn.sendall(b"FLUSHALL\r\n")
+            if not conn.recv(64).startswith(b"+OK"):
+                raise RuntimeError("FLUSHALL failed")
+
+
+def sqlite_path(database_url: str) -> Path | None:
+    if not database_url.startswith("sqlite:"):
+        return None
+    return Path(urlsplit(database_url).path)
+
+
+class SqliteLock:
+    """Hold `BEGIN EXCLUSIVE` on a SQLite database from another connection, the way a
+    long write by another process would: `with SqliteLock(path, seconds=3): …`, or
+    `start()` and `release()`. (In WAL mode readers go on; writers wait for it, up to
+    their busy timeout.)"""
+
+    def __init__(self, path: Path, seconds: float | None = None):
+        import threading
+
+        self.path = path
+        self.seconds = seconds
+        self._held = threading.Event()
+        self._release = threading.Event()
+        self._thread = None
+
+    def _hold(self) -> None:
+        import sqlite3
+
+        connection = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            connection.execute("BEGIN EXCLUSIVE")
+            self._held.set()
+            self._release.wait(self.seconds)
+            connection.execute("ROLLBACK")
+        finally:
+            connection.close()
+
+    def start(self) -> SqliteLock:
+        import threading
+
+        self._thread = threading.Thread(target=self._hold, name="sqlite-lock", daemon=True)
+        self._thread.start()
+        if not self._held.wait(30):
+            raise RuntimeError(f"could not lock {self.path}")
+        return self
+
+    def release(self) -> None:
+        self._release.set()
+        if self._thread is not None:
+            self._thread.join(30)
+
+    def wait(self) -> None:
+        """Until the lock is released (after `seconds`)."""
+        if self._thread is not None:
+            self._thread.join()
+
+    def __enter__(self) -> SqliteLock:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+class Companion:
+    """A device's app on its WebSocket, as a real app behaves: it acks every frame that
+    has an id, and when the socket drops it reconnects (after `reconnect_delay`, to the
+    next of `servers` if one refuses) until closed. Frames are kept with their arrival
+    time; `connections` lists (connected_at, disconnected_at or None) per socket."""
+
+    def __init__(self, servers: list[Server] | Server, device: Device, *, reconnect_delay: float = 0.2,
+                 connect: bool = True):
+        import threading
+
+        self.servers = servers if isinstance(servers, list) else [servers]
+        self.device = device
+        self.reconnect_delay = reconnect_delay
+        self.frames: list[tuple[float, dict]] = []
+        self.connections: list[list] = []
+        self.acks_sent = 0
+        self.errors: list[str] = []
+        self._closing = threading.Event()
+        self._changed = threading.Condition()
+        self._ws: ClientConnection | None = None
+        self._server_index = 0
+        self._thread = threading.Thread(target=self._run, name=f"companion-{device.kind}", daemon=True)
+        if connect:
+            self.start()
+
+    def start(self) -> Companion:
+        self._thread.start()
+        self.wait_connected()
+        return self
+
+    @property
+    def server(self) -> Server:
+        return self.servers[self._server_index % len(self.servers)]
+
+    @property
+    def connected(self) -> bool:
+        with self._changed:
+            return bool(self.connections) and self.connections[-1][1] is None
+
+    def _open(self) -> ClientConnection | None:
+        for _ in range(len(self.servers)):
+            try:
+                ws = ws_connect(self.server, self.device.token).__enter__()  # closed in _run
+                first = json.loads(ws.recv(timeout=5))
+                if first.get("type") != "hello":
+                    ws.close()
+                    raise ConnectionError(f"expected hello, got {first}")
+                return ws
+            except (OSError, TimeoutError, ConnectionClosed, ConnectionError, ValueError) as error:
+                self.errors.append(f"{self.server.name}: {type(error).__name__}: {error}")
+                self._server_index += 1
+        return None
+
+    def _run(self) -> None:
+        while not self._closing.is_set():
+            ws = self._open()
+            if ws is None:
+                self._closing.wait(self.reconnect_delay)
+                continue
+            with self._changed:
+                self._ws = ws
+                self.connections.append([time.time(), None])
+                self._changed.notify_all()
+            try:
+                while True:
+                    frame = json.loads(ws.recv())
+                    arrived = time.time()
+                    if frame.get("id"):
+                        ws.send(json.dumps({"type": "ack", "id": frame["id"]}))
+                        self.acks_sent += 1
+                    with self._changed:
+                        self.frames.append((arrived, frame))
+                        self._changed.notify_all()
+            except (ConnectionClosed, OSError, ValueError):
+                pass
+            with self._changed:
+                self.connections[-1][1] = time.time()
+                self._ws = None
+                self._changed.notify_all()
+            try:
+                ws.close()
+            except Exception:
+                pass
+            self._closing.wait(self.reconnect_delay)
+
+    def wait_connected(self, timeout: float = 10.0, *, after: int = 0) -> None:
+        """Until a socket (the `after`+1-th one or later) is open and greeted."""
+        with self._changed:
+            if not self._changed.wait_for(
+                    lambda: len(self.connections) > after and self.connections[-1][1] is None, timeout):
+                raise AssertionError(f"{self.device.name}: not connected within {timeout}s; {self.errors[-3:]}")
+
+    def drop(self) -> None:
+        """Lose the network: the socket dies without a close frame; the app reconnects."""
+        with self._changed:
+            ws = self._ws
+        if ws is not None:
+            try:
+                ws.socket.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def of(self, event_type: str, call_id: str | None = None) -> list[dict]:
+        with self._changed:
+            return [frame for _, frame in self.frames if frame.get("type") == event_type
+                    and (call_id is None or frame.get("call", {}).get("id") == call_id)]
+
+    def wait_for(self, event_type: str, call_id: str | None = None, *, timeout: float = 5.0,
+                 after: float = 0.0) -> dict:
+        """The first `event_type` frame (for `call_id`) that arrived after time.time() `after`."""
+        def found():
+            return [frame for at, frame in self.frames if at >= after and frame.get("type") == event_type
+                    and (call_id is None or frame.get("call", {}).get("id") == call_id)]
+        with self._changed:
+            if not self._changed.wait_for(found, timeout):
+                seen = [(frame.get("type"), frame.get("call", {}).get("id", "")[:8]) for _, frame in self.frames]
+                raise AssertionError(f"{self.device.name}: no {event_type} for call {call_id} within {timeout}s "
+                                     f"(connections {self.connections}); got {seen[-12:]}")
+            return found()[0]
+
+    def close(self) -> None:
+        self._closing.set()
+        with self._changed:
+            ws = self._ws
+        if ws is not None:
+            try:
+                ws.close()
+            except Exception:
+                pass
+        self._thread.join(10)
+
+    def __enter__(self) -> Companion:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
