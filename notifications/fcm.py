@@ -19,27 +19,45 @@ What a ringing phone needs from FCM, and how this module provides it:
 - Non-blocking: `send_many` returns at once. Results arrive in completion order, so
   the first device reached is known without waiting for the slowest.
 
-Concurrency: a bounded pool of MAX_IN_FLIGHT threads makes the requests with
-firebase-admin's synchronous `messaging.send` (requests/urllib3, one pooled
-connection per thread); one background thread runs an asyncio loop that only
-schedules: it hands each attempt to the pool, waits out backoffs without holding a
-thread, and cuts a push off at its deadline. A third thread calls `on_result`, so a
-slow callback (ORM writes) never stalls sending, and calls come in completion order.
+Division of labour: firebase-admin does everything FCM-specific; aiohttp only carries
+bytes. firebase-admin builds the App and its service-account credential (google-auth
+mints the bearer token; a refresh blocks, so it runs in a thread, once for all pushes),
+encodes each message (`encode_message`, the JSON `messaging.send` posts), names the URL
+and the headers it sends, and turns every failure into its own exception class
+(`UnregisteredError`, `QuotaExceededError`, ...) through the error handler of its async
+path, which is handed an `httpx.Response` rebuilt from aiohttp's answer (a connection
+failure becomes `httpx.ConnectError`, a timeout `httpx.ReadTimeout`, as httpx would have
+raised them). A 401 about the access token gets one fresh token and one more request,
+as google-auth's session does for `messaging.send`.
 
-Why threads and not firebase-admin's async path (`send_each_async`, httpx): measured
-against the fake with 20 ms latency on a 2-CPU machine, 1,000 pushes took about
-0.7 s with 64 threads against 3-4.5 s with httpx (100 pushes: 0.09 s against 0.3 s).
-Over HTTP/1.1 httpx's connection pool costs time quadratic in its number of
-connections, and a request through httpx costs more CPU than one through requests.
-(To FCM itself httpx would use HTTP/2, but what we can measure is the fake.) Sending
-is CPU-bound at that rate (~0.4 ms of Python per request), so more threads do not
-help: 32 threads took 0.9 s, 128 took 0.8 s. On the same machine and fake,
-fcm-django's way (`messaging.send_each`: one thread per message, results when all are
-done) took 0.85-0.95 s for 1,000 and 0.10 s for 100, and a loop of `messaging.send`
-22 s and 2.2 s. Here the first result comes after ~40 ms whatever the number of pushes.
+Concurrency: one background thread runs an asyncio loop that schedules each push, waits
+out backoffs, cuts a push off at its deadline, and makes the requests: at most
+MAX_IN_FLIGHT at a time, first come first served, over as many pooled keep-alive
+connections. A second thread calls `on_result`, so a slow callback (ORM writes) never
+stalls sending, and calls come in completion order.
 
-Every poke at firebase-admin's private API (FCM_ENDPOINT, retries, connection pool)
-lives in `_configure_service`.
+Why aiohttp under firebase-admin rather than firebase-admin's own transports: sending
+is CPU-bound (every push is one HTTP request; FCM v1 has no batch endpoint), so what
+counts is Python per push. Measured against the fake (20 ms latency, sender and fake on
+separate cores of a 2-CPU machine shared with other work, load 3-9), sender CPU per push:
+firebase-admin's async path, `send_each_async` over httpx, ~4 ms (most of it in
+httpcore's connection pool; the same with 100 keep-alive connections instead of 20); its
+`HttpxAsyncClient` with an aiohttp transport underneath, ~0.5 ms (httpx's client layer
+alone); blocking `messaging.send` on 64 threads (this module's previous design) ~0.65 ms;
+`send_each` (fcm-django's way) ~0.9 ms; this module ~0.25 ms. To FCM itself httpx would
+multiplex over HTTP/2, but the fake speaks HTTP/1.1 only (uvicorn), and so does aiohttp.
+In the benchmark (`bench/fcmbench.py`, medians of 3 runs of 3) 1,000 pushes took 0.68 s
+against fcm-django's 2.4 s, 100 took 0.12 s against 0.26 s, and the first result came
+after ~0.1 s. At that rate the fake is the bottleneck, not the sender: over half of its
+CPU goes to verifying, on every request, the self-signed JWT google-auth sends it (the
+fake's universe domain makes google-auth sign its own bearer tokens instead of asking the
+token endpoint). Hence the benchmark's first result after ~0.1 s at 100 pushes: the fake
+answers a burst only once it has read all of it.
+
+Private API of firebase-admin 7.7.0 in use, all of it in `_Sender.__init__`,
+`_configure_service` and `_firebase_error`: `messaging._get_messaging_service`, the
+service's `_fcm_url` (pointed at FCM_ENDPOINT), `_fcm_headers`, `_handle_fcm_httpx_error`,
+and `_http_client.METRICS_HEADERS`.
 """
 
 from __future__ import annotations
@@ -47,6 +65,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import json
 import logging
 import math
 import queue
@@ -56,19 +75,24 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
+from urllib.parse import urlsplit
 
+import aiohttp
 import firebase_admin
+import httpx
+import requests.utils
 from django.conf import settings
-from firebase_admin import credentials, exceptions, messaging
+from firebase_admin import _http_client, credentials, exceptions, messaging
 from google.auth import exceptions as auth_exceptions
 from google.auth.transport import requests as auth_requests
 
 log = logging.getLogger(__name__)
 
 APP_NAME = "callpull"
-# Sending threads, hence requests in flight and pooled connections. Sending is CPU-bound
-# (~0.4 ms of Python per request) beyond about this many; see the module docstring.
-MAX_IN_FLIGHT = 64
+# Requests in flight, hence pooled connections (HTTP/1.1: one request per connection at
+# a time); firebase-admin pools as many for FCM. With FCM 20 ms away that allows 5,000
+# sends/s, more than one core encodes and sends (~0.2 ms of Python per push).
+MAX_IN_FLIGHT = 100
 # First retry delay; it doubles with every attempt and gets up to 50% jitter so that
 # pushes failing together do not retry together.
 BACKOFF_SECONDS = 0.1
@@ -198,29 +222,20 @@ atexit.register(shutdown, 1.0)
 
 
 def _configure_service(service, config: _Config) -> None:
-    """Point firebase-admin's messaging service at FCM_ENDPOINT, without its retries.
+    """Point firebase-admin's messaging service at FCM_ENDPOINT.
 
-    Private API of firebase-admin 7.7.0's messaging._MessagingService, all of it here:
-    - `_fcm_url` is hard-coded to https://fcm.googleapis.com; it becomes
-      `{FCM_ENDPOINT}/v1/projects/{project}/messages:send`.
-    - `_client` (a JsonHttpClient around google-auth's AuthorizedSession) has adapters
-      that retry 4 times on 500/503 with 0.5 s backoff and, for fcm.googleapis.com only,
-      a pool of 100 connections. The endpoint gets its own adapter (requests picks the
-      longest matching prefix): no retries, a pool as large as the sending threads.
-    - The session's `trust_env` makes requests scan the environment for proxies and
-      read ~/.netrc on every request, about a third of the CPU a send costs; the
-      proxies for the endpoint are read once here instead (a bearer token needs no netrc).
-    The request timeout needs no poke: the App's `httpTimeout` option sets it.
+    Private API of firebase-admin 7.7.0's messaging._MessagingService: `_fcm_url` is
+    hard-coded to https://fcm.googleapis.com; it becomes
+    `{FCM_ENDPOINT}/v1/projects/{project}/messages:send`. The sender posts to that URL.
     """
-    import requests.adapters
-    import requests.utils
-
     service._fcm_url = f"{config.endpoint}/v1/projects/{service._project_id}/messages:send"
-    session = service._client.session
-    adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=MAX_IN_FLIGHT, max_retries=0)
-    session.mount(config.endpoint, adapter)
-    session.proxies.update(requests.utils.get_environ_proxies(config.endpoint))
-    session.trust_env = False
+
+
+def _proxy_for(url: str) -> str | None:
+    """The proxy the environment names for `url` (HTTP(S)_PROXY, NO_PROXY), read once:
+    looking it up per request, as aiohttp's trust_env does, costs a scan of the environment."""
+    proxies = requests.utils.get_environ_proxies(url)
+    return proxies.get(urlsplit(url).scheme) or proxies.get("all")
 
 
 def _new_app(config: _Config) -> firebase_admin.App:
@@ -236,16 +251,25 @@ def _new_app(config: _Config) -> firebase_admin.App:
 
 class _Sender:
     """The firebase App; an asyncio loop in a thread that schedules every push, its
-    deadline and its retries; a pool of threads that make the blocking requests; and a
-    thread that reports results."""
+    deadline and its retries and makes the requests (aiohttp); and a thread that
+    reports results."""
 
     def __init__(self, config: _Config):
         self.config = config
         self.app = _new_app(config)
+        self.service = messaging._get_messaging_service(self.app)
         self.credential = self.app.credential.get_credential()
-        self.pool = concurrent.futures.ThreadPoolExecutor(MAX_IN_FLIGHT, thread_name_prefix="fcm-send")
+        self.url = self.service._fcm_url
+        # What firebase-admin sends with every FCM request, less what the transport adds.
+        self.headers = {**self.service._fcm_headers, **_http_client.METRICS_HEADERS,
+                        "Content-Type": "application/json; charset=UTF-8"}
+        self.proxy = _proxy_for(self.url)
+        # google-auth refreshes tokens with blocking requests; never on the loop.
+        self.auth_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fcm-auth")
         self.loop = asyncio.new_event_loop()
         self.token_lock = asyncio.Lock()
+        self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self.session: aiohttp.ClientSession | None = None
         self.tasks: set[asyncio.Task] = set()
         self.results: queue.SimpleQueue = queue.SimpleQueue()
         self.loop_thread = threading.Thread(target=self._run_loop, name="fcm-sender", daemon=True)
@@ -282,9 +306,7 @@ class _Sender:
         self.loop_thread.join(max(0.1, limit - time.monotonic()))
         if not self.loop_thread.is_alive():
             self.loop.close()
-        # A request still running in a thread finishes within FCM_HTTP_TIMEOUT_SECONDS;
-        # its push was already reported as cancelled.
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.auth_pool.shutdown(wait=False, cancel_futures=True)
         self.results.put(None)
         self.result_thread.join(max(0.1, limit - time.monotonic()))
         firebase_admin.delete_app(self.app)
@@ -307,6 +329,8 @@ class _Sender:
         if pending:
             log.warning("fcm shutdown cancelled %s pushes in flight", len(pending))
             await asyncio.gather(*pending, return_exceptions=True)
+        if self.session is not None:
+            await self.session.close()
 
     async def _deliver(self, push: Push, on_result, retry_budget: float) -> None:
         try:
@@ -325,12 +349,12 @@ class _Sender:
         retry_until = min(push.deadline, start + retry_budget)
         attempts = 0
         while True:
-            message_id, exc, error, accepted_at = await self._attempt(push)
+            message_id, exc, error, accepted_at, requests_made = await self._attempt(push)
+            attempts += requests_made
             if error == "expired":
                 log.info("fcm push expired before sending call=%s device=%s attempts=%s", push.collapse_key,
                          push.device_id, attempts)
                 return PushResult(push, False, None, "expired", False, attempts, None)
-            attempts += 1
             if message_id is not None:
                 log.debug("fcm push accepted call=%s device=%s token=%s attempts=%s", push.collapse_key,
                           push.device_id, _short(push.token), attempts)
@@ -352,31 +376,34 @@ class _Sender:
             await asyncio.sleep(delay)
 
     async def _attempt(self, push: Push):
-        """One request, made in a pool thread: (message_id, None, None, accepted_at),
-        (None, exception, error, None), or (None, None, "expired", None) when the deadline
-        passed before it could be sent."""
-        try:
-            await self._ensure_access_token()
-        except auth_exceptions.TransportError as exc:
-            return None, exc, "unavailable", None
-        except auth_exceptions.RefreshError as exc:
-            return None, exc, "unknown", None
-        request = self.loop.run_in_executor(self.pool, self._send_blocking, push)
-        remaining = push.deadline - time.time()
-        if remaining >= self.config.http_timeout:
-            return await request  # the request's own timeout comes first
-        try:
-            # The push is worthless after its deadline: report it then, even if the
-            # thread is still waiting for FCM.
-            async with asyncio.timeout(max(remaining, 0) + 0.05):
-                return await request
-        except TimeoutError as exc:
-            return None, exc, "timeout", None
+        """One try: (message_id, None, None, accepted_at, requests), (None, exception, error,
+        None, requests), or (None, None, "expired", None, 0) when the deadline passed before
+        it could be sent. `requests` is 2 when FCM refused the access token and the request
+        was repeated with a fresh one, as google-auth's session would."""
+        async with self.slots:  # FIFO: pushes go out in the order they were handed over
+            if time.time() >= push.deadline:
+                return None, None, "expired", None, 0
+            requests_made = 0
+            for fresh_token in (False, True):
+                try:
+                    await self._ensure_access_token(force=fresh_token)
+                except auth_exceptions.TransportError as exc:
+                    return None, exc, "unavailable", None, requests_made
+                except auth_exceptions.RefreshError as exc:
+                    return None, exc, "unknown", None, requests_made
+                requests_made += 1
+                message_id, exc, accepted_at = await self._post(push)
+                if not _refused_access_token(exc):
+                    break
+            error = _classify(exc) if exc is not None else None
+            return message_id, exc, error, accepted_at, requests_made
 
-    def _send_blocking(self, push: Push):
+    async def _post(self, push: Push):
+        """POST one message: (message_id, None, accepted_at) or (None, FirebaseError, None).
+
+        The request may take FCM_HTTP_TIMEOUT_SECONDS, and never past the push's deadline
+        (it is worthless then): either way it is cancelled and reported as a timeout."""
         now = time.time()
-        if now >= push.deadline:
-            return None, None, "expired", None
         message = messaging.Message(
             data=push.data,
             android=messaging.AndroidConfig(
@@ -389,19 +416,56 @@ class _Sender:
         # favour of `fid` (a Firebase installation id, another kind of target), but
         # devices register FCM registration tokens, which go on the wire as `token`.
         message.token = push.token
+        body = json.dumps({"message": self.service.encode_message(message)}, separators=(",", ":"))
+        headers = dict(self.headers)
+        self.credential.apply(headers)
+        if self.session is None:
+            # No timeouts of aiohttp's own (a timer per request): asyncio.timeout below bounds it all.
+            self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=MAX_IN_FLIGHT),
+                                                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=None))
         try:
-            return messaging.send(message, app=self.app), None, None, time.time()
-        except exceptions.FirebaseError as exc:
-            return None, exc, _classify(exc), None
+            async with asyncio.timeout(min(self.config.http_timeout, max(push.deadline - now, 0) + 0.05)):
+                async with self.session.post(self.url, data=body, headers=headers, proxy=self.proxy) as response:
+                    content = await response.read()
+        except TimeoutError:
+            return None, self._firebase_error(httpx.ReadTimeout("FCM did not answer in time")), None
+        except aiohttp.ClientConnectionError as exc:
+            return None, self._firebase_error(httpx.ConnectError(str(exc) or type(exc).__name__)), None
+        except aiohttp.ClientError as exc:
+            return None, self._firebase_error(httpx.RemoteProtocolError(str(exc) or type(exc).__name__)), None
+        if response.status == 200:
+            try:
+                return json.loads(content)["name"], None, time.time()
+            except (ValueError, KeyError, TypeError) as exc:
+                error = httpx.DecodingError(f"FCM accepted the message with an unreadable answer: {exc}")
+                return None, self._firebase_error(error), None
+        # aiohttp has already decoded the body, so the httpx.Response must not try again.
+        answer_headers = [(k, v) for k, v in response.headers.items()
+                          if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
+        request = httpx.Request("POST", self.url)
+        answer = httpx.Response(response.status, headers=answer_headers, content=content, request=request)
+        refused = httpx.HTTPStatusError(f"FCM answered {response.status}", request=request, response=answer)
+        return None, self._firebase_error(refused), None
 
-    async def _ensure_access_token(self) -> None:
-        """Fetch the OAuth2 token once for every thread: left to google-auth, each
-        sending thread that finds it missing or expired would fetch its own."""
-        if self.credential.valid:
+    def _firebase_error(self, error: httpx.HTTPError) -> exceptions.FirebaseError:
+        """firebase-admin's own exception for an error of its async (httpx) path."""
+        return self.service._handle_fcm_httpx_error(error)
+
+    async def _ensure_access_token(self, force: bool = False) -> None:
+        """Fetch the OAuth2 token once for all pushes in flight, in a thread: google-auth's
+        refresh blocks. `force` replaces a token FCM refused though it looked valid."""
+        if self.credential.valid and not force:
             return
+        stale = self.credential.token
         async with self.token_lock:
-            if not self.credential.valid:
-                await self.loop.run_in_executor(self.pool, self.credential.refresh, auth_requests.Request())
+            if not self.credential.valid or (force and self.credential.token == stale):
+                await self.loop.run_in_executor(self.auth_pool, self.credential.refresh, auth_requests.Request())
+
+
+def _refused_access_token(exc: Exception | None) -> bool:
+    """FCM's 401 about our bearer token, not a third-party (APNs, Web Push) auth error."""
+    return (isinstance(exc, exceptions.UnauthenticatedError) and not isinstance(exc, messaging.ThirdPartyAuthError)
+            and getattr(exc.http_response, "status_code", None) == 401)
 
 
 def _classify(exc: Exception | None) -> str:
