@@ -10,6 +10,10 @@ process on the server core. All three use real firebase-admin.
   its real QuerySet path (messaging.send_each per 500, then its bookkeeping).
 - naive: for each token, messaging.send(Message(token=…, data=…), app=app).
 
+Each row also gives the sender's CPU per push (this process, all threads, over the timed
+part): when it is well below the wall time per push, the fake (one process, one core) is
+what limits the rate, not the sender.
+
 fcm-django and naive use a firebase-admin App configured as a user would, plus the
 one poke needed to reach the fake: `_fcm_url` points at it, and the endpoint gets a
 pooled adapter of 100 connections (firebase-admin mounts exactly that for
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import statistics
 import sys
 import threading
@@ -50,6 +55,11 @@ def plain_app():
     return app
 
 
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def tokens(n: int, tag: str) -> list[str]:
     return [f"bench-{tag}-{i:05d}-" + "x" * 140 for i in range(n)]
 
@@ -60,7 +70,7 @@ def run_ours(n: int) -> dict:
     lock = threading.Lock()
     pushes = [fcm.Push(device_id=str(i), token=t, data=DATA, collapse_key="bench", deadline=time.time() + 30)
               for i, t in enumerate(tokens(n, "ours"))]
-    t0 = time.time()
+    t0, cpu0 = time.time(), cpu_seconds()
 
     def on_result(result):
         with lock:
@@ -69,10 +79,10 @@ def run_ours(n: int) -> dict:
                 done.set()
     fcm.send_many(pushes, on_result)
     done.wait(60)
-    wall = time.time() - t0
+    wall, cpu = time.time() - t0, cpu_seconds() - cpu0
     accepted = [r.sent_at for r in results if r.ok and r.sent_at]
     return {"ok": len(accepted), "n": n, "first_s": (min(accepted) - t0) if accepted else None,
-            "last_s": (max(accepted) - t0) if accepted else None, "wall_s": wall}
+            "last_s": (max(accepted) - t0) if accepted else None, "wall_s": wall, "cpu_s": cpu}
 
 
 def run_fcm_django(n: int, app) -> dict:
@@ -80,15 +90,15 @@ def run_fcm_django(n: int, app) -> dict:
     FCMDevice.objects.all().delete()
     FCMDevice.objects.bulk_create([FCMDevice(registration_id=t, type="android", active=True)
                                    for t in tokens(n, f"dj{time.monotonic_ns()}")])
-    t0 = time.time()
+    t0, cpu0 = time.time(), cpu_seconds()
     response = FCMDevice.objects.filter(active=True).send_message(messaging.Message(data=DATA), app=app)
-    wall = time.time() - t0
+    wall, cpu = time.time() - t0, cpu_seconds() - cpu0
     batch = response.response
-    return {"ok": batch.success_count, "n": n, "first_s": None, "last_s": wall, "wall_s": wall}
+    return {"ok": batch.success_count, "n": n, "first_s": None, "last_s": wall, "wall_s": wall, "cpu_s": cpu}
 
 
 def run_naive(n: int, app) -> dict:
-    t0 = time.time()
+    t0, cpu0 = time.time(), cpu_seconds()
     ok = 0
     first = None
     for t in tokens(n, "naive"):
@@ -96,8 +106,8 @@ def run_naive(n: int, app) -> dict:
         ok += 1
         if first is None:
             first = time.time() - t0
-    wall = time.time() - t0
-    return {"ok": ok, "n": n, "first_s": first, "last_s": wall, "wall_s": wall}
+    wall, cpu = time.time() - t0, cpu_seconds() - cpu0
+    return {"ok": ok, "n": n, "first_s": first, "last_s": wall, "wall_s": wall, "cpu_s": cpu}
 
 
 def main(sizes: list[int], repeats: int, out: str) -> None:
@@ -118,11 +128,13 @@ def main(sizes: list[int], repeats: int, out: str) -> None:
             row = {"impl": name, "tokens": n, "repeats": reps, "ok": min(s["ok"] for s in samples),
                    "last_ms": round(last * 1000, 1), "first_ms": round(statistics.median(firsts) * 1000, 1)
                    if firsts else None, "msgs_per_s": round(n / last, 1) if last else None,
+                   "cpu_us_per_push": round(statistics.median(s["cpu_s"] for s in samples) / n * 1e6),
                    "samples_last_ms": [round(s["last_s"] * 1000, 1) for s in samples],
                    "load": [round(x, 2) for x in os.getloadavg()]}
             rows.append(row)
             print(f"fcm   {name:>10s} tokens={n:<5d} accepted {row['ok']}/{n}, last {row['last_ms']} ms, "
-                  f"first {row['first_ms']} ms, {row['msgs_per_s']} msg/s (median of {reps})", flush=True)
+                  f"first {row['first_ms']} ms, {row['msgs_per_s']} msg/s, sender CPU {row['cpu_us_per_push']} µs/push "
+                  f"(median of {reps})", flush=True)
     fcm.shutdown()
     with open(out, "w") as f:
         json.dump(rows, f)
