@@ -27,7 +27,8 @@ from devices.errors import ApiError, conflict, not_found, one_or_404
 from devices.models import Device, DeviceKind
 from devices.phone import to_e164
 from notifications import fcm
-from notifications.fanout import any_receipt, fanout, online_device_ids
+from notifications.fanout import Outgoing, any_receipt, fanout, fanout_prepare, fanout_send, online_device_ids
+from notifications.models import Delivery
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +70,17 @@ def _deadline(call: Call, now: datetime) -> datetime:
     return call.expires_at or now + timedelta(seconds=10)
 
 
-def notify(call: Call, event_type: str, devices: list[Device], *, now: datetime, push: bool = True,
-           online: set | None = None, on_fcm_accepted=None, wait_ack: float = 0, **extra):
-    """Send a call event to devices (WebSocket, and FCM when `push`)."""
-    return fanout(event_type=event_type, payload={"call": call_to_dict(call), **extra}, devices=devices,
-                  ref=call.pk, now=now, fcm_data=_fcm_data(call) if push else None,
-                  deadline=_deadline(call, now), collapse_key=str(call.pk), online=online,
-                  on_fcm_accepted=on_fcm_accepted, wait_ack=wait_ack)
+def _event(call: Call, event_type: str, devices: list[Device], *, now: datetime, push: bool = True,
+           online: set | None = None, on_fcm_accepted=None, **extra) -> dict:
+    return dict(event_type=event_type, payload={"call": call_to_dict(call), **extra}, devices=devices,
+                ref=call.pk, now=now, fcm_data=_fcm_data(call) if push else None,
+                deadline=_deadline(call, now), collapse_key=str(call.pk), online=online,
+                on_fcm_accepted=on_fcm_accepted)
+
+
+def notify(call: Call, event_type: str, devices: list[Device], *, now: datetime, **options):
+    """Send a call event to devices (WebSocket, and FCM unless `push=False`)."""
+    return fanout(**_event(call, event_type, devices, now=now, **options))
 
 
 def announce_end(call: Call, *, now: datetime, reason: str) -> None:
@@ -117,11 +122,14 @@ def call_report(*, device: Device, report_id, line: str, caller: str | None, cal
     """Record a ringing call, ring the secondaries, and say what the handset does.
 
     Idempotent on `report_id`: a repeat returns the same call and instruction
-    with `created` False.
+    with `created` False. The call and its delivery records are written in one
+    transaction before any frame leaves, so a report cut off by the database
+    either left nothing (its retry starts afresh) or rang (its retry finishes
+    it: the instruction follows from the receipts so far).
     """
     existing = Call.objects.select_related("line").filter(user_id=device.user_id, report_id=report_id).first()
     if existing is not None:
-        return existing, instruction_of(existing), False
+        return existing, _finish_report(existing), False
     line_obj = _line_for(user=device.user, ref=line)
     caller_e164 = to_e164(caller, line_obj.region or None, field="caller") if caller else ""
     try:
@@ -132,37 +140,39 @@ def call_report(*, device: Device, report_id, line: str, caller: str | None, cal
                 created_at=now, expires_at=now + timedelta(seconds=settings.CALL_RING_SECONDS),
             )
             record(call, now=now, step=Step("reported", device.pk, {"caller": caller_e164 or None}))
+            decided, outgoing = _ring_prepare(call, now=now)
     except IntegrityError:  # the same report, concurrently
         existing = Call.objects.select_related("line").get(user_id=device.user_id, report_id=report_id)
-        return existing, instruction_of(existing), False
+        return existing, _finish_report(existing), False
 
-    if line_obj.forwarding_state != ForwardingState.ACTIVE:
-        # No way to bring the call to another device: leave it to the handset.
-        instruction = Instruction(KEEP_RINGING, "forwarding_not_active")
-    else:
-        instruction = _ring(call, now=now)
-    _store_instruction(call, instruction, now=timezone.now(), transport="http")
-    if instruction.reason == AWAITING_DELIVERY and any_receipt(ref=call.pk, event_type="call.ringing"):
-        # A receipt came in after the wait and before `awaiting_delivery` was stored,
-        # so its handler saw nothing to do: reject now, over WebSocket and FCM.
-        _reject_if_awaiting(call.pk)
+    instruction = decided or _ring_send(call, outgoing)
+    instruction = _store_instruction(call, instruction, now=timezone.now(), transport="http")
     log.info("call reported call=%s line=%s policy=%s instruction=%s/%s", call.pk, line_obj.pk, call.policy,
              instruction.action, instruction.reason)
     return call, instruction, True
 
 
-def _ring(call: Call, *, now: datetime) -> Instruction:
+def _ring_prepare(call: Call, *, now: datetime) -> tuple[Instruction | None, Outgoing | None]:
+    """Who rings, recorded: (an instruction already decided, or what to send)."""
+    if call.line.forwarding_state != ForwardingState.ACTIVE:
+        # No way to bring the call to another device: leave it to the handset.
+        return Instruction(KEEP_RINGING, "forwarding_not_active"), None
     targets = ring_targets(call)
     online = online_device_ids([d.pk for d in targets], now)
     pushable = fcm.enabled() and any(d.fcm_token for d in targets)
     if not online and not pushable:
-        return Instruction(KEEP_RINGING, "no_reachable_device")
-    immediate = call.policy == Policy.IMMEDIATE
+        return Instruction(KEEP_RINGING, "no_reachable_device"), None
     # `immediate`: the first receipt decides. An ack within RING_ACK_WAIT_SECONDS goes
     # into this answer; a later ack, or FCM accepting a push, sends call.reject.
-    on_accepted = (lambda device_id: _reject_if_awaiting(call.pk)) if immediate else None
-    result = notify(call, "call.ringing", targets, now=now, online=online, on_fcm_accepted=on_accepted,
-                    wait_ack=settings.RING_ACK_WAIT_SECONDS if immediate else 0)
+    on_accepted = (lambda device_id: _reject_if_awaiting(call.pk)) if call.policy == Policy.IMMEDIATE else None
+    outgoing = fanout_prepare(**_event(call, "call.ringing", targets, now=now, online=online,
+                                       on_fcm_accepted=on_accepted))
+    return None, outgoing
+
+
+def _ring_send(call: Call, outgoing: Outgoing) -> Instruction:
+    immediate = call.policy == Policy.IMMEDIATE
+    result = fanout_send(outgoing, wait_ack=settings.RING_ACK_WAIT_SECONDS if immediate else 0)
     if not result.websocket and not result.fcm:
         return Instruction(KEEP_RINGING, "no_reachable_device")
     if not immediate:
@@ -172,15 +182,49 @@ def _ring(call: Call, *, now: datetime) -> Instruction:
     return Instruction(KEEP_RINGING, AWAITING_DELIVERY)
 
 
-def _store_instruction(call: Call, instruction: Instruction, *, now: datetime, transport: str) -> None:
+def _finish_report(call: Call) -> Instruction:
+    """A repeated report. When the first one rang but could not store its
+    instruction (the database went away after the frames left), decide it now
+    from what was recorded; else answer what was decided."""
+    if call.reject_sent_at is not None or call.keep_ringing_reason or call.state != CallState.RINGING:
+        return instruction_of(call)
+    if call.line.forwarding_state != ForwardingState.ACTIVE:
+        instruction = Instruction(KEEP_RINGING, "forwarding_not_active")
+    elif not Delivery.objects.filter(ref=call.pk, event_type="call.ringing").exists():
+        instruction = Instruction(KEEP_RINGING, "no_reachable_device")
+    elif call.policy != Policy.IMMEDIATE:
+        instruction = Instruction(KEEP_RINGING, "policy_on_answer")
+    elif any_receipt(ref=call.pk, event_type="call.ringing"):
+        instruction = Instruction(REJECT)
+    else:
+        instruction = Instruction(KEEP_RINGING, AWAITING_DELIVERY)
+    instruction = _store_instruction(call, instruction, now=timezone.now(), transport="http")
+    log.info("call report finished on a retry call=%s instruction=%s/%s", call.pk, instruction.action,
+             instruction.reason)
+    return instruction
+
+
+def _store_instruction(call: Call, instruction: Instruction, *, now: datetime, transport: str) -> Instruction:
+    """Store the report's instruction, once: when another request stored one first
+    (a concurrent repeat), answer that one. Returns the instruction that holds."""
+    undecided = Call.objects.filter(pk=call.pk, reject_sent_at__isnull=True, keep_ringing_reason="")
     if instruction.action == REJECT:
-        Call.objects.filter(pk=call.pk).update(reject_sent_at=now)
+        if not undecided.update(reject_sent_at=now):
+            call.refresh_from_db()
+            return instruction_of(call)
         call.reject_sent_at = now
         record(call, now=now, step=Step("reject_instructed", call.reported_by_id, {"transport": transport}))
-    else:
-        Call.objects.filter(pk=call.pk).update(keep_ringing_reason=instruction.reason)
-        call.keep_ringing_reason = instruction.reason
-        record(call, now=now, step=Step("keep_ringing", call.reported_by_id, {"reason": instruction.reason}))
+        return instruction
+    if not undecided.update(keep_ringing_reason=instruction.reason):
+        call.refresh_from_db()
+        return instruction_of(call)
+    call.keep_ringing_reason = instruction.reason
+    record(call, now=now, step=Step("keep_ringing", call.reported_by_id, {"reason": instruction.reason}))
+    if instruction.reason == AWAITING_DELIVERY and any_receipt(ref=call.pk, event_type="call.ringing"):
+        # A receipt came in after the wait and before `awaiting_delivery` was stored,
+        # so its handler saw nothing to do: reject now, over WebSocket and FCM.
+        _reject_if_awaiting(call.pk)
+    return instruction
 
 
 def _send_reject(call: Call, *, now: datetime, reason: str) -> bool:
@@ -306,6 +350,7 @@ def calls_sweep(*, now: datetime, limit: int = 200) -> int:
 
     moves.pulls_sweep(now=now)
     legs.legs_dialing_expired(now=now)
+    legs.calls_reconcile(now=now)  # connected calls carry no deadline: ask the provider about quiet ones
     due = list(Call.objects.select_related("line").filter(expires_at__lte=now).order_by("expires_at")[:limit])
     ended = 0
     for call in due:

@@ -81,19 +81,27 @@ async def _group_send_all(groups: list[str], text: str, event_id: str, wait_ack:
     return [receipt["device"]]
 
 
-def fanout(*, event_type: str, payload: dict, devices: Sequence[Device], ref, now: datetime,
-           fcm_data: dict[str, str] | None = None, deadline: datetime | None = None,
-           collapse_key: str = "", online: set | None = None,
-           on_fcm_accepted: Callable[[object], None] | None = None, wait_ack: float = 0) -> FanoutResult:
-    """Send `event_type` to `devices`; FCM only when `fcm_data` is given.
+@dataclass
+class Outgoing:
+    """An event whose delivery records are written and whose frames and pushes are
+    not sent yet (`fanout_prepare`, then `fanout_send`)."""
+    result: FanoutResult
+    event_type: str
+    ref: object
+    text: str = ""
+    pushes: list = field(default_factory=list)
+    on_fcm_accepted: Callable[[object], None] | None = None
 
-    `online` may pass presence already looked up by the caller. `on_fcm_accepted`
-    is called (from a background thread) with the device id of each push FCM
-    accepted. With `wait_ack` (seconds) and a device online, return once the
-    first device acknowledged the frame (`result.acked`) or after `wait_ack`.
-    """
+
+def fanout_prepare(*, event_type: str, payload: dict, devices: Sequence[Device], ref, now: datetime,
+                   fcm_data: dict[str, str] | None = None, deadline: datetime | None = None,
+                   collapse_key: str = "", online: set | None = None,
+                   on_fcm_accepted: Callable[[object], None] | None = None) -> Outgoing:
+    """Write the delivery records of an event (inside the caller's transaction, if
+    any); nothing leaves the process until `fanout_send`. Records first, frames
+    second: a fast client's ack must find its delivery row."""
     if not devices:
-        return FanoutResult(event_id="")
+        return Outgoing(result=FanoutResult(event_id=""), event_type=event_type, ref=ref)
     if online is None:
         online = online_device_ids([d.pk for d in devices], now)
     event_id, text = frame(event_type, at=now, **payload)
@@ -110,7 +118,6 @@ def fanout(*, event_type: str, payload: dict, devices: Sequence[Device], ref, no
                                        collapse_key=collapse_key or str(ref), deadline=expires))
         result.fcm = [device.pk for device in devices if device.fcm_token]
 
-    # Records first, frames second: a fast client's ack must find its delivery row.
     sent_at = timezone.now()
     Delivery.objects.bulk_create(
         [Delivery(event_id=event_id, event_type=event_type, ref=ref, device_id=pk, transport=Transport.WEBSOCKET,
@@ -118,15 +125,38 @@ def fanout(*, event_type: str, payload: dict, devices: Sequence[Device], ref, no
         + [Delivery(event_id=event_id, event_type=event_type, ref=ref, device_id=push.device_id,
                     transport=Transport.FCM, queued_at=now) for push in pushes]
     )
+    return Outgoing(result=result, event_type=event_type, ref=ref, text=text, pushes=pushes,
+                    on_fcm_accepted=on_fcm_accepted)
+
+
+def fanout_send(outgoing: Outgoing, *, wait_ack: float = 0) -> FanoutResult:
+    """Send what `fanout_prepare` recorded: pushes, then frames. With `wait_ack`
+    (seconds) and a device online, return once the first device acknowledged the
+    frame (`result.acked`) or after `wait_ack`."""
+    result, pushes = outgoing.result, outgoing.pushes
+    if not result.event_id:
+        return result
     # Pushes first: FCM's round trip then overlaps the wait for a WebSocket receipt.
     if pushes:
-        fcm.send_many(pushes, on_result=lambda push_result: _fcm_done(push_result, event_id, on_fcm_accepted))
+        event_id, on_accepted = result.event_id, outgoing.on_fcm_accepted
+        fcm.send_many(pushes, on_result=lambda push_result: _fcm_done(push_result, event_id, on_accepted))
     if result.websocket:
-        result.acked = async_to_sync(_group_send_all)([device_group(pk) for pk in result.websocket], text,
-                                                      event_id, wait_ack)
-    log.info("fanout %s ref=%s event=%s websocket=%d fcm=%d", event_type, ref, event_id,
+        result.acked = async_to_sync(_group_send_all)([device_group(pk) for pk in result.websocket], outgoing.text,
+                                                      result.event_id, wait_ack)
+    log.info("fanout %s ref=%s event=%s websocket=%d fcm=%d", outgoing.event_type, outgoing.ref, result.event_id,
              len(result.websocket), len(pushes))
     return result
+
+
+def fanout(*, wait_ack: float = 0, **event) -> FanoutResult:
+    """Send an event to devices: `fanout_prepare(**event)`, then `fanout_send`.
+
+    `event`: `event_type`, `payload`, `devices`, `ref`, `now`, and optionally
+    `fcm_data` (FCM only when given), `deadline`, `collapse_key`, `online`
+    (presence the caller already looked up) and `on_fcm_accepted` (called from a
+    background thread with the device id of each push FCM accepted).
+    """
+    return fanout_send(fanout_prepare(**event), wait_ack=wait_ack)
 
 
 def _fcm_done(result, event_id: str, on_accepted) -> None:

@@ -6,6 +6,7 @@ import uuid
 import pytest
 
 from callpull.models import Call
+from notifications.models import Delivery
 from tests.callpull.conftest import report
 from tests.conftest import client_for, error_code, make_device, make_user
 
@@ -94,6 +95,26 @@ def test_a_repeated_report_after_the_receipt_answers_reject(handset_api, line, t
     report_id = uuid.uuid4()
     report(handset_api, line, report_id=report_id)
     tablet_socket.ack()
+    assert report(handset_api, line, report_id=report_id).json()["instruction"] == {"action": "reject"}
+
+
+def test_a_report_that_rang_but_lost_its_instruction_is_finished_by_its_retry(handset, handset_api, line, tablet,
+                                                                                online):
+    """The database went away after the frames left and before the instruction was
+    stored (the report answered 503): the retry decides it from the receipts."""
+    line.policy = "immediate"
+    line.save()
+    handset_socket, tablet_socket = online(handset[0]), online(tablet[0])
+    report_id = uuid.uuid4()
+    call_id = report(handset_api, line, report_id=report_id).json()["call"]["id"]
+    Call.objects.filter(pk=call_id).update(keep_ringing_reason="")  # as if never stored
+    assert len(tablet_socket.frames()) == 1
+    retried = report(handset_api, line, report_id=report_id)
+    assert retried.status_code == 200
+    assert retried.json()["instruction"] == {"action": "keep_ringing", "reason": "awaiting_delivery"}
+    assert tablet_socket.frames() == []  # finishing rings nobody twice
+    tablet_socket.ack([{"type": "call.ringing", "id": str(d.event_id)} for d in Delivery.objects.filter(ref=call_id)])
+    assert [f["type"] for f in handset_socket.frames()] == ["call.reject"]
     assert report(handset_api, line, report_id=report_id).json()["instruction"] == {"action": "reject"}
 
 

@@ -534,9 +534,6 @@ def test_postgres_out_of_reach_for_a_moment_answers_503_never_500_and_leaves_one
 
 
 @only_postgres
-@pytest.mark.xfail(strict=True, reason="bug: call_report commits the Call before ringing; when the database goes "
-                   "away between the two the report answers 503, and its retry returns the stored call (200) "
-                   "without ringing anyone or storing an instruction")
 def test_a_report_cut_off_after_its_call_was_stored_still_rings_the_secondaries_when_retried(proxied):
     proxy, server = proxied
     home = household(server, policy="immediate")
