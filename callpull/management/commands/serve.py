@@ -1,12 +1,152 @@
 """Run the ASGI application under uvicorn: `python manage.py serve`.
 
 Any ASGI server on `callpull.asgi:application` works; this command only saves
-typing and refuses setups that cannot work (several workers without Redis).
+typing, refuses setups that cannot work (several workers without Redis), and
+serves WebSockets with `DeviceWebSocketProtocol`, which holds less per idle
+socket than uvicorn's own (devices keep their socket open all day).
 """
+
+import argparse
+import asyncio
+import logging
 
 import uvicorn
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+from websockets.server import ServerProtocol
+
+# --ws: ours, or uvicorn's own protocols by their uvicorn names (wsproto is not installed).
+WS_PROTOCOLS = {"device": f"{__name__}:DeviceWebSocketProtocol", "websockets-sansio": "websockets-sansio",
+                "websockets": "websockets"}
+
+
+class _Inbox:
+    """The part of asyncio.Queue the protocol uses (put_nowait, get, empty), with
+    asyncio.Queue's semantics for these, in two small lists instead of its four
+    deques (about 3 KB per socket, whose queue is nearly always empty)."""
+
+    __slots__ = ("_items", "_getters")
+
+    def __init__(self):
+        self._items = []
+        self._getters = []
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def put_nowait(self, item) -> None:
+        self._items.append(item)
+        self._wake_next()
+
+    def _wake_next(self) -> None:
+        while self._getters:
+            getter = self._getters.pop(0)
+            if not getter.done():
+                getter.set_result(None)
+                break
+
+    async def get(self):
+        while not self._items:
+            getter = asyncio.get_running_loop().create_future()
+            self._getters.append(getter)
+            try:
+                await getter
+            except BaseException:
+                getter.cancel()
+                try:
+                    self._getters.remove(getter)
+                except ValueError:
+                    pass
+                if self._items and not getter.cancelled():
+                    self._wake_next()  # the item this getter was woken for goes to the next one
+                raise
+        return self._items.pop(0)
+
+
+class _Flag:
+    """asyncio.Event (set, clear, is_set, wait) with its waiters in a list, not a deque."""
+
+    __slots__ = ("_value", "_waiters")
+
+    def __init__(self):
+        self._value = False
+        self._waiters = []
+
+    def is_set(self) -> bool:
+        return self._value
+
+    def set(self) -> None:
+        if not self._value:
+            self._value = True
+            for waiter in self._waiters:
+                if not waiter.done():
+                    waiter.set_result(True)
+
+    def clear(self) -> None:
+        self._value = False
+
+    async def wait(self) -> bool:
+        if self._value:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+            return True
+        finally:
+            self._waiters.remove(waiter)
+
+
+class DeviceWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's websockets-sansio protocol (no task per socket beyond the app's),
+    with differences that only change what an idle socket holds:
+
+    - the application's inbox and the writability flag are `_Inbox` and `_Flag`
+      rather than an asyncio.Queue and an asyncio.Event;
+    - the handshake's request and response (headers and all) are released once the
+      socket is accepted; uvicorn keeps them for the socket's life but never reads
+      them again;
+    - permessage-deflate is negotiated without context takeover in either
+      direction, so the zlib compressor and decompressor exist only while a
+      message is being compressed or decompressed instead of for the socket's
+      life (about 40 KB of zlib state per socket with uvicorn's settings). Our
+      frames are small, independent JSON objects: they compress nearly as well on
+      their own.
+    """
+
+    def __init__(self, config, server_state, app_state, _loop=None):
+        super().__init__(config, server_state, app_state, _loop)
+        self.queue = _Inbox()
+        self.writable = _Flag()
+        self.writable.set()
+        if config.ws_per_message_deflate:
+            self.conn = ServerProtocol(
+                extensions=[ServerPerMessageDeflateFactory(
+                    server_max_window_bits=12, client_max_window_bits=12, compress_settings={"memLevel": 5},
+                    server_no_context_takeover=True, client_no_context_takeover=True)],
+                max_size=config.ws_max_size, logger=self.conn.logger)
+
+    def start_keepalive(self) -> None:
+        # Called once, right after the accepting response was written.
+        self.request = self.response = None
+        super().start_keepalive()
+
+
+def _boolean(value: str) -> bool:
+    if value.lower() in ("true", "1", "yes", "on"):
+        return True
+    if value.lower() in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {value!r}")
+
+
+def _seconds_or_off(value: str) -> float | None:
+    seconds = float(value)
+    if seconds < 0:
+        raise argparse.ArgumentTypeError("must be 0 (off) or more")
+    return seconds or None
 
 
 class Command(BaseCommand):
@@ -17,8 +157,18 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=8000)
         parser.add_argument("--workers", type=int, default=1)
         parser.add_argument("--log-level", default="info")
+        parser.add_argument("--ws", choices=sorted(WS_PROTOCOLS), default="device",
+                            help="WebSocket protocol: ours (device, the default) or one of uvicorn's.")
+        parser.add_argument("--ws-per-message-deflate", type=_boolean, default=False, metavar="true|false",
+                            help="Offer permessage-deflate (default false: it costs CPU and, with uvicorn's "
+                                 "protocols, about 40 KB per socket; ours holds no zlib state between messages).")
+        parser.add_argument("--ws-ping-interval", type=_seconds_or_off, default=20.0, metavar="SECONDS",
+                            help="Ping every socket this often (0: never); default 20.")
+        parser.add_argument("--ws-ping-timeout", type=_seconds_or_off, default=20.0, metavar="SECONDS",
+                            help="Close a socket whose pong is this late (0: never); default 20.")
 
-    def handle(self, *args, host, port, workers, log_level, **options):
+    def handle(self, *args, host, port, workers, log_level, ws, ws_per_message_deflate, ws_ping_interval,
+               ws_ping_timeout, **options):
         if workers < 1:
             raise CommandError("--workers must be at least 1")
         if workers > 1 and not settings.REDIS_URL:
@@ -29,5 +179,10 @@ class Command(BaseCommand):
             raise CommandError("The bundled simulator keeps its calls in one process: with several workers run "
                                "it on its own (manage.py simulator --port 8001) and set "
                                "TWILIO_API_BASE=http://127.0.0.1:8001/simulator.")
+        if ws_ping_interval is not None and ws_ping_timeout is None:
+            logging.getLogger("callpull").warning("--ws-ping-timeout 0: sockets of vanished clients are only "
+                                                  "noticed by TCP, which can take hours")
         uvicorn.run("callpull.asgi:application", host=host, port=port, workers=workers, lifespan="on",
-                    log_level=log_level, ws_per_message_deflate=False)
+                    log_level=log_level, ws=WS_PROTOCOLS[ws],
+                    ws_per_message_deflate=ws_per_message_deflate, ws_ping_interval=ws_ping_interval,
+                    ws_ping_timeout=ws_ping_timeout)

@@ -1,0 +1,198 @@
+"""`manage.py serve`: its options, the lighter WebSocket protocol's parts, and a real
+server started by the command (hello, ping, permessage-deflate, keepalive)."""
+
+import asyncio
+import base64
+import os
+import socket
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+
+import httpx
+import pytest
+from django.core.management import call_command
+from websockets.sync.client import connect
+
+from callpull.management.commands import serve
+from tests.e2e.support import ROOT, Environment, Server, free_port, hello, next_frame, reply, sign_up
+
+# Options ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def uvicorn_run(monkeypatch):
+    calls = []
+    monkeypatch.setattr(serve.uvicorn, "run", lambda app, **kwargs: calls.append((app, kwargs)))
+    return calls
+
+
+def test_serve_uses_the_device_protocol_without_deflate_by_default(uvicorn_run):
+    call_command("serve")
+    (app, options), = uvicorn_run
+    assert app == "callpull.asgi:application"
+    assert options["ws"] == "callpull.management.commands.serve:DeviceWebSocketProtocol"
+    assert options["ws_per_message_deflate"] is False
+    assert (options["ws_ping_interval"], options["ws_ping_timeout"]) == (20.0, 20.0)
+
+
+def test_serve_passes_deflate_pings_and_uvicorns_own_protocols(uvicorn_run):
+    call_command("serve", "--ws", "websockets", "--ws-per-message-deflate", "true", "--ws-ping-interval", "5",
+                 "--ws-ping-timeout", "0")
+    (_, options), = uvicorn_run
+    assert options["ws"] == "websockets"
+    assert options["ws_per_message_deflate"] is True
+    assert (options["ws_ping_interval"], options["ws_ping_timeout"]) == (5.0, None)
+
+
+# The protocol's inbox and flag behave as asyncio.Queue and asyncio.Event ----------
+
+def test_inbox_hands_items_out_in_order_to_a_waiting_getter():
+    async def scenario():
+        inbox = serve._Inbox()
+        getter = asyncio.ensure_future(inbox.get())
+        await asyncio.sleep(0)
+        inbox.put_nowait("connect")
+        inbox.put_nowait("receive")
+        first = await getter
+        return first, await inbox.get(), inbox.empty()
+    assert asyncio.run(scenario()) == ("connect", "receive", True)
+
+
+def test_inbox_keeps_the_item_of_a_getter_cancelled_after_it_was_woken():
+    async def scenario():
+        inbox = serve._Inbox()
+        first = asyncio.ensure_future(inbox.get())
+        second = asyncio.ensure_future(inbox.get())
+        await asyncio.sleep(0)
+        inbox.put_nowait("disconnect")
+        first.cancel()
+        return await second, first.cancelled()
+    assert asyncio.run(scenario()) == ("disconnect", True)
+
+
+def test_flag_wakes_every_waiter_when_set_and_blocks_them_when_cleared():
+    async def scenario():
+        flag = serve._Flag()
+        waiters = [asyncio.ensure_future(flag.wait()) for _ in range(2)]
+        await asyncio.sleep(0)
+        blocked_before = not any(w.done() for w in waiters)
+        flag.set()
+        woken = await asyncio.gather(*waiters)
+        flag.clear()
+        again = asyncio.ensure_future(flag.wait())
+        await asyncio.sleep(0)
+        blocked_after = not again.done()
+        again.cancel()
+        await asyncio.gather(again, return_exceptions=True)
+        return blocked_before, woken, blocked_after, flag._waiters
+    assert asyncio.run(scenario()) == (True, [True, True], True, [])
+
+
+# A real server started by the command ---------------------------------------------
+
+class ServeProcess(Server):
+    """tests.e2e's Server, started with `manage.py serve` and its options."""
+
+    def __init__(self, *, options: list[str], **kwargs):
+        super().__init__(**kwargs)
+        self.options = options
+
+    def start(self, *, timeout: float = 30.0) -> Server:
+        self.port = free_port()
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "manage.py", "serve", "--port", str(self.port), "--log-level", "warning",
+                 *self.options], cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True)
+        if not self._wait_ready(timeout):
+            raise AssertionError(f"serve did not start:\n{self.log_tail()}")
+        return self
+
+
+@pytest.fixture(scope="module")
+def started(tmp_path_factory):
+    """Start `manage.py serve` with given options on a fresh database; stopped at the end."""
+    environment = Environment(tmp_path_factory.mktemp("serve"))
+    stack = ExitStack()
+    database = environment.database(stack)
+
+    def start(*options: str) -> Server:
+        server = ServeProcess(name=f"serve {' '.join(options)}", env=environment.server_env(database),
+                              log_path=environment.tmp_dir / f"serve-{len(options)}-{time.monotonic_ns()}.log",
+                              options=list(options))
+        stack.callback(server.stop)
+        return server.start()
+    with stack:
+        yield start
+
+
+def device_socket(server, *, compression=None, ping_interval=None):
+    device = sign_up(server, "serve").register("tablet")
+    return connect(server.ws_url, additional_headers={"Authorization": f"Bearer {device.token}"}, proxy=None,
+                   compression=compression, open_timeout=5, close_timeout=3, ping_interval=ping_interval)
+
+
+@pytest.mark.e2e
+def test_a_served_socket_says_hello_and_answers_pings_without_compression(started):
+    server = started()
+    with device_socket(server, compression="deflate") as ws:
+        assert ws.response.headers.get("Sec-WebSocket-Extensions") is None
+        hello(ws)
+        ws.send('{"type": "ping"}')
+        assert reply(ws)["type"] == "pong"
+
+
+@pytest.mark.e2e
+def test_deflate_is_negotiated_without_context_takeover_and_every_frame_decodes(started):
+    server = started("--ws-per-message-deflate", "true")
+    with device_socket(server, compression="deflate") as ws:
+        extensions = ws.response.headers["Sec-WebSocket-Extensions"]
+        assert extensions.startswith("permessage-deflate")
+        assert "server_no_context_takeover" in extensions
+        assert "client_no_context_takeover" in extensions
+        hello(ws)
+        pongs = 0
+        for _ in range(5):  # each message compressed and decompressed on its own, both ways
+            ws.send('{"type": "ping", "padding": "' + "x" * 500 + '"}')
+        while pongs < 5:
+            pongs += next_frame(ws)["type"] == "pong"
+
+
+@pytest.mark.e2e
+def test_uvicorns_own_protocol_is_still_available(started):
+    server = started("--ws", "websockets-sansio")
+    with device_socket(server) as ws:
+        hello(ws)
+
+
+def _raw_handshake(server, token: str) -> socket.socket:
+    """An authenticated WebSocket that will never answer a ping: a client that vanished."""
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    key = base64.b64encode(os.urandom(16)).decode()
+    raw.sendall((f"GET /ws/v1/ HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\n"
+                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                 f"Authorization: Bearer {token}\r\n\r\n").encode())
+    return raw
+
+
+@pytest.mark.e2e
+def test_a_client_that_stops_answering_pings_is_closed_and_one_that_answers_is_kept(started):
+    server = started("--ws-ping-interval", "0.5", "--ws-ping-timeout", "0.5")
+    account = sign_up(server, "keepalive")
+    silent = _raw_handshake(server, account.register("tablet").token)
+    with device_socket(server, ping_interval=None) as alive:  # the client library answers pings itself
+        hello(alive)
+        received = b""
+        while True:  # read (never answer) until the server gives up on us
+            chunk = silent.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+        assert received.startswith(b"HTTP/1.1 101")
+        assert b"keepalive ping timeout" in received  # the close frame's reason
+        alive.send('{"type": "ping"}')
+        assert reply(alive, timeout=10)["type"] == "pong"
+    silent.close()
+    assert httpx.get(server.base_url + "/", trust_env=False).status_code == 200
