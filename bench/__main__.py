@@ -13,6 +13,18 @@ def main() -> None:
     go.add_argument("--sockets", default="", help="comma-separated socket counts instead of the profile's")
     go.add_argument("--rates", default="", help="comma-separated ring rates instead of the profile's")
     sub.add_parser("profile", help="py-spy the ring path once; writes bench/results/profile.md")
+    mem = sub.add_parser("memory", help="server RSS per idle authenticated socket (bench/memory.py)")
+    mem.add_argument("--sockets", default="1000,5000", help="comma-separated socket counts")
+    mem.add_argument("--layers", default="memory,redis", help="comma-separated channel layers: memory,redis")
+    mem.add_argument("--deflate", default="off,on", help="comma-separated: off,on")
+    mem.add_argument("--variants", default="default", help="';'-separated variants to compare, each extra server "
+                     "options and NAME=value settings, e.g. 'default;--ws websockets;DEBUG=false' (default = none)")
+    mem.add_argument("--launcher", choices=["serve", "uvicorn"], default="serve",
+                     help="manage.py serve (default) or the ring benchmark's uvicorn command line")
+    mem.add_argument("--repeat", type=int, default=3)
+    mem.add_argument("--warmup", type=int, default=50, help="sockets opened before the marginal baseline")
+    mem.add_argument("--trace", action="store_true", help="tracemalloc + gc type counts in the server")
+    mem.add_argument("--out", default="", help="write samples and medians as JSON here")
     again = sub.add_parser("report", help="rewrite latest.md/plots from a raw results file")
     again.add_argument("raw", nargs="+", help="one or more raw files; several are merged (ring cells and memory "
                        "rows appended, FCM and webhook from the last file that has them)")
@@ -22,6 +34,15 @@ def main() -> None:
                      "sockets": [int(x) for x in args.sockets.split(",") if x],
                      "rates": [float(x) for x in args.rates.split(",") if x]}
         run.run(args.profile, set(filter(None, args.only.split(","))) or None, overrides)
+    elif args.command == "memory":
+        from pathlib import Path
+
+        from bench import memory
+        memory.run(sockets=[int(x) for x in args.sockets.split(",") if x], layers=args.layers.split(","),
+                   deflate=[x == "on" for x in args.deflate.split(",")],
+                   variants=[v.strip() for v in args.variants.split(";") if v.strip()], launcher=args.launcher,
+                   repeat=args.repeat, warmup=args.warmup, trace=args.trace,
+                   out=Path(args.out) if args.out else None)
     elif args.command == "profile":
         from bench import profile
         profile.run()
