@@ -15,7 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import close_old_connections
+from django.db.models import Max
 from django.utils import timezone
 
 from callpull.calls import all_devices, announce_end, notify
@@ -204,24 +206,41 @@ def leg_failed(*, leg: CallLeg, reason: str, now: datetime) -> None:
             release_caller(call, now=now)
 
 
-def leg_left(*, leg: CallLeg, now: datetime) -> None:
-    """A joined leg hung up on its own (a removal we asked for is already `left`)."""
+def leg_left(*, leg: CallLeg, now: datetime, found_by: str | None = None) -> None:
+    """A joined leg hung up on its own (a removal we asked for is already `left`).
+    `found_by` says who noticed when it was not the provider's callback."""
     if not CallLeg.objects.filter(pk=leg.pk, state=LegState.JOINED).update(
             state=LegState.LEFT, ended_at=now, end_reason="hung_up"):
         return
+    noticed = {"found_by": found_by} if found_by else {}
     call = Call.objects.select_related("line").get(pk=leg.call_id)
-    record(call, now=now, step=Step("leg_left", leg.device_id, {"role": leg.role}))
+    record(call, now=now, step=Step("leg_left", leg.device_id, {"role": leg.role, **noticed}))
     if call.is_terminal or leg.role == LegRole.MONITOR:
         return
     if call.legs.filter(state=LegState.JOINED).exclude(role=LegRole.MONITOR).exists():
         return  # someone still carries the conversation
     # The device (or transfer target) holding the call hung up: the call is over.
-    if transition(call, "hung_up", now=now, step=Step("ended", leg.device_id, {"by": leg.role}),
+    if transition(call, "hung_up", now=now, step=Step("ended", leg.device_id, {"by": leg.role, **noticed}),
                   fields={"end_reason": "completed"}):
         announce_end(call, now=now, reason="completed")
         for other in call.legs.filter(state__in=[LegState.DIALING, LegState.JOINED]):
             leg_remove(other, now=now, reason="call_ended")
         run_provider_action(_hangup, call.provider_call_sid)
+
+
+def caller_gone(call: Call, *, status: str, now: datetime, found_by: str | None = None) -> bool:
+    """The caller's (forwarded) call ended at the provider with `status`: end the
+    call; its conference ended with the caller (endConferenceOnExit), and so did
+    every leg in it. True when this ended the call."""
+    detail = {"call_status": status, **({"found_by": found_by} if found_by else {})}
+    if not transition(call, "caller_hung_up", now=now, step=Step("caller_hung_up", detail=detail),
+                      fields={"end_reason": "completed" if call.state == CallState.CONNECTED else "caller_hung_up"}):
+        return False
+    log.info("forwarded call ended call=%s status=%s found_by=%s", call.pk, status, found_by or "callback")
+    announce_end(call, now=now, reason=call.end_reason)
+    CallLeg.objects.filter(call=call, state__in=[LegState.DIALING, LegState.JOINED]).update(
+        state=LegState.LEFT, ended_at=now, end_reason="call_ended")
+    return True
 
 
 def legs_dialing_expired(*, now: datetime) -> int:
@@ -238,3 +257,61 @@ def mute_as_monitor(leg: CallLeg, *, now: datetime) -> None:
     sid = CallLeg.objects.values_list("provider_call_sid", flat=True).get(pk=leg.pk)
     if sid:
         run_provider_action(_mute, leg.call.conference_name, sid)
+
+
+# Reconciliation: what the provider says when its callbacks went missing ----------
+
+RECONCILE_BATCH = 50  # calls handed to the provider pool per sweep
+
+
+def calls_reconcile(*, now: datetime) -> int:
+    """Ask the provider about connected calls not heard from for CALL_RECONCILE_SECONDS.
+
+    A connected call has no deadline: only a callback ends it, and a callback the
+    provider gave up on (the database was out of reach, a deploy, a lost request)
+    would leave it connected for ever. So a quiet call (no timeline entry for that
+    long) has its caller's call and its joined legs fetched from the provider's
+    REST API, at most once per CALL_RECONCILE_SECONDS (a key in the shared cache
+    also keeps several sweepers from asking twice), on the provider pool so the
+    sweep never waits for the provider. Returns how many calls were handed over;
+    never raises, so the sweep goes on whatever happens here.
+    """
+    period = settings.CALL_RECONCILE_SECONDS
+    try:
+        quiet = list(Call.objects.filter(state=CallState.CONNECTED, provider_call_sid__isnull=False)
+                     .annotate(heard_at=Max("timeline__at")).filter(heard_at__lt=now - timedelta(seconds=period))
+                     .order_by("heard_at").values_list("pk", flat=True)[:RECONCILE_BATCH])
+        handed = 0
+        for call_id in quiet:
+            if cache.add(f"reconcile:{call_id}", 1, timeout=period):
+                run_provider_action(call_reconcile, call_id)
+                handed += 1
+        return handed
+    except Exception:
+        log.exception("reconciling connected calls failed")
+        return 0
+
+
+def call_reconcile(call_id) -> None:
+    """Fetch a connected call's caller and joined legs from the provider; end
+    what the provider says has ended, as its lost callback would have."""
+    call = Call.objects.select_related("line").filter(pk=call_id, state=CallState.CONNECTED).first()
+    if call is None or not call.provider_call_sid:
+        return
+    try:
+        status = provider.call_status(call.provider_call_sid)
+    except provider.ProviderError as exc:
+        log.warning("reconciling call=%s: %s", call.pk, exc)
+        return
+    now = timezone.now()
+    if status is None or status in provider.ENDED_STATUSES:  # a call the provider does not know is not live
+        caller_gone(call, status=status or "not_found", now=now, found_by="reconciliation")
+        return
+    for leg in call.legs.filter(state=LegState.JOINED, provider_call_sid__isnull=False):
+        try:
+            leg_status = provider.call_status(leg.provider_call_sid)
+        except provider.ProviderError as exc:
+            log.warning("reconciling leg=%s call=%s: %s", leg.pk, call.pk, exc)
+            continue
+        if leg_status is None or leg_status in provider.ENDED_STATUSES:
+            leg_left(leg=leg, now=now, found_by="reconciliation")

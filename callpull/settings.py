@@ -250,6 +250,10 @@ CALL_FORWARD_WAIT_SECONDS = env_int("CALL_FORWARD_WAIT_SECONDS", 20, minimum=2)
 RING_ACK_WAIT_SECONDS = env_float("RING_ACK_WAIT_SECONDS", 0.5, minimum=0)
 # A forwarded call matches a ring report at most this old.
 CALL_MATCH_WINDOW_SECONDS = env_int("CALL_MATCH_WINDOW_SECONDS", 120, minimum=10)
+# A connected call has no deadline; one not heard from for this long is checked against
+# the provider's REST API (and again every this long), so a lost `completed` callback
+# cannot leave it connected for ever.
+CALL_RECONCILE_SECONDS = env_int("CALL_RECONCILE_SECONDS", 60, minimum=5)
 # How long the provider rings the chosen device before giving up.
 DIAL_TIMEOUT_SECONDS = env_int("DIAL_TIMEOUT_SECONDS", 25, minimum=5)
 # How long the holding device has to approve a pull before it counts as denied.

@@ -7,7 +7,7 @@ import logging
 from functools import lru_cache
 
 from django.conf import settings
-from twilio.base.exceptions import TwilioException
+from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
@@ -137,3 +137,20 @@ def call_hangup(call_sid: str) -> None:
         _client().calls(call_sid).update(status="completed")
     except (TwilioException, OSError) as exc:
         raise ProviderError(f"hang-up of {call_sid} failed: {exc}") from exc
+
+
+# What the provider says a call is doing now (Twilio's call statuses).
+ENDED_STATUSES = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
+
+
+def call_status(call_sid: str) -> str | None:
+    """The call's status at the provider (`queued`, `ringing`, `in-progress`, or one of
+    ENDED_STATUSES); None when the provider does not know the call (404)."""
+    try:
+        return _client().calls(call_sid).fetch().status
+    except TwilioRestException as exc:
+        if exc.status == 404:
+            return None
+        raise ProviderError(f"status of {call_sid} unavailable: {exc}") from exc
+    except (TwilioException, OSError) as exc:
+        raise ProviderError(f"status of {call_sid} unavailable: {exc}") from exc

@@ -277,13 +277,7 @@ def status_changed(*, call_id: str | None, leg: str | None, params: dict, now: d
         return
     if status not in PARENT_ENDED or call.is_terminal:
         return
-    if transition(call, "caller_hung_up", now=now, step=Step("caller_hung_up", detail={"call_status": status}),
-                  fields={"end_reason": "completed" if call.state == CallState.CONNECTED else "caller_hung_up"}):
-        log.info("forwarded call ended call=%s status=%s", call.pk, status)
-        announce_end(call, now=now, reason=call.end_reason)
-        # The conference ends with the caller (endConferenceOnExit); forget its legs.
-        CallLeg.objects.filter(call=call, state__in=[LegState.DIALING, LegState.JOINED]).update(
-            state=LegState.LEFT, ended_at=now, end_reason="call_ended")
+    legs.caller_gone(call, status=status, now=now)
 
 
 def conference_event(*, call_id: str | None, params: dict, now: datetime) -> None:

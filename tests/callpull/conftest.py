@@ -117,6 +117,7 @@ class FakeProvider:
         self.actions = []
         self.refuse = False
         self.sids = {}  # leg label → CallSid
+        self.statuses = {}  # CallSid → what call_status answers (unknown sids: in-progress)
 
     def _maybe_refuse(self, what):
         if self.refuse:
@@ -144,6 +145,11 @@ class FakeProvider:
     def call_hangup(self, call_sid):
         self.actions.append(("hangup", call_sid))
 
+    def call_status(self, call_sid):
+        self._maybe_refuse("status")
+        self.actions.append(("status", call_sid))
+        return self.statuses.get(call_sid, "in-progress")
+
     def kinds(self):
         return [action[0] for action in self.actions]
 
@@ -153,7 +159,8 @@ def fake_provider(monkeypatch):
     from callpull.telephony import provider
 
     fake = FakeProvider()
-    for name in ("participant_add", "participant_remove", "participant_mute", "call_redirect", "call_hangup"):
+    for name in ("participant_add", "participant_remove", "participant_mute", "call_redirect", "call_hangup",
+                 "call_status"):
         monkeypatch.setattr(provider, name, getattr(fake, name))
     return fake
 
