@@ -7,7 +7,9 @@ from datetime import timedelta
 from xml.etree import ElementTree
 
 import pytest
+from django.db import OperationalError
 from django.utils import timezone
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from callpull.models import Call, CallLeg
 from tests.callpull.conftest import conference, forward, join_leg, leg_status, report, signed_post
@@ -202,3 +204,74 @@ def test_a_fault_inside_a_webhook_is_a_goodbye_not_an_error_page(client, monkeyp
         raise RuntimeError("boom")
     monkeypatch.setattr(services, "call_arrived", explode)
     assert xml(forward(client, sid=SID)).find("Hangup") is not None
+
+
+# Faults: what the provider is told ------------------------------------------------
+
+def _down(exc):
+    def fail(**kwargs):
+        raise exc
+    return fail
+
+
+UNREACHABLE = [OperationalError("server closed the connection unexpectedly"), RedisConnectionError("refused")]
+
+
+@pytest.mark.parametrize("failure", UNREACHABLE, ids=["database", "redis"])
+@pytest.mark.parametrize(("path", "handler"), [
+    ("/telephony/twilio/status?call={call}", "status_changed"),
+    ("/telephony/twilio/status?call={call}&leg=x", "status_changed"),
+    ("/telephony/twilio/conference?call={call}", "conference_event"),
+    ("/telephony/twilio/dial-status?call={call}", "dial_finished"),
+])
+def test_a_callback_the_database_cannot_take_is_503_with_retry_after(client, answered_call, monkeypatch, path,
+                                                                     handler, failure):
+    from callpull.telephony import services
+
+    monkeypatch.setattr(services, handler, _down(failure))
+    response = signed_post(client, path.format(call=answered_call), {"CallSid": SID, "CallStatus": "completed"})
+    assert response.status_code == 503
+    assert response["Retry-After"] == "1"
+
+
+@pytest.mark.parametrize(("path", "handler"), [
+    ("/telephony/twilio/voice", "call_arrived"),
+    ("/telephony/twilio/dial-in-choice?device=x", "dial_in_choice"),
+    ("/telephony/twilio/join?pull=x", "join_after_approval"),
+    ("/telephony/twilio/fallback?call=x", "fallback_twiml"),
+])
+def test_a_webhook_the_caller_waits_on_says_goodbye_when_the_database_is_out_of_reach(client, monkeypatch, path,
+                                                                                     handler):
+    from callpull.telephony import services
+
+    monkeypatch.setattr(services, handler, _down(OperationalError("could not connect to server")))
+    root = xml(signed_post(client, path, {"CallSid": SID, "To": "+15555550100", "From": "+15550009999"}))
+    assert root.find("Say").text.startswith("Sorry") and root.find("Hangup") is not None
+
+
+def test_a_bug_inside_a_callback_is_a_500_not_a_goodbye(client, answered_call, monkeypatch):
+    from callpull.telephony import services
+
+    monkeypatch.setattr(services, "status_changed", _down(RuntimeError("boom")))
+    response = signed_post(client, f"/telephony/twilio/status?call={answered_call}",
+                           {"CallSid": SID, "CallStatus": "completed"})
+    assert response.status_code == 500
+    assert b"Response" not in response.content
+
+
+def test_a_hang_up_answered_503_ends_the_call_when_the_provider_retries(client, answered_call, fake_provider,
+                                                                       monkeypatch):
+    from callpull.telephony import services
+
+    forward(client, sid=SID)
+    join_leg(client, answered_call, fake_provider)
+    real = services.status_changed
+    monkeypatch.setattr(services, "status_changed", _down(OperationalError("the database went away")))
+    hang_up = {"CallSid": SID, "CallStatus": "completed"}
+    assert signed_post(client, "/telephony/twilio/status", hang_up).status_code == 503
+    assert Call.objects.get().state == "connected"  # nothing was taken: the provider must try again
+    monkeypatch.setattr(services, "status_changed", real)
+    assert signed_post(client, "/telephony/twilio/status", hang_up).status_code == 204
+    call = Call.objects.get()
+    assert (call.state, call.end_reason) == ("completed", "completed")
+    assert call.timeline.get(event="caller_hung_up").detail == {"call_status": "completed"}
