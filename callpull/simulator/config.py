@@ -23,6 +23,13 @@ class SimulatorConfig:
     backend_url: str | None = None
     # The provider waits this long for a webhook's answer (Twilio: 15 s).
     webhook_timeout_seconds: float = 15.0
+    # Status and conference callbacks that get no answer or a 502/503/504 are tried again
+    # this many times, after the answer's Retry-After (at most `callback_retry_max_wait`)
+    # or `callback_retry_seconds`: Twilio's connection overrides with `rp=5xx,ct` (its
+    # default retries only a failed connection, once). TwiML fetches are not retried.
+    callback_retries: int = 3
+    callback_retry_seconds: float = 1.0
+    callback_retry_max_wait: float = 5.0
     voice_path: str = "/telephony/twilio/voice"
     status_path: str = "/telephony/twilio/status"
 

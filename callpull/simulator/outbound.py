@@ -46,6 +46,12 @@ class Sent:
     body: str = ""
     error: str | None = None
     ms: float = 0.0
+    retry_after: float | None = None  # the answer's Retry-After, in seconds
+
+    @property
+    def transient(self) -> bool:
+        """No answer at all, or one saying "not now" (502, 503, 504): worth another try."""
+        return self.status is None or self.status in (502, 503, 504)
 
     @property
     def ok(self) -> bool:
@@ -54,6 +60,14 @@ class Sent:
     def as_json(self) -> dict:
         return {"url": self.url, "method": self.method, "params": self.params, "status": self.status,
                 "error": self.error, "ms": round(self.ms, 1)}
+
+
+def _seconds(value: str | None) -> float | None:
+    """Retry-After in its delta-seconds form (an HTTP date is not used by backends here)."""
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
 
 
 class Outbound:
@@ -134,6 +148,7 @@ class Outbound:
                 response = await client.post(destination, data=body_params, headers=headers)
             sent.status = response.status_code
             sent.body = response.text
+            sent.retry_after = _seconds(response.headers.get("Retry-After"))
         except httpx.HTTPError as exc:
             sent.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         sent.ms = (time.monotonic() - started) * 1000

@@ -289,8 +289,21 @@ class Provider(ConferenceEngine):
         async def deliver():
             if previous is not None:
                 await asyncio.gather(previous, return_exceptions=True)
-            sent = await self.outbound.send(request.url, request.method, params)
-            leg.record("callback", label=request.label, **sent.as_json())
+            token = uuid.uuid4().hex  # the same on every attempt, as Twilio's
+            sent = await self.outbound.send(request.url, request.method, params, idempotency_token=token)
+            retries = 0
+            loop = asyncio.get_running_loop()
+            give_up_at = loop.time() + self.config.webhook_timeout_seconds  # all attempts together (Twilio's `tt`)
+            while sent.transient and retries < self.config.callback_retries:
+                wait = min(self.config.callback_retry_max_wait,
+                           self.config.callback_retry_seconds if sent.retry_after is None else sent.retry_after)
+                if loop.time() + wait >= give_up_at:
+                    break
+                leg.record("callback", label=request.label, retry_in=wait, **sent.as_json())
+                await asyncio.sleep(wait)
+                retries += 1
+                sent = await self.outbound.send(request.url, request.method, params, idempotency_token=token)
+            leg.record("callback", label=request.label, **sent.as_json(), **({"retry": retries} if retries else {}))
 
         leg.outbox = self.spawn(deliver())
 

@@ -80,7 +80,8 @@ class Received:
 
 
 class FakeBackend:
-    """Records webhooks; answers `answers[path](params)` (TwiML text, or (status, body))."""
+    """Records webhooks; answers `answers[path](params)` (TwiML text, (status, body), or
+    (status, body, {header: value}))."""
 
     def __init__(self, public_url: str, auth_token: str):
         self.public_url = public_url
@@ -113,9 +114,9 @@ class FakeBackend:
         valid = self.validator.validate(url, signed_params, headers.get("x-twilio-signature", ""))
         self.received.append(Received(scope["method"], scope["path"], url, params, headers, valid))
         answer = self.answers.get(scope["path"], lambda params: "<Response/>")(params)
-        status, text = answer if isinstance(answer, tuple) else (200, answer)
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"text/xml")]})
+        status, text, extra = (answer + ({},))[:3] if isinstance(answer, tuple) else (200, answer, {})
+        headers = [(b"content-type", b"text/xml")] + [(k.encode(), str(v).encode()) for k, v in extra.items()]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": text.encode()})
 
 
