@@ -558,9 +558,6 @@ def test_a_report_cut_off_after_its_call_was_stored_still_rings_the_secondaries_
 
 
 @only_postgres
-@pytest.mark.xfail(strict=True, reason="bug: a provider callback that arrives while the database is out of reach "
-                   "is answered 200 (the webhook view swallows the error), so the provider never retries; a "
-                   "connected call has no deadline, so the lost 'completed' leaves it connected for ever")
 def test_a_hang_up_reported_while_postgres_is_out_of_reach_still_ends_the_call(proxied):
     proxy, server = proxied
     home = household(server)
