@@ -202,8 +202,19 @@ def connection_close(*, channel_name: str, now: datetime) -> Device | None:
     return None if still_online else connection.device
 
 
-def worker_heartbeat(*, worker: str, now: datetime) -> None:
+def worker_heartbeat(*, worker: str, now: datetime, live: set[str] | None = None) -> list[Device]:
+    """Refresh a worker's connections. With `live` (the channel names of its open
+    sockets), first forget its rows of sockets that are gone; returns the devices
+    that thereby went offline."""
+    gone = []
+    if live is not None:
+        dead = [pk for pk, channel in DeviceConnection.objects.filter(worker=worker).values_list("pk", "channel_name")
+                if channel not in live]
+        if dead:
+            gone = _drop_connections(DeviceConnection.objects.filter(pk__in=dead), now)
+            log.warning("presence: forgot %d connection(s) of worker %s whose socket is gone", len(dead), worker)
     DeviceConnection.objects.filter(worker=worker).update(seen_at=now)
+    return gone
 
 
 def _drop_connections(connections, now: datetime) -> list[Device]:

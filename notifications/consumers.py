@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import DatabaseError, close_old_connections
 from django.utils import timezone
 
 from devices import services as device_services
@@ -98,7 +98,13 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
             except OSError:
                 log.debug("dropped %s: the client is gone", message.get("type"))
 
-        await super().__call__(scope, receive, send_while_open)
+        try:
+            await super().__call__(scope, receive, send_while_open)
+        finally:
+            if self.device is not None and self.channel_name in presence.LIVE:
+                # Ended without disconnect(): its channel-layer connection died, say.
+                # Forget the socket now, as disconnect() would have.
+                await self._forget()
 
     async def connect(self):
         await self.accept()
@@ -114,24 +120,38 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
         self.groups = [device_group(device.pk), user_group(device.user_id)]
         for group in self.groups:
             await self.channel_layer.group_add(group, self.channel_name)
+        presence.LIVE.add(self.channel_name)  # before its row exists: a heartbeat in between keeps it
         came_online = await database_sync_to_async(_open)(device, self.channel_name)
         _, hello = frame("hello", device={"id": str(device.pk), "name": device.name, "kind": device.kind},
                          heartbeat=settings.PRESENCE_HEARTBEAT_SECONDS)
         await self.send(text_data=hello)
         if came_online:
             await presence.announce(device, online=True)
-        await database_sync_to_async(_connected)(device)
+        try:
+            await database_sync_to_async(_connected)(device)
+        except DatabaseError:  # catching up is best effort; the socket is open and counted
+            log.warning("catch-up after connect failed device=%s: database unavailable", device.pk, exc_info=True)
         log.info("websocket open device=%s", device.pk)
 
     async def disconnect(self, code):
         if self.device is None:
             return
-        for group in self.groups:
-            await self.channel_layer.group_discard(group, self.channel_name)
+        await self._forget()
+        log.info("websocket closed device=%s code=%s", self.device.pk, code)
+
+    async def _forget(self):
+        presence.LIVE.discard(self.channel_name)
+        try:
+            for group in self.groups:
+                await self.channel_layer.group_discard(group, self.channel_name)
+        except Exception:  # the channel layer is out of reach: its groups expire on their own
+            log.warning("websocket groups not left device=%s", self.device.pk, exc_info=True)
         went_offline = await database_sync_to_async(_close)(self.channel_name)
         if went_offline is not None:
-            await presence.announce(went_offline, online=False)
-        log.info("websocket closed device=%s code=%s", self.device.pk, code)
+            try:
+                await presence.announce(went_offline, online=False)
+            except Exception:
+                log.warning("offline not announced device=%s", went_offline.pk, exc_info=True)
 
     async def receive_json(self, content, **kwargs):
         if self.device is None:
@@ -165,7 +185,13 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
         if waiting is not None and waiting[1] > time.time():
             # Someone waits for this receipt (a ring report): tell them first.
             await self.channel_layer.send(waiting[0], {"type": "ack.receipt", "device": str(self.device.pk)})
-        await database_sync_to_async(_ack)(event_id, self.device)
+        try:
+            await database_sync_to_async(_ack)(event_id, self.device)
+        except DatabaseError:
+            # The database is out of reach for a moment: the receipt is not recorded (a
+            # waiting ring report got it above), and the socket stays open.
+            log.warning("ack not recorded device=%s event=%s: database unavailable", self.device.pk, event_id,
+                        exc_info=True)
 
     async def send_error(self, code: str, message: str):
         await self.send_json({"type": "error", "error": {"code": code, "message": message}})

@@ -32,7 +32,8 @@ from django.utils import timezone
 
 from devices.models import Device, DeviceConnection
 from notifications import fcm
-from notifications.events import FRAME_MESSAGE, device_group, frame
+from notifications.events import FRAME_MESSAGE, frame
+from notifications.layers import send_many
 from notifications.models import Delivery, Transport
 from notifications.signals import delivery_acked
 
@@ -51,15 +52,25 @@ class FanoutResult:
         return bool(self.websocket)
 
 
-def online_device_ids(device_ids, now: datetime) -> set:
+def online_device_ids(device_ids, now: datetime) -> dict:
+    """The devices among `device_ids` with a live socket: device id → its sockets'
+    channel names (a device may hold several). Usable as a set of device ids."""
     fresh = now - timedelta(seconds=settings.PRESENCE_STALE_SECONDS)
-    return set(DeviceConnection.objects.filter(device_id__in=list(device_ids), seen_at__gt=fresh)
-               .values_list("device_id", flat=True))
+    online: dict = {}
+    for device_id, channel in (DeviceConnection.objects.filter(device_id__in=list(device_ids), seen_at__gt=fresh)
+                               .values_list("device_id", "channel_name")):
+        online.setdefault(device_id, []).append(channel)
+    return online
 
 
-async def _group_send_all(groups: list[str], text: str, event_id: str, wait_ack: float) -> list[str]:
-    """Send the frame to every group; with `wait_ack`, wait that long at most for
-    the first receipt and return the ids of the devices whose ack came back."""
+async def _send_all(channels: list[str], text: str, event_id: str, wait_ack: float) -> list[str]:
+    """Send the frame to every socket's channel; with `wait_ack`, wait that long at
+    most for the first receipt and return the ids of the devices whose ack came back.
+
+    Frames go to the channel names the connection rows hold, not to groups:
+    group memberships live only in the channel layer (Redis), and a Redis that
+    lost its data (a restart without persistence, a failover) would leave open
+    sockets in no group, unreachable while presence says online."""
     layer = get_channel_layer()
     message = {"type": FRAME_MESSAGE, "text": text, "event": event_id}
     reply = None
@@ -70,7 +81,7 @@ async def _group_send_all(groups: list[str], text: str, event_id: str, wait_ack:
         # The consumer forwards an ack only before `ack_by`: a receipt nobody waits
         # for any more would sit in the layer until it expires.
         message.update(ack_to=reply, ack_by=time.time() + wait_ack)
-    await asyncio.gather(*(layer.group_send(group, message) for group in groups))
+    await send_many(layer, channels, message)
     if reply is None:
         return []
     try:
@@ -89,6 +100,7 @@ class Outgoing:
     event_type: str
     ref: object
     text: str = ""
+    channels: list = field(default_factory=list)
     pushes: list = field(default_factory=list)
     on_fcm_accepted: Callable[[object], None] | None = None
 
@@ -102,11 +114,14 @@ def fanout_prepare(*, event_type: str, payload: dict, devices: Sequence[Device],
     second: a fast client's ack must find its delivery row."""
     if not devices:
         return Outgoing(result=FanoutResult(event_id=""), event_type=event_type, ref=ref)
-    if online is None:
-        online = online_device_ids([d.pk for d in devices], now)
+    if online is None or (online and not isinstance(online, dict)):
+        wanted = None if online is None else set(online)
+        online = {pk: channels for pk, channels in online_device_ids([d.pk for d in devices], now).items()
+                  if wanted is None or pk in wanted}
     event_id, text = frame(event_type, at=now, **payload)
     result = FanoutResult(event_id=event_id)
     result.websocket = [d.pk for d in devices if d.pk in online]
+    channels = [channel for pk in result.websocket for channel in online[pk]]
 
     pushes = []
     if fcm_data is not None and fcm.enabled():
@@ -125,7 +140,7 @@ def fanout_prepare(*, event_type: str, payload: dict, devices: Sequence[Device],
         + [Delivery(event_id=event_id, event_type=event_type, ref=ref, device_id=push.device_id,
                     transport=Transport.FCM, queued_at=now) for push in pushes]
     )
-    return Outgoing(result=result, event_type=event_type, ref=ref, text=text, pushes=pushes,
+    return Outgoing(result=result, event_type=event_type, ref=ref, text=text, channels=channels, pushes=pushes,
                     on_fcm_accepted=on_fcm_accepted)
 
 
@@ -141,8 +156,7 @@ def fanout_send(outgoing: Outgoing, *, wait_ack: float = 0) -> FanoutResult:
         event_id, on_accepted = result.event_id, outgoing.on_fcm_accepted
         fcm.send_many(pushes, on_result=lambda push_result: _fcm_done(push_result, event_id, on_accepted))
     if result.websocket:
-        result.acked = async_to_sync(_group_send_all)([device_group(pk) for pk in result.websocket], outgoing.text,
-                                                      result.event_id, wait_ack)
+        result.acked = async_to_sync(_send_all)(outgoing.channels, outgoing.text, result.event_id, wait_ack)
     log.info("fanout %s ref=%s event=%s websocket=%d fcm=%d", outgoing.event_type, outgoing.ref, result.event_id,
              len(result.websocket), len(pushes))
     return result

@@ -22,6 +22,7 @@ followed by `call.reject` on the handset's socket once the ack is in.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -41,10 +42,13 @@ from tests.e2e.support import (
     devices_by_id,
     error_code,
     eventually,
+    hello,
     presence_of,
     redis_server_binary,
+    reply,
     simulator_api_base,
     sqlite_path,
+    ws_connect,
 )
 from tests.e2e.test_ring_flow import (
     Household,
@@ -354,9 +358,6 @@ def test_after_a_redis_restart_mid_call_the_tablet_reconnects_rings_again_and_th
 
 
 @needs_redis_server
-@pytest.mark.xfail(strict=True, reason="bug: group memberships live only in Redis; a socket that stays open while "
-                   "Redis loses its data (restart without persistence, failover) is in no group any more and "
-                   "gets no frame until it reconnects, while presence still counts it online")
 def test_a_socket_that_stays_open_while_redis_loses_its_data_still_gets_the_next_ring(redis_world):
     redis, server = redis_world
     home = household(server)
@@ -374,9 +375,6 @@ def test_a_socket_that_stays_open_while_redis_loses_its_data_still_gets_the_next
 
 
 @needs_redis_server
-@pytest.mark.xfail(strict=True, reason="bug: a consumer that dies with the Redis connection never runs disconnect(); "
-                   "its connection row stays and this worker's heartbeat keeps it fresh, so the device shows "
-                   "online for as long as the worker lives")
 def test_after_a_redis_restart_a_device_that_does_not_come_back_is_shown_offline(redis_world):
     redis, server = redis_world
     account_home = household(server)
@@ -579,6 +577,23 @@ def test_a_hang_up_reported_while_postgres_is_out_of_reach_still_ends_the_call(p
             proxy.restore()
         # The caller is gone; the call must not stay connected.
         wait_terminal(home, ring.id, timeout=8)
+
+
+@only_postgres
+def test_an_ack_while_postgres_is_out_of_reach_does_not_cost_the_device_its_socket(proxied):
+    proxy, server = proxied
+    home = household(server)
+    tablet = home.tablet()
+    with ws_connect(server, tablet.token) as ws:
+        hello(ws)
+        proxy.cut()
+        try:
+            ws.send(json.dumps({"type": "ack", "id": str(uuid.uuid4())}))
+            time.sleep(0.5)
+        finally:
+            proxy.restore()
+        ws.send(json.dumps({"type": "ping"}))
+        assert reply(ws)["type"] == "pong"
 
 
 def _heard(app: Companion, match) -> None:
