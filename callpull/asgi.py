@@ -38,6 +38,7 @@ class Lifespan:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 startup.announce()
+                await startup.warm_up()
                 self.tasks = [asyncio.create_task(coroutine) for coroutine in startup.background_tasks()]
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":

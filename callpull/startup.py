@@ -1,5 +1,6 @@
 """What a worker says and starts when it comes up."""
 
+import asyncio
 import logging
 from urllib.parse import urlsplit
 
@@ -51,6 +52,13 @@ def background_tasks():
     if settings.SWEEPER_IN_PROCESS:
         tasks.append(sweep_loop())
     return tasks
+
+
+async def warm_up() -> None:
+    """Build what the first ring would otherwise build (the FCM sender), off the loop."""
+    from notifications import fcm
+
+    await asyncio.to_thread(fcm.start)
 
 
 async def shutdown() -> None:

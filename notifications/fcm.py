@@ -175,6 +175,20 @@ def send_many(pushes: Iterable[Push], on_result: Callable[[PushResult], None]) -
     _sender().submit(pushes, on_result, retry_budget=float(settings.FCM_RETRY_BUDGET_SECONDS))
 
 
+def start(timeout: float = 10.0) -> None:
+    """Build the sender now (firebase App, credentials, its loop) and fetch the access
+    token, so the first ring does not pay for them (a few hundred ms). Nothing
+    happens when FCM is off; a token that cannot be fetched yet is fetched by the
+    first push instead."""
+    if not enabled():
+        return
+    sender = _sender()
+    try:
+        asyncio.run_coroutine_threadsafe(sender._ensure_access_token(), sender.loop).result(timeout)
+    except Exception as error:  # noqa: BLE001 - FCM unreachable at start-up is not fatal
+        log.warning("fcm access token not fetched at start-up: %s", error)
+
+
 def shutdown(timeout: float = 5.0) -> None:
     """Let pushes in flight finish for up to `timeout` seconds, cancel the rest (reported
     as "unknown"), deliver the last results and forget the firebase App, so the next
