@@ -205,7 +205,7 @@ async def _hold(server: ServeServer, devices: list[dict], warmup: int, compress:
         await asyncio.to_thread(server.dump, "after")
     n, n_rest = len(first.sockets) + len(rest.sockets), len(rest.sockets)
     failed = first.failed + rest.failed + first.closed_early + rest.closed_early
-    sample.update({"sockets": n, "failed": failed, "connect_s": round(took, 1),
+    sample.update({"sockets": n, "sockets_after_warmup": n_rest, "failed": failed, "connect_s": round(took, 1),
                    "rss_before_mb": round(cold["VmRSS"] / 2**20, 1), "rss_after_mb": round(after["VmRSS"] / 2**20, 1),
                    "kb_per_socket": round((after["VmRSS"] - cold["VmRSS"]) / max(1, n) / 1024, 2),
                    "anon_kb_per_socket": round((after["RssAnon"] - cold["RssAnon"]) / max(1, n) / 1024, 2),
@@ -298,7 +298,8 @@ def _sample(tmp, template, devices, layer, deflate, variant, launcher, warmup, t
         server.start(timeout=300 if trace else 120)  # a loaded machine, tracemalloc: slow imports
         sample = asyncio.run(_hold(server, devices, warmup, deflate, trace))
         if trace:
-            sample["attribution"] = attribution(trace_dir / "warm", trace_dir / "after", len(devices) - warmup)
+            sample["attribution"] = attribution(trace_dir / "warm", trace_dir / "after",
+                                                max(1, sample["sockets_after_warmup"]))
         return sample
     finally:
         server.stop()
