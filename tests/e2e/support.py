@@ -541,9 +541,10 @@ class TcpProxy:
                 while chunk := await source.read(65536):
                     if inspect and self._pattern is not None and self._pattern in chunk:
                         self._pattern = None
-                        self._cut(self._trip_seconds)
+                        if self._trip_seconds >= 0:
+                            self._cut(self._trip_seconds)
                         self.tripped.set()
-                        return
+                        return  # this connection is dropped in any case
                     sink.write(chunk)
                     await sink.drain()
             except (OSError, asyncio.IncompleteReadError):
@@ -589,17 +590,26 @@ class TcpProxy:
         self._call(self._restore)
 
     def cut_on(self, pattern: bytes, seconds: float) -> None:
+        """Armed: the first client→server chunk containing `pattern` is not forwarded and
+        its connection is dropped; then the proxy cuts for `seconds` (0: until restore();
+        negative: it does not cut, only that one connection dies)."""
         def arm():
             self.tripped.clear()
             self._pattern, self._trip_seconds = pattern, seconds
         self._call(arm)
 
     def close(self) -> None:
-        def shut():
+        import asyncio
+
+        async def shut():
             self._server.close()
             self._cut()
+            pumps = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in pumps:
+                task.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
         try:
-            self._call(shut)
+            asyncio.run_coroutine_threadsafe(shut(), self._loop).result(10)
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)

@@ -397,6 +397,42 @@ def _online(server, token, device_id, expected: bool) -> None:
     assert seen is expected, f"online={seen}, expected {expected}"
 
 
+@needs_redis_server
+@pytest.mark.xfail(strict=True, reason="bug: when Redis fails while the ring report sends its frames (after the call "
+                   "and its delivery records were committed) the report answers 503, and its retry finishes the "
+                   "report from the stored records without sending the frames: nobody rings")
+def test_a_report_whose_frames_redis_lost_still_rings_the_secondaries_when_retried(environment, own_fcm,
+                                                                                       tmp_path):
+    redis = PrivateRedis(tmp_path).start()
+    proxy = TcpProxy(("127.0.0.1", redis.port))
+    owner = Servers(environment, "redis-send")
+    try:
+        server = owner.start(name="redis-send", REDIS_URL=proxy.url_for(redis.url), **FAULT_SETTINGS,
+                             **_fcm_settings(own_fcm))
+        home = household(server)
+        tablet = home.tablet()
+        with Companion(server, tablet) as tablet_app:
+            # The connection that carries the ring's frames dies; every other one (the
+            # tablet's own reader) stays up, so the tablet has no reason to reconnect.
+            proxy.cut_on(b"call.ringing", -1)
+            report_id, caller = str(uuid.uuid4()), phone_number()
+            first_try = _report(home, report_id, caller)
+            assert proxy.tripped.is_set()
+            _assert_unavailable(first_try)
+            final, _ = _report_until_answered(home, report_id, caller)
+            assert final.status_code in (200, 201), final.text
+            call_id = final.json()["call"]["id"]
+            try:
+                tablet_app.wait_for("call.ringing", call_id, timeout=3)
+            finally:
+                assert len(tablet_app.connections) == 1
+                ok(home.handset_event(call_id, "caller_hung_up"))
+    finally:
+        owner.close()
+        proxy.close()
+        redis.kill()
+
+
 # The database out of reach for a moment ------------------------------------------------
 
 def _report(home: Household, report_id: str, caller: str):
@@ -471,7 +507,9 @@ def _blip_and_recover(home: Household, tablet_app: Companion, start_fault, end_f
 def _everything_works_again(home: Household, tablet, tablet_app: Companion, handset_app: Companion,
                             calls: list[str]) -> None:
     for call_id in calls:
-        ok(home.handset_event(call_id, "caller_hung_up"))
+        # The caller gives up, unless the ring window closed first and the sweeper ended the call.
+        response = home.handset_event(call_id, "caller_hung_up")
+        assert response.status_code in (200, 409), response.text
         assert home.get_call(call_id)["state"] == "missed"
     ring = home.ring()
     tablet_app.wait_for("call.ringing", ring.id)
