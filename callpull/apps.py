@@ -7,7 +7,7 @@ class CallpullConfig(AppConfig):
 
     def ready(self):
         from callpull import calls
-        from notifications.signals import delivery_acked, device_connected
+        from notifications.signals import deliveries_acked, device_connected
 
         device_connected.connect(calls.on_device_connected, dispatch_uid="callpull.device_connected")
-        delivery_acked.connect(calls.on_delivery_acked, dispatch_uid="callpull.delivery_acked")
+        deliveries_acked.connect(calls.on_deliveries_acked, dispatch_uid="callpull.deliveries_acked")

@@ -244,20 +244,21 @@ def _send_reject(call: Call, *, now: datetime, reason: str) -> bool:
     return True
 
 
-def _reject_if_awaiting(call_id) -> None:
+def _reject_if_awaiting(*call_ids) -> None:
     """`immediate`, answered `awaiting_delivery`: a secondary was reached since
     (an ack, or FCM accepted a push), so the handset may reject now."""
     now = timezone.now()
-    call = (Call.objects.select_related("line")
-            .filter(pk=call_id, state=CallState.RINGING, keep_ringing_reason=AWAITING_DELIVERY,
-                    reject_sent_at__isnull=True).first())
-    if call is not None and _send_reject(call, now=now, reason="delivered"):
-        log.info("reject sent after delivery call=%s", call_id)
+    for call in (Call.objects.select_related("line")
+                 .filter(pk__in=call_ids, state=CallState.RINGING, keep_ringing_reason=AWAITING_DELIVERY,
+                         reject_sent_at__isnull=True)):
+        if _send_reject(call, now=now, reason="delivered"):
+            log.info("reject sent after delivery call=%s", call.pk)
 
 
-def on_delivery_acked(sender, event_type: str, ref, device_id, **kwargs) -> None:
-    if event_type == "call.ringing" and ref is not None:
-        _reject_if_awaiting(ref)
+def on_deliveries_acked(sender, receipts, **kwargs) -> None:
+    rung = {receipt.ref for receipt in receipts if receipt.event_type == "call.ringing" and receipt.ref}
+    if rung:
+        _reject_if_awaiting(*rung)
 
 
 # Answer, decline, handset events ---------------------------------------------

@@ -68,10 +68,6 @@ def _open(device, channel_name):
                                            now=timezone.now())
 
 
-def _ack(event_id, device):
-    fanout.delivery_ack(event_id=event_id, device=device, now=timezone.now())
-
-
 def _connected(device):
     device_connected.send(sender=DeviceConsumer, device=device)
 
@@ -141,6 +137,7 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
 
     async def _forget(self):
         presence.LIVE.discard(self.channel_name)
+        await fanout.ACKS.flush()  # this socket's last acks, recorded before it is gone
         try:
             for group in self.groups:
                 await self.channel_layer.group_discard(group, self.channel_name)
@@ -185,13 +182,7 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
         if waiting is not None and waiting[1] > time.time():
             # Someone waits for this receipt (a ring report): tell them first.
             await self.channel_layer.send(waiting[0], {"type": "ack.receipt", "device": str(self.device.pk)})
-        try:
-            await database_sync_to_async(_ack)(event_id, self.device)
-        except DatabaseError:
-            # The database is out of reach for a moment: the receipt is not recorded (a
-            # waiting ring report got it above), and the socket stays open.
-            log.warning("ack not recorded device=%s event=%s: database unavailable", self.device.pk, event_id,
-                        exc_info=True)
+        fanout.ACKS.add(event_id, self.device.pk, timezone.now())
 
     async def send_error(self, code: str, message: str):
         await self.send_json({"type": "error", "error": {"code": code, "message": message}})

@@ -13,7 +13,7 @@ and a socket may be dead without knowing it. A sender that needs to know at
 once (`wait_ack`) gets a reply channel carried next to the frame; the consumer
 that receives the device's ack forwards it there before anything else, so the
 first receipt is one client round-trip away, across workers too. Every ack is
-also recorded on its delivery row and announced with `delivery_acked`.
+also recorded on its delivery row and announced with `deliveries_acked`, in batches (`ACKS`).
 """
 
 import asyncio
@@ -26,8 +26,8 @@ from datetime import UTC, datetime, timedelta
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.db import close_old_connections
-from django.db.models import Q
+from django.db import DatabaseError, close_old_connections
+from django.db.models import Case, DateTimeField, Q, Value, When
 from django.utils import timezone
 
 from devices.models import Device, DeviceConnection
@@ -35,7 +35,7 @@ from notifications import fcm
 from notifications.events import FRAME_MESSAGE, frame
 from notifications.layers import send_many
 from notifications.models import Delivery, Transport
-from notifications.signals import delivery_acked
+from notifications.signals import deliveries_acked
 
 log = logging.getLogger(__name__)
 
@@ -202,15 +202,84 @@ def any_receipt(*, ref, event_type: str) -> bool:
             .exists())
 
 
+@dataclass(frozen=True)
+class Receipt:
+    event_id: object
+    device_id: object
+    event_type: str
+    ref: object
+
+
 def delivery_ack(*, event_id, device: Device, now: datetime) -> bool:
     """A device confirmed it received an event. False if there was no such delivery
     (or it was acknowledged already); True after recording it and sending
-    `delivery_acked`."""
-    rows = list(Delivery.objects.filter(event_id=event_id, device=device, delivered_at__isnull=True)
-                .values_list("pk", "event_type", "ref"))
-    if not rows or not Delivery.objects.filter(pk__in=[pk for pk, _, _ in rows], delivered_at__isnull=True) \
-            .update(delivered_at=now):
-        return False
-    _, event_type, ref = rows[0]
-    delivery_acked.send(sender=Delivery, event_type=event_type, ref=ref, device_id=device.pk)
-    return True
+    `deliveries_acked`."""
+    return bool(deliveries_ack([(event_id, device.pk, now)]))
+
+
+def deliveries_ack(acks: Sequence[tuple]) -> list[Receipt]:
+    """Record many acks, `(event id, device id, when)` each, in three queries
+    whatever their number; send `deliveries_acked` with the receipts that were
+    new (an event acked twice counts once). Returns those receipts."""
+    if not acks:
+        return []
+    when = {}
+    for event_id, device_id, at in acks:
+        when.setdefault((str(event_id), str(device_id)), at)
+    query = Q()
+    for event_id, device_id in when:
+        query |= Q(event_id=event_id, device_id=device_id)
+    rows = list(Delivery.objects.filter(query, delivered_at__isnull=True)
+                .values_list("pk", "event_id", "device_id", "event_type", "ref"))
+    if not rows:
+        return []
+    stamps = {pk: when[(str(event_id), str(device_id))] for pk, event_id, device_id, _, _ in rows}
+    updated = Delivery.objects.filter(pk__in=list(stamps), delivered_at__isnull=True).update(
+        delivered_at=Case(*(When(pk=pk, then=Value(at)) for pk, at in stamps.items()),
+                          output_field=DateTimeField()))
+    if not updated:
+        return []
+    receipts, seen = [], set()
+    for _, event_id, device_id, event_type, ref in rows:
+        if (event_id, device_id) not in seen:
+            seen.add((event_id, device_id))
+            receipts.append(Receipt(event_id=event_id, device_id=device_id, event_type=event_type, ref=ref))
+    deliveries_acked.send(sender=Delivery, receipts=receipts)
+    return receipts
+
+
+class AckBatcher:
+    """Acks from every socket of this worker, recorded together: each ack would
+    otherwise cost a trip to the database thread and three queries. The first
+    receipt a ring report waits for does not wait for this (the consumer forwards
+    it at once); the records and what follows from them lag by `interval`."""
+
+    def __init__(self, interval: float = 0.02, batch: int = 500):
+        self.interval, self.batch = interval, batch
+        self.pending: list[tuple] = []
+        self.flushing: asyncio.Task | None = None
+
+    def add(self, event_id, device_id, at: datetime) -> None:
+        self.pending.append((event_id, device_id, at))
+        loop = asyncio.get_running_loop()
+        if self.flushing is None or self.flushing.done() or self.flushing.get_loop() is not loop:
+            self.flushing = loop.create_task(self._flush_soon())
+
+    async def _flush_soon(self) -> None:
+        await asyncio.sleep(self.interval)
+        await self.flush()
+
+    async def flush(self) -> None:
+        from channels.db import database_sync_to_async
+
+        while self.pending:
+            chunk, self.pending = self.pending[:self.batch], self.pending[self.batch:]
+            try:
+                await database_sync_to_async(deliveries_ack)(chunk)
+            except DatabaseError:
+                # The database is out of reach for a moment: these receipts are not
+                # recorded (a waiting ring report got its own already).
+                log.warning("%d ack(s) not recorded: database unavailable", len(chunk), exc_info=True)
+
+
+ACKS = AckBatcher()

@@ -6,7 +6,7 @@ from django.dispatch import Signal
 # groups: whatever is still pending for the device can be sent to it now.
 device_connected = Signal()
 
-# Sent (in a worker thread) when a device acknowledged an event, once per event and
-# device, with `event_type`, `ref` (the sender's reference, e.g. a call id) and
-# `device_id`.
-delivery_acked = Signal()
+# Sent (in a worker thread) when devices acknowledged events, with `receipts`: a list
+# of notifications.fanout.Receipt (event_id, device_id, event_type, ref: the sender's
+# reference, e.g. a call id), each new receipt once. Acks are recorded in batches.
+deliveries_acked = Signal()
