@@ -25,6 +25,8 @@ def main() -> None:
     mem.add_argument("--warmup", type=int, default=50, help="sockets opened before the marginal baseline")
     mem.add_argument("--trace", action="store_true", help="tracemalloc + gc type counts in the server")
     mem.add_argument("--out", default="", help="write samples and medians as JSON here")
+    from bench import soak
+    soak.add_arguments(sub.add_parser("soak", help="minutes of calls with random faults; writes bench/results/soak.*"))
     again = sub.add_parser("report", help="rewrite latest.md/plots from a raw results file")
     again.add_argument("raw", nargs="+", help="one or more raw files; several are merged (ring cells and memory "
                        "rows appended, FCM and webhook from the last file that has them)")
@@ -43,6 +45,8 @@ def main() -> None:
                    variants=[v.strip() for v in args.variants.split(";") if v.strip()], launcher=args.launcher,
                    repeat=args.repeat, warmup=args.warmup, trace=args.trace,
                    out=Path(args.out) if args.out else None)
+    elif args.command == "soak":
+        raise SystemExit(soak.command(args))
     elif args.command == "profile":
         from bench import profile
         profile.run()
