@@ -188,16 +188,26 @@ def _finish_report(call: Call) -> Instruction:
     from what was recorded; else answer what was decided."""
     if call.reject_sent_at is not None or call.keep_ringing_reason or call.state != CallState.RINGING:
         return instruction_of(call)
+    immediate = call.policy == Policy.IMMEDIATE
     if call.line.forwarding_state != ForwardingState.ACTIVE:
         instruction = Instruction(KEEP_RINGING, "forwarding_not_active")
     elif not Delivery.objects.filter(ref=call.pk, event_type="call.ringing").exists():
         instruction = Instruction(KEEP_RINGING, "no_reachable_device")
-    elif call.policy != Policy.IMMEDIATE:
-        instruction = Instruction(KEEP_RINGING, "policy_on_answer")
-    elif any_receipt(ref=call.pk, event_type="call.ringing"):
-        instruction = Instruction(REJECT)
     else:
-        instruction = Instruction(KEEP_RINGING, AWAITING_DELIVERY)
+        reached = any_receipt(ref=call.pk, event_type="call.ringing")
+        if not reached:
+            # The first attempt may have failed before or while its frames left (the
+            # channel layer went away): ring the sockets again (apps de-duplicate by
+            # call id; its pushes went out before the frames).
+            result = notify(call, "call.ringing", ring_targets(call), now=timezone.now(), push=False,
+                            wait_ack=settings.RING_ACK_WAIT_SECONDS if immediate else 0)
+            reached = bool(result.acked)
+        if not immediate:
+            instruction = Instruction(KEEP_RINGING, "policy_on_answer")
+        elif reached:
+            instruction = Instruction(REJECT)
+        else:
+            instruction = Instruction(KEEP_RINGING, AWAITING_DELIVERY)
     instruction = _store_instruction(call, instruction, now=timezone.now(), transport="http")
     log.info("call report finished on a retry call=%s instruction=%s/%s", call.pk, instruction.action,
              instruction.reason)

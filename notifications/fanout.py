@@ -29,6 +29,7 @@ from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 from django.db.models import Case, DateTimeField, Q, Value, When
 from django.utils import timezone
+from redis.exceptions import RedisError
 
 from devices.models import Device, DeviceConnection
 from notifications import fcm
@@ -81,7 +82,13 @@ async def _send_all(channels: list[str], text: str, event_id: str, wait_ack: flo
         # The consumer forwards an ack only before `ack_by`: a receipt nobody waits
         # for any more would sit in the layer until it expires.
         message.update(ack_to=reply, ack_by=time.time() + wait_ack)
-    await send_many(layer, channels, message)
+    try:
+        await send_many(layer, channels, message)
+    except (ConnectionError, OSError, RedisError):
+        # One broken connection (a Redis restart, a proxy dropping it): once more on
+        # a fresh one before giving up. A copy may arrive twice; apps de-duplicate.
+        log.warning("sending %s failed; once more", event_id, exc_info=True)
+        await send_many(layer, channels, message)
     if reply is None:
         return []
     try:
