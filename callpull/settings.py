@@ -143,6 +143,18 @@ if urlsplit(_database_url).scheme not in {"sqlite", "postgres", "postgresql", "p
         "(use sqlite:// or postgres://)"
     )
 DATABASES = {"default": dj_database_url.parse(_database_url, conn_max_age=0)}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Under ASGI every request runs in a thread of its own, so persistent connections
+    # (CONN_MAX_AGE) are never reused: without a pool each request and each consumer
+    # database call would open a connection (a few ms, most of a ring report's time).
+    # Django has the pool check a connection as it lends it, so one the database
+    # dropped (a restart, a blip) is replaced instead of failing the request.
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": env_int("DATABASE_POOL_MIN", 2, minimum=0),
+        "max_size": env_int("DATABASE_POOL_MAX", 20, minimum=1),
+        "timeout": env_float("DATABASE_POOL_TIMEOUT_SECONDS", 2.0, minimum=0.1),
+    }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL and a busy timeout let the sweeper, HTTP and WebSocket threads share the file.
     DATABASES["default"]["OPTIONS"] = {

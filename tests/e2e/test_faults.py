@@ -557,11 +557,14 @@ def test_postgres_out_of_reach_for_a_moment_answers_503_never_500_and_leaves_one
             proxy.restore()
         outcome, first_try = _blip_and_recover(home, tablet_app, proxy.cut, restore_after_a_moment,
                                                fault_seconds=2)
-        # Every request made while the database was unreachable was told to come back.
-        assert [response.status_code for response in first_try] == [503] * 5, \
+        # Every request made while the database was unreachable was told to come back
+        # (503), or waited for a pooled connection until it was back (at most
+        # DATABASE_POOL_TIMEOUT_SECONDS) and was answered; never a 500.
+        codes = [response.status_code for response in first_try]
+        assert set(codes) <= {503, 201, 200}, \
             [(response.status_code, response.text[:80]) for response in first_try]
         # A report that got 503 left nothing behind: its retry made the call (201, not 200).
-        assert all(final.status_code == 201 for _, final in outcome.values())
+        assert all(final.status_code == 201 for first, final in outcome.values() if first.status_code == 503)
         # The sockets rode it out or came back.
         handset_app.wait_connected()
         tablet_app.wait_connected()
