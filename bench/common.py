@@ -25,7 +25,8 @@ POSTGRES_URL = os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0
 REDIS_BASE = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
 # Product variables a developer's shell may set; the benchmark servers get only ours.
 _SCRUB = ("DATABASE_URL", "REDIS_URL", "FCM_CREDENTIALS_FILE", "FCM_ENDPOINT", "TWILIO_API_BASE",
-          "PUBLIC_BASE_URL", "SERVER_NUMBERS", "DEBUG", "LOG_LEVEL")
+          "PUBLIC_BASE_URL", "SERVER_NUMBERS", "DEBUG", "LOG_LEVEL", "SECRET_KEY", "ALLOWED_HOSTS",
+          "TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN")
 NCPU = os.cpu_count() or 1
 SERVER_CORES = {0}
 CLIENT_CORES = {1} if NCPU > 1 else {0}
@@ -100,11 +101,19 @@ def claim_redis_db() -> tuple[str, object]:
     raise RuntimeError("no free Redis database")
 
 
-def server_env(database_url: str, redis_url: str | None, **extra) -> dict[str, str]:
+def server_env(database_url: str, redis_url: str | None, *, production: bool = False, **extra) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
     env.update({"DJANGO_SETTINGS_MODULE": "callpull.settings", "PYTHONUNBUFFERED": "1",
                 "DATABASE_URL": database_url, "PUBLIC_BASE_URL": PUBLIC_BASE_URL,
                 "SERVER_NUMBERS": SERVER_NUMBER, "LOG_LEVEL": "WARNING"})
+    if production and os.environ.get("BENCH_DEBUG", "false").lower() != "true":
+        # As production runs (docs/SECURITY.md): DEBUG off, which needs the provider's
+        # credentials; the ring path never reaches the provider's REST API. DEBUG on (the
+        # `make run` default, kept by BENCH_DEBUG=true) records every query's SQL.
+        env.update({"DEBUG": "false", "SECRET_KEY": "bench-" + "k" * 50, "ALLOWED_HOSTS": "127.0.0.1,localhost",
+                    "TWILIO_ACCOUNT_SID": "AC" + "0" * 32, "TWILIO_AUTH_TOKEN": TWILIO_AUTH_TOKEN,
+                    "TWILIO_API_BASE": "http://127.0.0.1:9", "SECURE_SSL_REDIRECT": "false",
+                    "SECURE_HSTS_SECONDS": "0", "SECURE_COOKIES": "false"})
     if redis_url:
         env["REDIS_URL"] = redis_url
     env.update({k: str(v) for k, v in extra.items()})

@@ -28,7 +28,7 @@ def run(sockets: int = 1000, rate: float = 10, duration: float = 20) -> Path:
     RAW.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="callpull-profile-"))
     db = Database("sqlite", tmp)
-    env = common.server_env(db.url, None, CALL_RING_SECONDS=60, PRESENCE_STALE_SECONDS=600)
+    env = common.server_env(db.url, None, production=True, CALL_RING_SECONDS=60, PRESENCE_STALE_SECONDS=600)
     common.migrate(env)
     seed = common.seed(env, sockets // 5, ringrun.SECONDARIES, "immediate", tmp / "seed.json")
     server = Server("callpull.asgi:application", env, tmp / "server.log").start()

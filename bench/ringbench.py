@@ -1,7 +1,8 @@
 """The ring path and its floor: N authenticated WebSockets, open-loop ring reports.
 
 One asyncio client process (aiohttp for HTTP and WebSocket), pinned to the client
-core. Each ring report is stamped with time.time() just before the POST; every
+core. Every device acks each `call.ringing` as soon as it is read, as an app does.
+Each ring report is stamped with time.time() just before the POST; every
 `call.ringing` frame is stamped with time.time() as it is read; both on one host
 clock. Frames are matched to their ring by the caller number (unique per ring).
 """
@@ -80,8 +81,11 @@ class Fleet:
             data = message.data
             if '"call.ringing"' not in data:
                 continue
-            caller = json.loads(data)["call"]["caller"]
-            arrivals.setdefault(caller, []).append((now, device_id))
+            event = json.loads(data)
+            arrivals.setdefault(event["call"]["caller"], []).append((now, device_id))
+            # As an app does: acknowledge at once (the product's `immediate` waits for the
+            # first receipt; the floor ignores it).
+            await ws.send_str(f'{{"type":"ack","id":"{event["id"]}"}}')
             if len(sizes) < 200:
                 sizes.append(len(data))
         self.closed_early += 1

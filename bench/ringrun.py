@@ -58,7 +58,7 @@ def run_config(config: dict, sockets_list: list[int], rates: list[float], durati
         users = max(1, sockets // (SECONDARIES + 1))
         db, redis_url, redis_client = _config_env(config, tmp)
         try:
-            env = common.server_env(db.url, redis_url, RATE_LIMIT_SIGNUP=100000, CALL_RING_SECONDS=60,
+            env = common.server_env(db.url, redis_url, production=True, RATE_LIMIT_SIGNUP=100000, CALL_RING_SECONDS=60,
                                     PRESENCE_STALE_SECONDS=600)
             common.migrate(env)
             seed = common.seed(env, users, SECONDARIES, "immediate", tmp / f"seed-{db.name}.json")

@@ -37,7 +37,7 @@ PROFILES = {
 def run(profile: str, only: set[str] | None = None, overrides: dict | None = None) -> Path:
     spec = dict(PROFILES[profile])
     for key, value in (overrides or {}).items():
-        if key == "configs":
+        if key == "configs" and value:
             spec["configs"] = [c for c in spec["configs"] if c["name"] in value]
         elif value:
             spec[key] = value
