@@ -136,7 +136,7 @@ def seed(env: dict, users: int, secondaries: int, policy: str, out: Path, prefix
 
 
 class Server:
-    """uvicorn on `app` (callpull.asgi:application or bench.floor.app:application)."""
+    """The product (`manage.py serve`) or the floor (uvicorn on bench.floor.app:application)."""
 
     def __init__(self, app: str, env: dict, log_path: Path, *, workers: int = 1, deflate: bool = False,
                  pin: bool = True):
@@ -154,12 +154,19 @@ class Server:
         return f"ws://127.0.0.1:{self.port}/ws/v1/"
 
     def start(self, timeout: float = 60) -> Server:
-        command = [sys.executable, "-m", "uvicorn", self.app, "--host", "127.0.0.1", "--port", str(self.port),
-                   "--lifespan", "auto", "--ws-per-message-deflate", "true" if self.deflate else "false",
-                   "--no-access-log", "--log-level", "warning", "--timeout-graceful-shutdown", "3",
-                   "--backlog", "8192"]
-        if self.workers > 1:
-            command += ["--workers", str(self.workers)]
+        if self.app == "callpull.asgi:application":
+            # The product as it is deployed: `manage.py serve` (its WebSocket protocol, ping
+            # settings and lifespan), not a hand-made uvicorn command line.
+            command = [sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                       "--log-level", "warning", "--ws-per-message-deflate", "true" if self.deflate else "false",
+                       "--workers", str(self.workers)]
+        else:
+            command = [sys.executable, "-m", "uvicorn", self.app, "--host", "127.0.0.1", "--port", str(self.port),
+                       "--lifespan", "auto", "--ws-per-message-deflate", "true" if self.deflate else "false",
+                       "--no-access-log", "--log-level", "warning", "--timeout-graceful-shutdown", "3",
+                       "--backlog", "8192"]
+            if self.workers > 1:
+                command += ["--workers", str(self.workers)]
         pin = SERVER_CORES if (self.pin and NCPU > 1) else None
         with open(self.log_path, "ab") as log_file:
             self.process = subprocess.Popen(
