@@ -27,6 +27,9 @@ def main() -> None:
     mem.add_argument("--out", default="", help="write samples and medians as JSON here")
     from bench import soak
     soak.add_arguments(sub.add_parser("soak", help="minutes of calls with random faults; writes bench/results/soak.*"))
+    from bench import fcmring
+    fcmring.add_arguments(sub.add_parser("fcmring", help="ring report latency with FCM healthy, slow and failing; "
+                                         "writes bench/results/fcm-ring.*"))
     again = sub.add_parser("report", help="rewrite latest.md/plots from a raw results file")
     again.add_argument("raw", nargs="+", help="one or more raw files; several are merged (ring cells and memory "
                        "rows appended, FCM and webhook from the last file that has them)")
@@ -47,6 +50,8 @@ def main() -> None:
                    out=Path(args.out) if args.out else None)
     elif args.command == "soak":
         raise SystemExit(soak.command(args))
+    elif args.command == "fcmring":
+        raise SystemExit(fcmring.command(args))
     elif args.command == "profile":
         from bench import profile
         profile.run()

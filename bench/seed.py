@@ -44,8 +44,10 @@ def main(users: int, secondaries: int, policy: str, out: str, prefix: str) -> No
                 line_services.line_update(line=line, data={"policy": policy})
             devices = []
             for k in range(secondaries):
-                reg = device_services._create_device(
-                    user=user, data={"name": f"tablet {k}", "kind": "tablet", "platform": "android"}, now=now)
+                data = {"name": f"tablet {k}", "kind": "tablet", "platform": "android"}
+                if k < int(os.environ.get("BENCH_SEED_FCM_PER_USER", "0")):  # bench/fcmring.py
+                    data["fcm_token"] = f"bench-{prefix}-{index}-{k}-" + "t" * 40
+                reg = device_services._create_device(user=user, data=data, now=now)
                 devices.append({"id": str(reg.device.pk), "token": reg.token})
             result.append({"user_id": user.pk, "line": line.number,
                            "handset": {"id": str(handset.device.pk), "token": handset.token},

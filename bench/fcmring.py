@@ -1,0 +1,146 @@
+"""Ring report latency while FCM is healthy, slow or failing (issue 6: "unaffected
+(within 10%) when FCM answers slowly or fails").
+
+    .venv/bin/python -m bench fcmring [--sockets 1000] [--rates 10,50] [--duration 10]
+
+Embedded configuration (SQLite, in-memory layer, `manage.py serve`, DEBUG off), the
+fake FCM (`manage.py fakefcm`, 20 ms latency) in its own process; every user has a
+handset and four tablets on WebSockets that ack, and two of the tablets also carry an
+FCM token, so every ring sends two pushes besides its four frames. The same fleet and
+rates run three times: FCM healthy, FCM slow (every request delayed 1 s) and FCM failing
+(every request answered 503). Results: bench/results/fcm-ring.{json,md}.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from bench import common
+from bench.common import RESULTS, ROOT, Database, Server, log
+from bench.ringbench import Fleet, log_cell, ring_cell
+
+MODES = {
+    "healthy": None,
+    "slow (+1 s per request)": {"delay_ms": 1000},
+    "failing (503 to every request)": {"fail": "unavailable"},
+}
+
+
+def _start_fake(tmp: Path, env: dict) -> tuple[subprocess.Popen, str, Path]:
+    port = common.free_port()
+    creds = tmp / "fake-fcm.json"
+    log_file = open(tmp / "fakefcm.log", "ab")
+    fake = subprocess.Popen([sys.executable, "manage.py", "fakefcm", "--port", str(port), "--latency-ms", "20",
+                             "--credentials-out", str(creds)], cwd=ROOT, env=env, stdout=log_file,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url + "/_fake/rules", timeout=1, trust_env=False)
+            if creds.exists():
+                return fake, url, creds
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    fake.kill()
+    raise RuntimeError("the fake FCM did not start")
+
+
+async def _cells(server: Server, seed: list, fake_url: str, rates: list[float], duration: float) -> list[dict]:
+    fleet = Fleet(server.ws_url, seed)
+    await fleet.connect()
+    log(f"fcmring: {len(fleet.sockets)} sockets connected ({fleet.failed} failed)")
+    cells = []
+    try:
+        for mode, rule in MODES.items():
+            httpx.delete(fake_url + "/_fake/rules", trust_env=False)
+            if rule:
+                httpx.post(fake_url + "/_fake/rules", json=rule, trust_env=False).raise_for_status()
+            for rate in rates:
+                cell = await ring_cell(fleet, server.base_url, rate=rate, duration=max(duration, 20 / rate),
+                                       server=server)
+                cell.update({"fcm": mode, "sockets": len(fleet.sockets), "load": common.load()})
+                log_cell(f"fcmring {mode:>30s} rate={rate:g}/s", cell)
+                cells.append(cell)
+    finally:
+        httpx.delete(fake_url + "/_fake/rules", trust_env=False)
+        await fleet.close()
+    return cells
+
+
+def markdown(cells: list[dict], meta: dict) -> str:
+    lines = ["# Ring report latency with FCM healthy, slow and failing", "",
+             f"Command: `{meta['command']}`. {meta['started']}, {meta['sockets']} sockets, 2 pushes and 4 frames "
+             f"per ring, load at start {meta['load_start']}.", "",
+             "| FCM | rate | rings ok/sent | HTTP p50 / p95 / p99 / max (ms) | p99 vs healthy | frame p50 / p99 (ms) "
+             "| frames lost | server CPU |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    healthy = {c["rate"]: c["http_ms"]["p99"] for c in cells if c["fcm"] == "healthy"}
+    for c in cells:
+        h, f = c["http_ms"], c["frame_ms"]
+        base = healthy.get(c["rate"])
+        ratio = f"{h['p99'] / base:.2f}x" if base and h["p99"] else "–"
+        lines.append(f"| {c['fcm']} | {c['rate']:g}/s | {c['rings_ok']}/{c['rings_sent']} | {h['p50']} / {h['p95']} / "
+                     f"{h['p99']} / {h['max']} | {ratio} | {f['p50']} / {f['p99']} | {c['frames_lost']} | "
+                     f"{c['server_cpu_pct']}% |")
+    return "\n".join(lines) + "\n"
+
+
+def run(sockets: int, rates: list[float], duration: float) -> Path:
+    common.pin_self_to_client_cores()
+    common.raise_nofile(65536)
+    tmp = Path(tempfile.mkdtemp(prefix="callpull-fcmring-"))
+    meta = {"command": ".venv/bin/python -m bench " + " ".join(sys.argv[1:]), "sockets": sockets,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "load_start": common.load()}
+    db = Database("sqlite", tmp)
+    base_env = common.server_env(db.url, None, production=True, RATE_LIMIT_SIGNUP=100000, CALL_RING_SECONDS=60,
+                                 PRESENCE_STALE_SECONDS=600)
+    fake, fake_url, creds = _start_fake(tmp, base_env)
+    try:
+        env = {**base_env, "FCM_CREDENTIALS_FILE": str(creds), "FCM_ENDPOINT": fake_url}
+        common.migrate(env)
+        users = max(1, sockets // 5)
+        seed = common.seed({**env, "BENCH_SEED_FCM_PER_USER": "2"}, users, 4, "immediate", tmp / "seed.json")
+        server = Server("callpull.asgi:application", env, tmp / "server.log").start()
+        try:
+            cells = asyncio.run(_cells(server, seed, fake_url, rates, duration))
+        finally:
+            server.stop()
+    finally:
+        fake.terminate()
+        fake.wait(10)
+        db.close()
+    for cell in cells:
+        cell.pop("raw", None)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "fcm-ring.json").write_text(json.dumps({"meta": meta, "cells": cells}, indent=1))
+    path = RESULTS / "fcm-ring.md"
+    path.write_text(markdown(cells, meta))
+    log(f"wrote {path}")
+    return path
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--sockets", type=int, default=1000)
+    parser.add_argument("--rates", default="10,50")
+    parser.add_argument("--duration", type=float, default=10.0)
+
+
+def command(args) -> int:
+    print(run(args.sockets, [float(x) for x in args.rates.split(",")], args.duration).read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    raise SystemExit(command(parser.parse_args()))
