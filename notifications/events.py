@@ -9,7 +9,6 @@ import json
 import uuid
 from datetime import datetime
 
-from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.core.serializers.json import DjangoJSONEncoder
 from django.utils import timezone
@@ -36,10 +35,6 @@ def frame(event_type: str, *, at: datetime | None = None, **payload) -> tuple[st
 
 async def send_to_group(group: str, text: str) -> None:
     await get_channel_layer().group_send(group, {"type": FRAME_MESSAGE, "text": text})
-
-
-def send_to_group_sync(group: str, text: str) -> None:
-    async_to_sync(get_channel_layer().group_send)(group, {"type": FRAME_MESSAGE, "text": text})
 
 
 async def close_group(group: str, code: int) -> None:

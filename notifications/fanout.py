@@ -48,10 +48,6 @@ class FanoutResult:
     fcm: list = field(default_factory=list)        # device ids a push was queued for
     acked: list = field(default_factory=list)      # device ids whose ack came back while we waited
 
-    @property
-    def reached_any(self) -> bool:
-        return bool(self.websocket)
-
 
 def online_device_ids(device_ids, now: datetime) -> dict:
     """The devices among `device_ids` with a live socket: device id → its sockets'
