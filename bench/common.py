@@ -135,6 +135,39 @@ def seed(env: dict, users: int, secondaries: int, policy: str, out: Path, prefix
     return json.loads(out.read_text())
 
 
+def start_fake_fcm(tmp: Path, env: dict, *, latency_ms: int = 20,
+                   pin: set | None = None) -> tuple[subprocess.Popen, str, Path]:
+    """`manage.py fakefcm` in its own process; returns (process, its URL, the
+    service-account file that points firebase-admin at it)."""
+    port = free_port()
+    creds = tmp / "fake-fcm-service-account.json"
+    with open(tmp / "fakefcm.log", "ab") as log_file:
+        fake = subprocess.Popen([sys.executable, "manage.py", "fakefcm", "--port", str(port), "--latency-ms",
+                                 str(latency_ms), "--credentials-out", str(creds)], cwd=ROOT, env=env,
+                                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=(lambda: os.sched_setaffinity(0, pin)) if pin else None)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url + "/_fake/rules", timeout=1, trust_env=False)
+            if creds.exists():
+                return fake, url, creds
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    stop_process(fake)
+    raise RuntimeError("the fake FCM did not start")
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
 class Server:
     """The product (`manage.py serve`) or the floor (uvicorn on bench.floor.app:application)."""
 

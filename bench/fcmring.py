@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 import httpx
 
 from bench import common
-from bench.common import RESULTS, ROOT, Database, Server, log
+from bench.common import RESULTS, Database, Server, log
 from bench.ringbench import Fleet, log_cell, ring_cell
 
 MODES = {
@@ -31,27 +30,6 @@ MODES = {
     "slow (+1 s per request)": {"delay_ms": 1000},
     "failing (503 to every request)": {"fail": "unavailable"},
 }
-
-
-def _start_fake(tmp: Path, env: dict) -> tuple[subprocess.Popen, str, Path]:
-    port = common.free_port()
-    creds = tmp / "fake-fcm.json"
-    log_file = open(tmp / "fakefcm.log", "ab")
-    fake = subprocess.Popen([sys.executable, "manage.py", "fakefcm", "--port", str(port), "--latency-ms", "20",
-                             "--credentials-out", str(creds)], cwd=ROOT, env=env, stdout=log_file,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(url + "/_fake/rules", timeout=1, trust_env=False)
-            if creds.exists():
-                return fake, url, creds
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    fake.kill()
-    raise RuntimeError("the fake FCM did not start")
 
 
 async def _cells(server: Server, seed: list, fake_url: str, rates: list[float], duration: float) -> list[dict]:
@@ -102,7 +80,7 @@ def run(sockets: int, rates: list[float], duration: float) -> Path:
     db = Database("sqlite", tmp)
     base_env = common.server_env(db.url, None, production=True, RATE_LIMIT_SIGNUP=100000, CALL_RING_SECONDS=60,
                                  PRESENCE_STALE_SECONDS=600)
-    fake, fake_url, creds = _start_fake(tmp, base_env)
+    fake, fake_url, creds = common.start_fake_fcm(tmp, base_env)
     try:
         env = {**base_env, "FCM_CREDENTIALS_FILE": str(creds), "FCM_ENDPOINT": fake_url}
         common.migrate(env)
@@ -114,8 +92,7 @@ def run(sockets: int, rates: list[float], duration: float) -> Path:
         finally:
             server.stop()
     finally:
-        fake.terminate()
-        fake.wait(10)
+        common.stop_process(fake)
         db.close()
     for cell in cells:
         cell.pop("raw", None)

@@ -13,8 +13,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
 from bench import common, report, ringrun, webhook
 from bench.common import RAW, ROOT, Database, Server, log
 
@@ -90,27 +88,13 @@ def run(profile: str, only: set[str] | None = None, overrides: dict | None = Non
 
 
 def run_fcm(sizes: list[int], repeats: int, tmp: Path) -> list[dict]:
-    port = common.free_port()
-    creds = tmp / "fake-fcm-service-account.json"
     env = common.server_env(f"sqlite:///{tmp / 'fcm-main.sqlite3'}", None)
     pin = common.SERVER_CORES if common.NCPU > 1 else None
-    fake_log = open(tmp / "fakefcm.log", "ab")
-    fake = subprocess.Popen([sys.executable, "manage.py", "fakefcm", "--port", str(port), "--latency-ms", "20",
-                             "--credentials-out", str(creds)], cwd=ROOT, env=env, stdout=fake_log,
-                            stderr=subprocess.STDOUT, start_new_session=True,
-                            preexec_fn=(lambda: os.sched_setaffinity(0, pin)) if pin else None)
+    fake, url, creds = common.start_fake_fcm(tmp, env, latency_ms=20, pin=pin)
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/_fake/rules", timeout=1, trust_env=False)
-                if creds.exists():
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
         out = tmp / "fcm.json"
         bench_env = {**env, "DJANGO_SETTINGS_MODULE": "bench.fcm_settings", "BENCH_FCM_DB": str(tmp / "fcm.sqlite3"),
-                     "FCM_CREDENTIALS_FILE": str(creds), "FCM_ENDPOINT": f"http://127.0.0.1:{port}",
+                     "FCM_CREDENTIALS_FILE": str(creds), "FCM_ENDPOINT": url,
                      "FCM_HTTP_TIMEOUT_SECONDS": "10", "FCM_RETRY_BUDGET_SECONDS": "10"}
         done = subprocess.run([sys.executable, "-m", "bench.fcmbench", ",".join(map(str, sizes)), str(repeats),
                                str(out)], cwd=ROOT, env=bench_env, timeout=900)
@@ -118,12 +102,7 @@ def run_fcm(sizes: list[int], repeats: int, tmp: Path) -> list[dict]:
             raise RuntimeError("fcm benchmark failed")
         return json.loads(out.read_text())
     finally:
-        fake.terminate()
-        try:
-            fake.wait(10)
-        except subprocess.TimeoutExpired:
-            fake.kill()
-        fake_log.close()
+        common.stop_process(fake)
 
 
 def run_webhook(rounds: int, tmp: Path, concurrency: int = 20) -> dict:
