@@ -9,6 +9,14 @@ handset and four tablets on WebSockets that ack, and two of the tablets also car
 FCM token, so every ring sends two pushes besides its four frames. The same fleet and
 rates run three times: FCM healthy, FCM slow (every request delayed 1 s) and FCM failing
 (every request answered 503). Results: bench/results/fcm-ring.{json,md}.
+
+Cells are kept apart: no call ends during the run (CALL_FORWARD_WAIT_SECONDS is an hour,
+so the sweeper sends no `call.ended`, with its pushes, into a later cell), and after each
+cell the benchmark waits SETTLE_SECONDS, longer than a push can keep retrying (retry
+budget + one request timeout), before the next one starts. Besides latency, each cell
+reports what does not depend on the machine's other load: the server's CPU per ring
+over the cell and its settling time (every push's retries and results included), and
+the requests the fake FCM received per push.
 """
 from __future__ import annotations
 
@@ -24,6 +32,10 @@ import httpx
 from bench import common
 from bench.common import RESULTS, Database, Server, log
 from bench.ringbench import Fleet, log_cell, ring_cell
+
+# Longer than a push may keep retrying: FCM_RETRY_BUDGET_SECONDS (4) + FCM_HTTP_TIMEOUT_SECONDS (3) + 1.
+SETTLE_SECONDS = 8.0
+PUSHES_PER_RING = 2
 
 MODES = {
     "healthy": None,
@@ -43,9 +55,15 @@ async def _cells(server: Server, seed: list, fake_url: str, rates: list[float], 
             if rule:
                 httpx.post(fake_url + "/_fake/rules", json=rule, trust_env=False).raise_for_status()
             for rate in rates:
+                cpu0, requests0 = server.cpu_seconds(), _fake_requests(fake_url)
                 cell = await ring_cell(fleet, server.base_url, rate=rate, duration=max(duration, 20 / rate),
                                        server=server)
                 cell.update({"fcm": mode, "sockets": len(fleet.sockets), "load": common.load()})
+                await asyncio.sleep(SETTLE_SECONDS)
+                rings = max(1, cell["rings_ok"])
+                cell["server_cpu_ms_per_ring"] = round((server.cpu_seconds() - cpu0) * 1000 / rings, 2)
+                cell["fcm_requests_per_push"] = round((_fake_requests(fake_url) - requests0)
+                                                      / (rings * PUSHES_PER_RING), 2)
                 log_cell(f"fcmring {mode:>30s} rate={rate:g}/s", cell)
                 cells.append(cell)
     finally:
@@ -54,12 +72,19 @@ async def _cells(server: Server, seed: list, fake_url: str, rates: list[float], 
     return cells
 
 
+def _fake_requests(fake_url: str) -> int:
+    return httpx.get(fake_url + "/_fake", trust_env=False).json()["requests"]
+
+
 def markdown(cells: list[dict], meta: dict) -> str:
     lines = ["# Ring report latency with FCM healthy, slow and failing", "",
              f"Command: `{meta['command']}`. {meta['started']}, {meta['sockets']} sockets, 2 pushes and 4 frames "
-             f"per ring, load at start {meta['load_start']}.", "",
+             f"per ring, load at start {meta['load_start']}. *Server CPU per ring*: the server process's CPU over "
+             f"the cell and the {SETTLE_SECONDS:g} s after it (every retry and result of its pushes), per ring; "
+             "*FCM requests per push*: send requests the fake received, per push.", "",
              "| FCM | rate | rings ok/sent | HTTP p50 / p95 / p99 / max (ms) | p99 vs healthy | frame p50 / p99 (ms) "
-             "| frames lost | server CPU |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| frames lost | server CPU | server CPU per ring (ms) | FCM requests per push | load 1m |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     healthy = {c["rate"]: c["http_ms"]["p99"] for c in cells if c["fcm"] == "healthy"}
     for c in cells:
         h, f = c["http_ms"], c["frame_ms"]
@@ -67,7 +92,8 @@ def markdown(cells: list[dict], meta: dict) -> str:
         ratio = f"{h['p99'] / base:.2f}x" if base and h["p99"] else "–"
         lines.append(f"| {c['fcm']} | {c['rate']:g}/s | {c['rings_ok']}/{c['rings_sent']} | {h['p50']} / {h['p95']} / "
                      f"{h['p99']} / {h['max']} | {ratio} | {f['p50']} / {f['p99']} | {c['frames_lost']} | "
-                     f"{c['server_cpu_pct']}% |")
+                     f"{c['server_cpu_pct']}% | {c.get('server_cpu_ms_per_ring', '–')} | "
+                     f"{c.get('fcm_requests_per_push', '–')} | {c['load'][0]} |")
     return "\n".join(lines) + "\n"
 
 
@@ -79,7 +105,7 @@ def run(sockets: int, rates: list[float], duration: float) -> Path:
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "load_start": common.load()}
     db = Database("sqlite", tmp)
     base_env = common.server_env(db.url, None, production=True, RATE_LIMIT_SIGNUP=100000, CALL_RING_SECONDS=60,
-                                 PRESENCE_STALE_SECONDS=600)
+                                 CALL_FORWARD_WAIT_SECONDS=3600, PRESENCE_STALE_SECONDS=600)
     fake, fake_url, creds = common.start_fake_fcm(tmp, base_env)
     try:
         env = {**base_env, "FCM_CREDENTIALS_FILE": str(creds), "FCM_ENDPOINT": fake_url}

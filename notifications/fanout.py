@@ -21,18 +21,18 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError
 from django.db.models import Case, DateTimeField, Q, Value, When
 from django.utils import timezone
 from redis.exceptions import RedisError
 
 from devices.models import Device, DeviceConnection
-from notifications import fcm
+from notifications import fcm, push_results
 from notifications.events import FRAME_MESSAGE, frame
 from notifications.layers import send_many
 from notifications.models import Delivery, Transport
@@ -106,6 +106,7 @@ class Outgoing:
     channels: list = field(default_factory=list)
     pushes: list = field(default_factory=list)
     on_fcm_accepted: Callable[[object], None] | None = None
+    deliveries: list = field(default_factory=list)  # the Delivery rows written, in the order written
 
 
 def fanout_prepare(*, event_type: str, payload: dict, devices: Sequence[Device], ref, now: datetime,
@@ -137,14 +138,14 @@ def fanout_prepare(*, event_type: str, payload: dict, devices: Sequence[Device],
         result.fcm = [device.pk for device in devices if device.fcm_token]
 
     sent_at = timezone.now()
-    Delivery.objects.bulk_create(
+    deliveries = Delivery.objects.bulk_create(
         [Delivery(event_id=event_id, event_type=event_type, ref=ref, device_id=pk, transport=Transport.WEBSOCKET,
                   queued_at=now, sent_at=sent_at, attempts=1) for pk in result.websocket]
         + [Delivery(event_id=event_id, event_type=event_type, ref=ref, device_id=push.device_id,
                     transport=Transport.FCM, queued_at=now) for push in pushes]
     )
     return Outgoing(result=result, event_type=event_type, ref=ref, text=text, channels=channels, pushes=pushes,
-                    on_fcm_accepted=on_fcm_accepted)
+                    on_fcm_accepted=on_fcm_accepted, deliveries=deliveries)
 
 
 def fanout_send(outgoing: Outgoing, *, wait_ack: float = 0) -> FanoutResult:
@@ -156,8 +157,8 @@ def fanout_send(outgoing: Outgoing, *, wait_ack: float = 0) -> FanoutResult:
         return result
     # Pushes first: FCM's round trip then overlaps the wait for a WebSocket receipt.
     if pushes:
-        event_id, on_accepted = result.event_id, outgoing.on_fcm_accepted
-        fcm.send_many(pushes, on_result=lambda push_result: _fcm_done(push_result, event_id, on_accepted))
+        # Outcomes are recorded on the delivery rows in batches (notifications.push_results).
+        fcm.send_many(pushes, on_result=push_results.RECORDER.callback(result.event_id, outgoing.on_fcm_accepted))
     if result.websocket:
         result.acked = async_to_sync(_send_all)(outgoing.channels, outgoing.text, result.event_id, wait_ack)
     log.info("fanout %s ref=%s event=%s websocket=%d fcm=%d", outgoing.event_type, outgoing.ref, result.event_id,
@@ -174,27 +175,6 @@ def fanout(*, wait_ack: float = 0, **event) -> FanoutResult:
     background thread with the device id of each push FCM accepted).
     """
     return fanout_send(fanout_prepare(**event), wait_ack=wait_ack)
-
-
-def _fcm_done(result, event_id: str, on_accepted) -> None:
-    """Record one FCM outcome (runs on the FCM sender's thread)."""
-    close_old_connections()
-    push = result.push
-    sent_at = datetime.fromtimestamp(result.sent_at, tz=UTC) if result.sent_at else None
-    try:
-        Delivery.objects.filter(event_id=event_id, device_id=push.device_id, transport=Transport.FCM).update(
-            sent_at=sent_at, error=result.error or "", attempts=result.attempts)
-        if result.drop_token:
-            dropped = Device.all_objects.filter(pk=push.device_id, fcm_token=push.token).update(fcm_token="")
-            if dropped:
-                log.info("fcm token dropped device=%s reason=%s call=%s", push.device_id, result.error,
-                         push.collapse_key)
-        if result.ok and on_accepted is not None:
-            on_accepted(push.device_id)
-    except Exception:
-        log.exception("recording an fcm result failed device=%s ref=%s", push.device_id, push.collapse_key)
-    finally:
-        close_old_connections()
 
 
 def any_receipt(*, ref, event_type: str) -> bool:

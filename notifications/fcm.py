@@ -98,11 +98,23 @@ MAX_IN_FLIGHT = 100
 # pushes failing together do not retry together.
 BACKOFF_SECONDS = 0.1
 
+# The circuit breaker (see _Breaker): it opens once FCM answered this many different
+# tokens in a row with a failure of its own (SERVICE_ERRORS), holds every push for
+# BREAKER_OPEN_SECONDS (or the Retry-After FCM gave), then lets one request through; each
+# failed probe doubles the wait, up to BREAKER_MAX_OPEN_SECONDS.
+BREAKER_THRESHOLD = 5
+BREAKER_OPEN_SECONDS = 0.25
+BREAKER_MAX_OPEN_SECONDS = 2.0
+
 ERRORS = frozenset({
     "unregistered", "invalid_token", "sender_id_mismatch", "quota_exceeded", "unavailable", "internal",
     "timeout", "expired", "third_party_auth", "invalid_argument", "unknown",
 })
 RETRYABLE = frozenset({"quota_exceeded", "unavailable", "internal", "timeout"})
+# FCM failing as a whole rather than refusing one message: what the circuit breaker counts.
+# A timeout is left out: a request may hang for one token (the breaker neither opens nor
+# closes on it), except the breaker's own probe, which then counts as failed.
+SERVICE_ERRORS = frozenset({"quota_exceeded", "unavailable", "internal"})
 
 
 @dataclass(frozen=True)
@@ -284,6 +296,10 @@ class _Sender:
         self.loop = asyncio.new_event_loop()
         self.token_lock = asyncio.Lock()
         self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self.breaker = _Breaker()
+        self.templates: dict[tuple, tuple[bytes, bytes] | bytes] = {}
+        self.auth_headers: dict | None = None
+        self.auth_headers_for: str | None = None
         self.session: aiohttp.ClientSession | None = None
         self.tasks: set[asyncio.Task] = set()
         self.results: queue.SimpleQueue = queue.SimpleQueue()
@@ -363,9 +379,25 @@ class _Sender:
         start = time.time()
         retry_until = min(push.deadline, start + retry_budget)
         attempts = 0
+        error = exc = None
         while True:
-            message_id, exc, error, accepted_at, requests_made = await self._attempt(push)
+            probe = await self.breaker.admit(retry_until)
+            if probe is None:  # FCM failing as a whole, and still when this push's time ran out
+                error = error or self.breaker.error or "unavailable"
+                log.warning("fcm push gave up, FCM failing call=%s device=%s token=%s error=%s attempts=%s",
+                            push.collapse_key, push.device_id, _short(push.token), error, attempts)
+                return PushResult(push, False, None, error, False, attempts, None)
+            try:
+                message_id, exc, error, accepted_at, requests_made = await self._attempt(push)
+            except BaseException:
+                if probe:
+                    self.breaker.probe_lost()
+                raise
             attempts += requests_made
+            if requests_made:
+                self.breaker.outcome(push.token, error, exc, probe)
+            elif probe:
+                self.breaker.probe_lost()
             if error == "expired":
                 log.info("fcm push expired before sending call=%s device=%s attempts=%s", push.collapse_key,
                          push.device_id, attempts)
@@ -413,27 +445,38 @@ class _Sender:
             error = _classify(exc) if exc is not None else None
             return message_id, exc, error, accepted_at, requests_made
 
+    def _body(self, push: Push, ttl: int) -> bytes:
+        """The request body, as firebase-admin encodes it (`encode_message`). The pushes
+        of one event differ only in their token, so the rest is encoded once per payload,
+        collapse key and ttl (whole seconds) and the token spliced in: encoding a Message
+        (firebase-admin validates every field) was a third of the sender's CPU per push."""
+        key = (push.collapse_key, ttl, tuple(push.data.items()))
+        template = self.templates.get(key)
+        if template is None:
+            template = self.templates[key] = _template(self.service, push, ttl)
+            if len(self.templates) > 256:
+                self.templates.pop(next(iter(self.templates)))
+        if isinstance(template, bytes):  # the mark clashed with the payload: encoded whole below
+            return _encode(self.service, push, push.token, ttl).encode()
+        prefix, suffix = template
+        return prefix + _json_string(push.token).encode() + suffix
+
+    def _auth_headers(self) -> dict:
+        """firebase-admin's headers plus the bearer token, built once per access token."""
+        if self.auth_headers_for != self.credential.token or self.auth_headers is None:
+            headers = dict(self.headers)
+            self.credential.apply(headers)
+            self.auth_headers, self.auth_headers_for = headers, self.credential.token
+        return self.auth_headers
+
     async def _post(self, push: Push):
         """POST one message: (message_id, None, accepted_at) or (None, FirebaseError, None).
 
         The request may take FCM_HTTP_TIMEOUT_SECONDS, and never past the push's deadline
         (it is worthless then): either way it is cancelled and reported as a timeout."""
         now = time.time()
-        message = messaging.Message(
-            data=push.data,
-            android=messaging.AndroidConfig(
-                priority="high",
-                ttl=max(1, math.floor(push.deadline - now)),
-                collapse_key=push.collapse_key,
-            ),
-        )
-        # Set after construction: firebase-admin 7.7 deprecates the `token` argument in
-        # favour of `fid` (a Firebase installation id, another kind of target), but
-        # devices register FCM registration tokens, which go on the wire as `token`.
-        message.token = push.token
-        body = json.dumps({"message": self.service.encode_message(message)}, separators=(",", ":"))
-        headers = dict(self.headers)
-        self.credential.apply(headers)
+        body = self._body(push, max(1, math.floor(push.deadline - now)))
+        headers = self._auth_headers()
         if self.session is None:
             # No timeouts of aiohttp's own (a timer per request): asyncio.timeout below bounds it all.
             self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=MAX_IN_FLIGHT),
@@ -475,6 +518,124 @@ class _Sender:
         async with self.token_lock:
             if not self.credential.valid or (force and self.credential.token == stale):
                 await self.loop.run_in_executor(self.auth_pool, self.credential.refresh, auth_requests.Request())
+
+
+class _Breaker:
+    """FCM failing as a whole (503, 500, 429, connection refused): one wait for everyone
+    instead of every push retrying on its own, which costs a request, an error to parse
+    and a log line per push per retry, in the server's process, while FCM can take none.
+
+    Closed: requests go out. Once FCM answered BREAKER_THRESHOLD different tokens in a row
+    with a SERVICE_ERRORS failure (no success, and no answer about a token, in between),
+    it opens: no push is sent for `delay` seconds (BREAKER_OPEN_SECONDS, or FCM's
+    Retry-After). Then it lets one request through, the probe, and holds the others until
+    the probe's answer: FCM answered (accepted it, or refused that token) closes it and
+    releases everyone; a failure (or a timeout) opens it again for twice as long, up to
+    BREAKER_MAX_OPEN_SECONDS. A push waits for it only until its own retry limit (end of
+    the ring window, FCM_RETRY_BUDGET_SECONDS): then it is reported with the error that
+    opened the breaker. A few tokens failing on their own never open it.
+
+    Lives on the sender's loop; no locks."""
+
+    def __init__(self):
+        self.open_until: float | None = None  # time.time(); None when closed
+        self.delay = BREAKER_OPEN_SECONDS
+        self.error: str | None = None          # the failure that opened it
+        self.failing: set[str] = set()         # tokens that failed in a row while closed
+        self.probing = False
+        self.changed = asyncio.Event()         # set (and replaced) whenever it closes or a probe ends
+
+    @property
+    def closed(self) -> bool:
+        return self.open_until is None
+
+    async def admit(self, until: float) -> bool | None:
+        """Wait until a request may go out. True: send (as the probe if the breaker is
+        open); False: send, but not as the probe (it is closed); None: `until` came first."""
+        while self.open_until is not None:
+            now = time.time()
+            if now >= self.open_until and not self.probing:
+                self.probing = True
+                return True
+            wake = until if self.probing else min(until, self.open_until)
+            if now >= until:
+                return None
+            changed = self.changed
+            try:
+                async with asyncio.timeout(max(0.0, wake - now)):
+                    await changed.wait()
+            except TimeoutError:
+                pass
+        return False
+
+    def outcome(self, token: str, error: str | None, exc: Exception | None, probe: bool) -> None:
+        """What FCM answered one request (`error` None: accepted); `probe`: what admit said."""
+        if error in SERVICE_ERRORS or (probe and error == "timeout"):
+            if probe:
+                self._open(error, exc, self.delay * 2)
+            elif self.open_until is None:
+                self.failing.add(token)
+                if len(self.failing) >= BREAKER_THRESHOLD:
+                    self._open(error, exc, BREAKER_OPEN_SECONDS)
+            return
+        if error == "timeout":
+            return
+        # FCM answered about this message (accepted it, or refused it): it is up.
+        self.failing.clear()
+        if self.open_until is not None:
+            log.warning("fcm circuit closed: FCM answers again")
+            self.open_until, self.error, self.delay, self.probing = None, None, BREAKER_OPEN_SECONDS, False
+            self._notify()
+
+    def probe_lost(self) -> None:
+        """The probe ended without an answer (cancelled, expired, crashed): let another try."""
+        if self.probing:
+            self.probing = False
+            self._notify()
+
+    def _open(self, error: str, exc: Exception | None, delay: float) -> None:
+        self.delay = min(max(delay, BREAKER_OPEN_SECONDS), BREAKER_MAX_OPEN_SECONDS)
+        retry_after = _retry_after(exc) if error == "quota_exceeded" else None
+        wait = retry_after if retry_after is not None else self.delay
+        if self.open_until is None:
+            log.warning("fcm circuit open: FCM failing (%s) for %s tokens in a row; holding pushes %.2fs",
+                        error, len(self.failing), wait)
+        self.open_until, self.error, self.probing = time.time() + wait, error, False
+        self.failing.clear()
+        self._notify()
+
+    def _notify(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+
+# Stands in for the token while a body template is encoded; JSON-escaped it cannot come
+# from a real token, and a payload that contains it is encoded whole instead.
+_TOKEN_MARK = "\x00callpull-token\x00"
+_json_string = json.encoder.encode_basestring_ascii  # what json.dumps does to a str
+
+
+def _encode(service, push: Push, token: str, ttl: int) -> str:
+    message = messaging.Message(
+        data=push.data,
+        android=messaging.AndroidConfig(priority="high", ttl=ttl, collapse_key=push.collapse_key),
+    )
+    # Set after construction: firebase-admin 7.7 deprecates the `token` argument in
+    # favour of `fid` (a Firebase installation id, another kind of target), but
+    # devices register FCM registration tokens, which go on the wire as `token`.
+    message.token = token
+    return json.dumps({"message": service.encode_message(message)}, separators=(",", ":"))
+
+
+def _template(service, push: Push, ttl: int) -> tuple[bytes, bytes] | bytes:
+    """(what comes before the token, what comes after) in the body of this payload;
+    b"" when the payload itself contains the mark."""
+    text = _encode(service, push, _TOKEN_MARK, ttl)
+    mark = _json_string(_TOKEN_MARK)
+    if text.count(mark) != 1:
+        return b""
+    prefix, suffix = text.split(mark)
+    return prefix.encode(), suffix.encode()
 
 
 def _refused_access_token(exc: Exception | None) -> bool:

@@ -328,3 +328,107 @@ def test_the_fake_refuses_sends_without_a_token_it_issued(fake_fcm):
 
     assert refused.value.code == 401
     assert json.loads(refused.value.read())["error"]["status"] == "UNAUTHENTICATED"
+
+
+# --- FCM failing as a whole: the circuit breaker ------------------------------------------------
+
+
+def _wait_until(condition, timeout=5.0):
+    limit = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > limit:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.005)
+
+
+def test_the_breaker_opens_on_several_tokens_failing_in_a_row_not_on_one_token_or_with_successes_between():
+    breaker = fcm._Breaker()
+    for _ in range(fcm.BREAKER_THRESHOLD + 2):  # one token failing again and again
+        breaker.outcome("token-same", "unavailable", None, probe=False)
+    assert breaker.closed
+    for i in range(fcm.BREAKER_THRESHOLD - 1):
+        breaker.outcome(f"token-{i}", "internal", None, probe=False)
+    breaker.outcome("token-ok", None, None, probe=False)  # FCM accepted one in between
+    breaker.outcome("token-dead", "unregistered", None, probe=False)  # or answered about a token
+    for i in range(fcm.BREAKER_THRESHOLD - 1):
+        breaker.outcome(f"token-again-{i}", "quota_exceeded", None, probe=False)
+    breaker.outcome("token-hung", "timeout", None, probe=False)  # a hang says nothing either way
+    assert breaker.closed
+
+    breaker.outcome("token-last", "unavailable", None, probe=False)
+
+    assert not breaker.closed and breaker.error == "unavailable"
+
+
+def test_a_failed_probe_opens_the_breaker_again_for_longer_and_an_answer_closes_it():
+    breaker = fcm._Breaker()
+    for i in range(fcm.BREAKER_THRESHOLD):
+        breaker.outcome(f"token-{i}", "unavailable", None, probe=False)
+    first = breaker.open_until - time.time()
+
+    breaker.outcome("token-probe", "timeout", None, probe=True)
+    second = breaker.open_until - time.time()
+    breaker.outcome("token-probe", "internal", None, probe=True)
+    third = breaker.open_until - time.time()
+
+    assert first <= fcm.BREAKER_OPEN_SECONDS < second < third <= fcm.BREAKER_MAX_OPEN_SECONDS
+    breaker.outcome("token-probe", "invalid_token", None, probe=True)
+    assert breaker.closed and breaker.error is None
+
+
+def test_fcm_failing_for_everyone_is_waited_out_once_not_retried_push_by_push(fake_fcm, send, settings):
+    settings.FCM_RETRY_BUDGET_SECONDS = 1.0
+    fake_fcm.fail("unavailable")
+    pushes = [make_push(f"token-down-{i:05d}") for i in range(20)]
+
+    results = send(pushes)
+
+    assert all((r.ok, r.error, r.drop_token) == (False, "unavailable", False) for r in results)
+    # Each push's own backoff (0.1, 0.2, 0.4 s …) would have made 3-4 requests per push in
+    # 1 s; the breaker lets through the first wave and then one probe at a time.
+    assert len(fake_fcm.requests()) <= len(pushes) + 6
+
+
+def test_pushes_arriving_while_the_breaker_is_open_are_held_not_sent(fake_fcm, send, settings, monkeypatch):
+    monkeypatch.setattr(fcm, "BREAKER_OPEN_SECONDS", 5.0)
+    settings.FCM_RETRY_BUDGET_SECONDS = 0.3
+    fake_fcm.fail("unavailable")
+    send([make_push(f"token-trip-{i:05d}") for i in range(fcm.BREAKER_THRESHOLD)])
+    assert not fcm._sender().breaker.closed
+
+    held = send([make_push(f"token-held-{i:05d}") for i in range(3)])
+
+    assert all((r.ok, r.error, r.attempts, r.sent_at) == (False, "unavailable", 0, None) for r in held)
+    assert not any(r.token.startswith("token-held") for r in fake_fcm.requests())
+
+
+def test_when_fcm_recovers_one_probe_goes_first_and_the_held_pushes_follow_its_answer(fake_fcm, settings,
+                                                                                      monkeypatch):
+    monkeypatch.setattr(fcm, "BREAKER_OPEN_SECONDS", 0.3)
+    settings.FCM_RETRY_BUDGET_SECONDS = 5.0
+    fake_fcm.fail("unavailable")
+    results = Results()
+    fcm.send_many([make_push(f"token-back-{i:05d}") for i in range(8)], results)
+    _wait_until(lambda: not fcm._sender().breaker.closed)
+    fake_fcm.clear_rules()
+    fake_fcm.latency_ms = 100
+    recovered_at = time.time()
+
+    assert all(r.ok for r in results.wait(8))
+
+    after = [r for r in fake_fcm.requests() if r.received_at >= recovered_at]
+    probe, rest = after[0], after[1:]
+    assert probe.status == 200 and len(rest) == 7
+    assert all(r.received_at >= probe.received_at + 0.1 for r in rest)  # only once the probe was answered
+
+
+def test_quota_exceeded_for_everyone_holds_every_push_for_retry_after(fake_fcm, settings):
+    pushes = [make_push(f"token-quota-{i:05d}") for i in range(fcm.BREAKER_THRESHOLD + 1)]
+    fake_fcm.fail("quota_exceeded", retry_after=1, times=len(pushes))
+    results = Results()
+
+    fcm.send_many(pushes, results)
+
+    assert all(r.ok and r.attempts == 2 for r in results.wait(len(pushes)))
+    first_wave = max(r.received_at for r in fake_fcm.requests() if r.status == 429)
+    assert all(r.received_at >= first_wave + 0.9 for r in fake_fcm.requests() if r.status == 200)

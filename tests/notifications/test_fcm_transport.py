@@ -1,6 +1,7 @@
 """notifications.fcm's transport: firebase-admin encodes, authenticates and names the
 errors, aiohttp carries the requests. Real firebase-admin against the fake FCM server."""
 
+import json
 import socket
 import time
 
@@ -108,3 +109,26 @@ def test_the_proxy_is_the_one_the_environment_names_for_the_endpoint(monkeypatch
         monkeypatch.setenv(name, value)
 
     assert fcm._proxy_for(url) == proxy
+
+
+@pytest.mark.parametrize("token", ["token-plain-0000", 'token-"quoted"\\-0000', "token-é-\u2028-0000"])
+def test_a_body_built_from_the_payloads_template_is_byte_for_byte_what_firebase_admin_encodes(fake_fcm, token):
+    sender = fcm._sender()
+    first, push = make_push("token-first-0000", call_id="call-9"), make_push(token, call_id="call-9")
+
+    sender._body(first, 30)  # the template of this payload, collapse key and ttl
+    body = sender._body(push, 30)
+
+    assert len(sender.templates) == 1
+    assert body == fcm._encode(sender.service, push, token, 30).encode()
+    assert json.loads(body)["message"]["token"] == token
+
+
+def test_a_payload_that_contains_the_token_mark_is_encoded_whole(fake_fcm, send):
+    push = make_push("token-mark-00000", data={"type": "call.ringing", "caller": fcm._TOKEN_MARK})
+
+    [result] = send([push])
+
+    assert result.ok
+    [received] = fake_fcm.messages()
+    assert (received.token, received.message["data"]["caller"]) == ("token-mark-00000", fcm._TOKEN_MARK)

@@ -1,0 +1,150 @@
+"""Recording FCM outcomes on their delivery rows, in batches.
+
+`notifications.fcm` reports one `PushResult` per push, from its results thread. Writing
+each one as it comes (a database connection, an UPDATE, and more for a dead token) put a
+write per push into the same process and the same database as the ring reports, which
+then queued behind it for the GIL and, on SQLite, for the single writer's lock. So
+results are collected for up to `interval` (20 ms, as acks are in `fanout.AckBatcher`)
+and written together by a thread of this module: one UPDATE per outcome (error and
+attempts) whatever the number of pushes, one UPDATE for every token FCM says is dead,
+then `on_accepted(device_id)` for each push FCM accepted (after its row says so: a ring
+report deciding its answer reads the rows).
+
+Nothing is dropped: every result gets its row's `sent_at` / `error` / `attempts`; a
+batch the database refuses is written again once, result by result, and the callbacks
+run either way.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import reduce
+from operator import or_
+
+from django.db import close_old_connections
+from django.db.models import Case, DateTimeField, Q, Value, When
+
+from devices.models import Device
+from notifications.models import Delivery, Transport
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    result: object  # notifications.fcm.PushResult
+    event_id: str
+    on_accepted: Callable[[object], None] | None
+
+
+class PushRecorder:
+    """Collects FCM results from any thread (`callback`), writes them in batches."""
+
+    def __init__(self, interval: float = 0.02, batch: int = 500):
+        self.interval, self.batch = interval, batch
+        self._pending: list[Outcome] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._busy = False
+        self._thread: threading.Thread | None = None
+
+    def callback(self, event_id: str, on_accepted: Callable[[object], None] | None = None):
+        """The `on_result` for `fcm.send_many` of one event's pushes."""
+        def on_result(result) -> None:
+            self.add(Outcome(result, str(event_id), on_accepted))
+        return on_result
+
+    def add(self, outcome: Outcome) -> None:
+        with self._lock:
+            self._pending.append(outcome)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="fcm-record", daemon=True)
+                self._thread.start()
+            self._wake.notify_all()
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until everything added so far is recorded (tests, shutdown)."""
+        with self._lock:
+            return self._wake.wait_for(lambda: not self._pending and not self._busy, timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                self._wake.wait_for(lambda: self._pending)
+            # Let the rest of the burst arrive (another push of the same ring, usually).
+            time.sleep(self.interval)
+            with self._lock:
+                chunk, self._pending = self._pending[:self.batch], self._pending[self.batch:]
+                self._busy = True
+            try:
+                record(chunk)
+            except Exception:
+                log.exception("recording %d fcm result(s) failed", len(chunk))
+            finally:
+                with self._lock:
+                    self._busy = False
+                    self._wake.notify_all()
+
+
+def record(outcomes: list[Outcome]) -> None:
+    """Write the outcomes, then run the callbacks of the accepted pushes (in order)."""
+    close_old_connections()
+    try:
+        try:
+            _write(outcomes)
+        except Exception:
+            log.warning("recording %d fcm result(s) together failed; one by one", len(outcomes), exc_info=True)
+            close_old_connections()
+            for outcome in outcomes:
+                try:
+                    _write([outcome])
+                except Exception:
+                    push = outcome.result.push
+                    log.exception("recording an fcm result failed device=%s ref=%s", push.device_id,
+                                  push.collapse_key)
+        for outcome in outcomes:
+            if outcome.result.ok and outcome.on_accepted is not None:
+                try:
+                    outcome.on_accepted(outcome.result.push.device_id)
+                except Exception:
+                    log.exception("on_fcm_accepted failed device=%s ref=%s", outcome.result.push.device_id,
+                                  outcome.result.push.collapse_key)
+    finally:
+        close_old_connections()
+
+
+def _row(outcome: Outcome) -> Q:
+    return Q(event_id=outcome.event_id, device_id=outcome.result.push.device_id)
+
+
+def _write(outcomes: list[Outcome]) -> None:
+    groups: dict[tuple[str, int], list[Outcome]] = {}
+    for outcome in outcomes:
+        groups.setdefault((outcome.result.error or "", outcome.result.attempts), []).append(outcome)
+    for (error, attempts), group in groups.items():
+        accepted = [o for o in group if o.result.sent_at]
+        sent_at = None
+        if accepted:
+            sent_at = Case(*(When(_row(o), then=Value(datetime.fromtimestamp(o.result.sent_at, tz=UTC)))
+                             for o in accepted), default=Value(None), output_field=DateTimeField())
+        (Delivery.objects.filter(reduce(or_, (_row(o) for o in group)), transport=Transport.FCM)
+         .update(sent_at=sent_at, error=error, attempts=attempts))
+    dead = [o.result.push for o in outcomes if o.result.drop_token]
+    if dead:
+        dropped = Device.all_objects.filter(reduce(or_, (Q(pk=p.device_id, fcm_token=p.token) for p in dead))).update(
+            fcm_token="")
+        for push, outcome in zip(dead, (o for o in outcomes if o.result.drop_token), strict=True):
+            log.info("fcm token dropped device=%s reason=%s call=%s", push.device_id, outcome.result.error,
+                     push.collapse_key)
+        if dropped < len(dead):
+            log.info("%d of %d dead fcm tokens had already changed", len(dead) - dropped, len(dead))
+
+
+RECORDER = PushRecorder()
+atexit.register(RECORDER.flush, 2.0)
