@@ -55,16 +55,22 @@ class Lifespan:
 
 
 def http_app():
-    """Django (with static files) and, in the embedded default, the bundled
-    carrier/provider simulator under /simulator/."""
+    """Django (with static files); the provider's webhooks through Django's handler
+    in one thread trip each (callpull.telephony.asgi); in the embedded default, the
+    bundled carrier/provider simulator under /simulator/."""
+    from callpull.telephony.asgi import PREFIX, WebhookHandler
+
     django_app = ASGIStaticFilesHandler(django_http)
-    if not settings.SIMULATOR_ENABLED:
-        return django_app
-    from callpull.simulator.app import application as simulator
+    webhooks = WebhookHandler()
+    simulator = None
+    if settings.SIMULATOR_ENABLED:
+        from callpull.simulator.app import application as simulator
 
     async def route(scope, receive, send):
         path = scope.get("path", "")
-        if path == "/simulator" or path.startswith("/simulator/"):
+        if path.startswith(PREFIX):
+            return await webhooks(scope, receive, send)
+        if simulator is not None and (path == "/simulator" or path.startswith("/simulator/")):
             return await simulator(scope, receive, send)
         return await django_app(scope, receive, send)
 

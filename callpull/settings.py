@@ -176,6 +176,11 @@ if REDIS_URL:
             # channels_redis, with a capacity per worker and a blocking pool (notifications/layers.py).
             "BACKEND": "notifications.layers.RedisChannelLayer",
             # channels_redis waits for messages with blocking 5 s BZPOPMINs and relies on
+# The provider's webhooks run on a pool of their own (callpull/telephony/asgi.py). SQLite has one
+# writer, so more threads would only wait on each other's locks; PostgreSQL overlaps their queries.
+WEBHOOK_THREADS = env_int("WEBHOOK_THREADS", 1 if DATABASES["default"]["ENGINE"].endswith("sqlite3") else 4,
+                          minimum=1)
+
             # cancelling them; redis-py >= 6 puts a 5 s socket timeout on every read, which
             # kills idle sockets' consumers and can swallow that cancellation (a refused
             # socket's receive loop then polls Redis forever). Blocking reads get none.

@@ -44,12 +44,13 @@ class Step:
 
 
 def transition(call: Call, name: str, *, now: datetime, step: Step, fields: dict | None = None,
-               guard: dict | None = None) -> bool:
+               guard: dict | None = None, more_steps: tuple[Step, ...] = ()) -> bool:
     """Move `call` along `name` if its state allows; True when this caller won.
 
     `fields` are written in the same UPDATE; `guard` adds conditions to it (for
     example `answered_by=None`). A terminal target stamps ended_at and clears the
-    deadline. On success `call` is updated in place.
+    deadline. The winner writes `step` and then `more_steps` on the timeline, in
+    the same transaction. On success `call` is updated in place.
     """
     routes = TRANSITIONS[name]
     sources = sorted(routes, key=lambda state: state != call.state)  # the known state first
@@ -62,14 +63,19 @@ def transition(call: Call, name: str, *, now: datetime, step: Step, fields: dict
             values["expires_at"] = None
         with transaction.atomic():
             won = Call.objects.filter(pk=call.pk, state=source, **(guard or {})).update(**values)
-            if won:
-                TimelineEntry.objects.create(call=call, at=now, event=step.event, device_id=step.device_id,
-                                             detail=step.detail or {})
+            if won and more_steps:
+                TimelineEntry.objects.bulk_create([_entry(call, now, each) for each in (step, *more_steps)])
+            elif won:
+                _entry(call, now, step).save(force_insert=True)
         if won:
             for key, value in values.items():
                 setattr(call, key, value)
             return True
     return False
+
+
+def _entry(call: Call, now: datetime, step: Step) -> TimelineEntry:
+    return TimelineEntry(call=call, at=now, event=step.event, device_id=step.device_id, detail=step.detail or {})
 
 
 def record(call: Call, *, now: datetime, step: Step) -> None:

@@ -105,7 +105,9 @@ def _unmatched(*, to: str, forwarded_from: str | None) -> str:
 # The voice webhook ---------------------------------------------------------------
 
 def _candidates(*, to: str, caller: str | None, forwarded_from: str | None, now: datetime):
-    calls = Call.objects.select_related("line", "answered_by").filter(
+    # No select_related: the TwiML needs only the call's id, and the device a call was
+    # answered by is read in the rare branch that dials it.
+    calls = Call.objects.filter(
         line__server_number__number=to, state__in=PENDING_STATES, provider_call_sid__isnull=True,
         created_at__gte=now - timedelta(seconds=settings.CALL_MATCH_WINDOW_SECONDS))
     if forwarded_from:
@@ -115,11 +117,15 @@ def _candidates(*, to: str, caller: str | None, forwarded_from: str | None, now:
     return calls.order_by("-created_at")
 
 
-def _known(call_sid: str) -> str | None:
-    """The answer already given to this CallSid, for a retried webhook."""
-    call = Call.objects.select_related("line").filter(provider_call_sid=call_sid).first()
+def _known(call_sid: str, *, dialled_in: bool = True) -> str | None:
+    """The answer already given to this CallSid, for a retried webhook. A device's leg
+    has this CallSid only when the call was dialled in (no ForwardedFrom): a forwarded
+    call's retry (`dialled_in=False`) need not look for one."""
+    call = Call.objects.filter(provider_call_sid=call_sid).only("id", "state").first()
     if call is not None:
         return twiml_for(call)
+    if not dialled_in:
+        return None
     leg = CallLeg.objects.filter(provider_call_sid=call_sid).first()
     if leg is not None:
         pull = Pull.objects.select_related("call").filter(leg=leg).first()
@@ -138,13 +144,14 @@ def call_arrived(*, params: dict, now: datetime) -> str:
     to = e164_or_none(params.get("To")) or ""
     forwarded_from = e164_or_none(params.get("ForwardedFrom"))
     caller = e164_or_none(params.get("From"))
-    known = _known(call_sid)
+    dialled_in = not forwarded_from
+    known = _known(call_sid, dialled_in=dialled_in)
     if known is not None:
         return known
     for call in _candidates(to=to, caller=caller, forwarded_from=forwarded_from, now=now)[:5]:
         if _claim(call, call_sid=call_sid, forwarded_from=forwarded_from, now=now):
             return caller_twiml(call)
-        known = _known(call_sid)
+        known = _known(call_sid, dialled_in=dialled_in)
         if known is not None:
             return known
     if not forwarded_from:
@@ -158,22 +165,23 @@ def call_arrived(*, params: dict, now: datetime) -> str:
 def _claim(call: Call, *, call_sid: str, forwarded_from: str | None, now: datetime) -> bool:
     held_until = max(call.created_at + timedelta(seconds=settings.CALL_RING_SECONDS), now + timedelta(seconds=5))
     dialing_until = now + timedelta(seconds=settings.DIAL_TIMEOUT_SECONDS + 5)
+    answered = call.answered_by_id is not None
     try:
+        # A caller nobody answered yet is held: that entry is written with the transition's.
         won = transition(call, "forwarded_call_arrived", now=now,
                          step=Step("forwarded_call_arrived", detail={"call_sid": call_sid,
                                                                      "forwarded_from": forwarded_from}),
                          fields={"provider_call_sid": call_sid,
-                                 "expires_at": dialing_until if call.answered_by_id else held_until},
-                         guard={"provider_call_sid__isnull": True})
+                                 "expires_at": dialing_until if answered else held_until},
+                         guard={"provider_call_sid__isnull": True},
+                         more_steps=() if answered else (Step("caller_held"),))
     except IntegrityError:  # the same CallSid claimed by a concurrent retry
         return False
     if not won:
         return False
-    log.info("forwarded call matched call=%s sid=%s answered=%s", call.pk, call_sid, bool(call.answered_by_id))
-    if call.answered_by_id:
+    log.info("forwarded call matched call=%s sid=%s answered=%s", call.pk, call_sid, answered)
+    if answered:
         legs.leg_dial(call=call, now=now, role=LegRole.DEVICE, device=call.answered_by)
-    else:
-        record(call, now=now, step=Step("caller_held"))
     return True
 
 

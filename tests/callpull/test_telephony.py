@@ -2,14 +2,22 @@
 call status. The provider's REST side is the fake in conftest (the end-to-end
 tests drive the real one against the simulator)."""
 
+import threading
 import uuid
 from datetime import timedelta
+from urllib.parse import urlencode
 from xml.etree import ElementTree
 
 import pytest
-from django.db import OperationalError
+from asgiref.sync import async_to_sync
+from asgiref.testing import ApplicationCommunicator
+from django.conf import settings
+from django.core import signals
+from django.db import OperationalError, connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from redis.exceptions import ConnectionError as RedisConnectionError
+from twilio.request_validator import RequestValidator
 
 from callpull.models import Call, CallLeg
 from tests.callpull.conftest import conference, forward, join_leg, leg_status, report, signed_post
@@ -275,3 +283,117 @@ def test_a_hang_up_answered_503_ends_the_call_when_the_provider_retries(client, 
     call = Call.objects.get()
     assert (call.state, call.end_reason) == ("completed", "completed")
     assert call.timeline.get(event="caller_hung_up").detail == {"call_status": "completed"}
+
+
+def test_a_held_callers_webhook_reads_twice_and_writes_once(client, handset_api, line, tablet, online):
+    line.policy = "immediate"
+    line.save()
+    online(tablet[0])
+    report(handset_api, line)
+    with CaptureQueriesContext(connection) as queries:
+        root = xml(forward(client, sid=SID))
+    assert root.find("Dial/Conference") is not None
+    statements = [q["sql"].split()[0] for q in queries.captured_queries if "SAVEPOINT" not in q["sql"]]
+    # The CallSid not seen before, the pending call; then one guarded UPDATE and both timeline entries at once.
+    assert statements == ["SELECT", "SELECT", "UPDATE", "INSERT"]
+    assert list(Call.objects.get().timeline.values_list("event", flat=True))[-2:] == [
+        "forwarded_call_arrived", "caller_held"]
+
+
+def test_a_lost_claim_writes_no_timeline_entry(client, handset_api, line, tablet, online):
+    from callpull.statemachine import Step, transition
+
+    online(tablet[0])
+    call = Call.objects.get(pk=report(handset_api, line).json()["call"]["id"])
+    Call.objects.filter(pk=call.pk).update(provider_call_sid="CA" + "9" * 32)
+    assert not transition(call, "forwarded_call_arrived", now=timezone.now(), step=Step("forwarded_call_arrived"),
+                          fields={"provider_call_sid": SID}, guard={"provider_call_sid__isnull": True},
+                          more_steps=(Step("caller_held"),))
+    assert not call.timeline.filter(event__in=["forwarded_call_arrived", "caller_held"]).exists()
+
+
+# Served by the ASGI application, as deployed (callpull/telephony/asgi.py) ---------
+
+def _asgi_post(path: str, params: dict, *, signature: str | None = None, host: str = "127.0.0.1:8000"):
+    """POST a form to callpull.asgi.application; returns (status, headers, body)."""
+    from callpull.asgi import application
+
+    route, _, query = path.partition("?")
+    if signature is None:
+        signature = RequestValidator(settings.TWILIO_AUTH_TOKEN).compute_signature(settings.PUBLIC_BASE_URL + path,
+                                                                                   params)
+    body = urlencode(params).encode()
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": route, "raw_path": route.encode(), "query_string": query.encode(), "root_path": "",
+             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000),
+             "headers": [(b"host", host.encode()), (b"content-type", b"application/x-www-form-urlencoded"),
+                         (b"content-length", str(len(body)).encode()), (b"x-twilio-signature", signature.encode())]}
+
+    async def exchange():
+        app = ApplicationCommunicator(application, scope)
+        await app.send_input({"type": "http.request", "body": body})
+        start = await app.receive_output(10)
+        content = await app.receive_output(10)
+        await app.wait(1)
+        return start["status"], {k.decode().lower(): v.decode() for k, v in start["headers"]}, content["body"]
+
+    return async_to_sync(exchange)()
+
+
+def _forward_params(sid: str = SID) -> dict:
+    return {"CallSid": sid, "To": "+15555550100", "From": "+15550009999", "ForwardedFrom": "+15551234567",
+            "CallStatus": "ringing", "Direction": "inbound", "AccountSid": "AC" + "5" * 32}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_served_from_asgi_a_webhook_runs_whole_on_the_webhook_pool(client, handset_api, line, tablet, online,
+                                                                   monkeypatch):
+    from callpull.telephony import services
+
+    online(tablet[0])
+    call_id = report(handset_api, line).json()["call"]["id"]
+    threads = []
+    real = services.call_arrived
+
+    def call_arrived(**kwargs):
+        threads.append(("view", threading.current_thread().name))
+        return real(**kwargs)
+
+    def started(**kwargs):
+        threads.append(("started", threading.current_thread().name))
+
+    def finished(**kwargs):
+        threads.append(("finished", threading.current_thread().name))
+
+    monkeypatch.setattr(services, "call_arrived", call_arrived)
+    signals.request_started.connect(started)
+    signals.request_finished.connect(finished)
+    try:
+        status, headers, body = _asgi_post("/telephony/twilio/voice", _forward_params())
+    finally:
+        signals.request_started.disconnect(started)
+        signals.request_finished.disconnect(finished)
+    assert status == 200 and headers["content-type"].startswith("text/xml")
+    assert ElementTree.fromstring(body).find("Dial/Conference").text == f"callpull-{call_id}"
+    # Django's middleware still answered around the view, in the same trip.
+    assert (headers["x-content-type-options"], headers["x-frame-options"]) == ("nosniff", "DENY")
+    assert [step for step, _ in threads] == ["started", "view", "finished"]
+    assert len({name for _, name in threads}) == 1 and threads[0][1].startswith("webhook")
+    # The same answer as Django's own handler gives the retried webhook.
+    assert forward(client, sid=SID).content == body
+
+
+@pytest.mark.django_db(transaction=True)
+def test_served_from_asgi_a_bad_signature_is_403_and_a_bad_host_400(line):
+    status, _, body = _asgi_post("/telephony/twilio/voice", _forward_params(), signature="forged")
+    assert (status, body) == (403, b"invalid signature")
+    status, _, _ = _asgi_post("/telephony/twilio/voice", _forward_params(), host="evil.example")
+    assert status == 400
+    assert Call.objects.filter(provider_call_sid=SID).count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_served_from_asgi_an_unknown_webhook_path_is_djangos_404(client):
+    status, headers, body = _asgi_post("/telephony/twilio/nothing-here", {"CallSid": SID})
+    django = client.post("/telephony/twilio/nothing-here", {"CallSid": SID})
+    assert (status, headers["content-type"], body) == (404, django["Content-Type"], django.content)
