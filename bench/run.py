@@ -107,15 +107,13 @@ def run_fcm(sizes: list[int], repeats: int, tmp: Path) -> list[dict]:
 
 def run_webhook(rounds: int, tmp: Path, concurrency: int = 20) -> dict:
     db = Database("sqlite", tmp)
-    port_holder = {}
-    env = common.server_env(db.url, None, CALL_RING_SECONDS=60, PRESENCE_STALE_SECONDS=600,
+    # As production runs: DEBUG off and the provider's credentials, so no simulator (the
+    # held callers' webhooks never call the provider's REST API).
+    env = common.server_env(db.url, None, production=True, CALL_RING_SECONDS=60, PRESENCE_STALE_SECONDS=600,
                             CALL_FORWARD_WAIT_SECONDS=60)
     common.migrate(env)
     seed = common.seed(env, concurrency, 1, "immediate", tmp / "seed-webhook.json", prefix="w")
-    server = Server("callpull.asgi:application", env, tmp / "webhook.log")
-    server.env = {**env, "TWILIO_API_BASE": f"http://127.0.0.1:{server.port}/simulator"}
-    server.start()
-    del port_holder
+    server = Server("callpull.asgi:application", env, tmp / "webhook.log").start()
     try:
         return asyncio.run(webhook.run(server, seed, concurrency=concurrency, rounds=rounds))
     finally:
