@@ -20,8 +20,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from callpull.models import Call, CallState, ForwardingState, Line, Policy
-from callpull.representations import call_to_dict
+from callpull.models import Call, CallState, ForwardingState, Line, Policy, TimelineEntry
+from callpull.representations import call_timeline, call_to_dict
 from callpull.statemachine import PENDING_STATES, Step, record, transition
 from devices.errors import ApiError, conflict, not_found, one_or_404
 from devices.models import Device, DeviceKind
@@ -89,20 +89,21 @@ def announce_end(call: Call, *, now: datetime, reason: str) -> None:
 
 # Lookups ---------------------------------------------------------------------
 
-def _line_for(*, user, ref: str) -> Line:
-    lines = Line.objects.filter(user=user).select_related("server_number")
+def _line_for(*, user_id, ref: str) -> Line:
+    # Unique either way: no ordering, no LIMIT to plan.
+    lines = Line.objects.filter(user_id=user_id).order_by()
     try:
-        line = lines.filter(pk=uuid.UUID(str(ref))).first()
+        found = list(lines.filter(pk=uuid.UUID(str(ref))))
     except ValueError:
-        line = None
-    if line is None:
+        found = []
+    if not found:
         try:
-            line = lines.filter(number=to_e164(str(ref), field="line")).first()
+            found = list(lines.filter(number=to_e164(str(ref), field="line")))
         except ApiError:
-            line = None
-    if line is None:
+            found = []
+    if not found:
         raise not_found("line")
-    return line
+    return found[0]
 
 
 def call_for_user(*, user, call_id) -> Call:
@@ -117,8 +118,19 @@ def instruction_of(call: Call) -> Instruction:
 
 # The ring report -------------------------------------------------------------
 
+@dataclass(frozen=True)
+class Report:
+    """What a ring report did: the call, what the handset does, whether this
+    report created the call, and the call's timeline as this report wrote it
+    (None when other requests wrote to it too: read it from the database)."""
+    call: Call
+    instruction: Instruction
+    created: bool
+    timeline: list[dict] | None = None
+
+
 def call_report(*, device: Device, report_id, line: str, caller: str | None, caller_name: str,
-                now: datetime) -> tuple[Call, Instruction, bool]:
+                now: datetime) -> Report:
     """Record a ringing call, ring the secondaries, and say what the handset does.
 
     Idempotent on `report_id`: a repeat returns the same call and instruction
@@ -127,11 +139,16 @@ def call_report(*, device: Device, report_id, line: str, caller: str | None, cal
     either left nothing (its retry starts afresh) or rang (its retry finishes
     it: the instruction follows from the receipts so far).
     """
-    existing = Call.objects.select_related("line").filter(user_id=device.user_id, report_id=report_id).first()
-    if existing is not None:
-        return existing, _finish_report(existing), False
-    line_obj = _line_for(user=device.user, ref=line)
-    caller_e164 = to_e164(caller, line_obj.region or None, field="caller") if caller else ""
+    # A repeat is told apart by the unique (user, report_id) constraint, not by a
+    # read first: repeats are rare, and every first report would pay for that read.
+    try:
+        line_obj = _line_for(user_id=device.user_id, ref=line)
+        caller_e164 = to_e164(caller, line_obj.region or None, field="caller") if caller else ""
+    except ApiError:
+        existing = _reported(device=device, report_id=report_id)
+        if existing is None:
+            raise
+        return Report(existing, _finish_report(existing), False)
     try:
         with transaction.atomic():
             call = Call.objects.create(
@@ -139,17 +156,33 @@ def call_report(*, device: Device, report_id, line: str, caller: str | None, cal
                 caller=caller_e164, caller_name=(caller_name or "")[:100], policy=line_obj.policy,
                 created_at=now, expires_at=now + timedelta(seconds=settings.CALL_RING_SECONDS),
             )
-            record(call, now=now, step=Step("reported", device.pk, {"caller": caller_e164 or None}))
+            reported = Step("reported", device.pk, {"caller": caller_e164 or None})
+            record(call, now=now, step=reported)
             decided, outgoing = _ring_prepare(call, now=now)
-    except IntegrityError:  # the same report, concurrently
-        existing = Call.objects.select_related("line").get(user_id=device.user_id, report_id=report_id)
-        return existing, _finish_report(existing), False
+    except IntegrityError:  # the same report again, or concurrently
+        existing = _reported(device=device, report_id=report_id)
+        if existing is None:
+            raise
+        return Report(existing, _finish_report(existing), False)
 
     instruction = decided or _ring_send(call, outgoing)
-    instruction = _store_instruction(call, instruction, now=timezone.now(), transport="http")
+    stored_at = timezone.now()
+    instruction, step = _store_instruction(call, instruction, now=stored_at, transport="http")
     log.info("call reported call=%s line=%s policy=%s instruction=%s/%s", call.pk, line_obj.pk, call.policy,
              instruction.action, instruction.reason)
-    return call, instruction, True
+    timeline = None
+    if step is not None:  # nobody else wrote to this call yet: the timeline is what this report wrote
+        steps = [_unsaved(call, now, reported), _unsaved(call, stored_at, step)]
+        timeline = call_timeline(call, steps=steps, deliveries=outgoing.deliveries if outgoing else [])
+    return Report(call, instruction, True, timeline)
+
+
+def _reported(*, device: Device, report_id) -> Call | None:
+    return Call.objects.select_related("line").filter(user_id=device.user_id, report_id=report_id).first()
+
+
+def _unsaved(call: Call, at: datetime, step: Step) -> TimelineEntry:
+    return TimelineEntry(call=call, at=at, event=step.event, device_id=step.device_id, detail=step.detail or {})
 
 
 def _ring_prepare(call: Call, *, now: datetime) -> tuple[Instruction | None, Outgoing | None]:
@@ -208,33 +241,39 @@ def _finish_report(call: Call) -> Instruction:
             instruction = Instruction(REJECT)
         else:
             instruction = Instruction(KEEP_RINGING, AWAITING_DELIVERY)
-    instruction = _store_instruction(call, instruction, now=timezone.now(), transport="http")
+    instruction, _ = _store_instruction(call, instruction, now=timezone.now(), transport="http")
     log.info("call report finished on a retry call=%s instruction=%s/%s", call.pk, instruction.action,
              instruction.reason)
     return instruction
 
 
-def _store_instruction(call: Call, instruction: Instruction, *, now: datetime, transport: str) -> Instruction:
+def _store_instruction(call: Call, instruction: Instruction, *, now: datetime,
+                       transport: str) -> tuple[Instruction, Step | None]:
     """Store the report's instruction, once: when another request stored one first
-    (a concurrent repeat), answer that one. Returns the instruction that holds."""
+    (a concurrent repeat), answer that one. Returns the instruction that holds, and
+    the timeline step written for it when that step is the only thing written to
+    the call since (else None)."""
     undecided = Call.objects.filter(pk=call.pk, reject_sent_at__isnull=True, keep_ringing_reason="")
     if instruction.action == REJECT:
         if not undecided.update(reject_sent_at=now):
             call.refresh_from_db()
-            return instruction_of(call)
+            return instruction_of(call), None
         call.reject_sent_at = now
-        record(call, now=now, step=Step("reject_instructed", call.reported_by_id, {"transport": transport}))
-        return instruction
+        step = Step("reject_instructed", call.reported_by_id, {"transport": transport})
+        record(call, now=now, step=step)
+        return instruction, step
     if not undecided.update(keep_ringing_reason=instruction.reason):
         call.refresh_from_db()
-        return instruction_of(call)
+        return instruction_of(call), None
     call.keep_ringing_reason = instruction.reason
-    record(call, now=now, step=Step("keep_ringing", call.reported_by_id, {"reason": instruction.reason}))
+    step = Step("keep_ringing", call.reported_by_id, {"reason": instruction.reason})
+    record(call, now=now, step=step)
     if instruction.reason == AWAITING_DELIVERY and any_receipt(ref=call.pk, event_type="call.ringing"):
         # A receipt came in after the wait and before `awaiting_delivery` was stored,
         # so its handler saw nothing to do: reject now, over WebSocket and FCM.
         _reject_if_awaiting(call.pk)
-    return instruction
+        return instruction, None
+    return instruction, step
 
 
 def _send_reject(call: Call, *, now: datetime, reason: str) -> bool:

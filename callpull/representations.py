@@ -1,8 +1,9 @@
 """Calls as clients see them, in HTTP answers and in event payloads alike."""
 
+from collections.abc import Sequence
 from datetime import datetime
 
-from callpull.models import Call
+from callpull.models import Call, TimelineEntry
 from notifications.models import Delivery
 
 
@@ -41,10 +42,19 @@ def _entry(at, event, device_id=None, detail=None) -> dict:
     return entry
 
 
-def call_timeline(call: Call) -> list[dict]:
-    """The call's own steps merged with every notification sent and delivered for it."""
-    entries = [_entry(e.at, e.event, e.device_id, e.detail) for e in call.timeline.all()]
-    for d in Delivery.objects.filter(ref=call.pk).order_by("queued_at", "id"):
+def call_timeline(call: Call, *, steps: Sequence[TimelineEntry] | None = None,
+                  deliveries: Sequence[Delivery] | None = None) -> list[dict]:
+    """The call's own steps merged with every notification sent and delivered for it.
+
+    `steps` and `deliveries`: the call's timeline entries and delivery records
+    (in the order they were written) when the caller wrote all of them itself and
+    holds them, instead of reading them back."""
+    if steps is None:
+        steps = call.timeline.all()
+    if deliveries is None:
+        deliveries = Delivery.objects.filter(ref=call.pk).order_by("queued_at", "id")
+    entries = [_entry(e.at, e.event, e.device_id, e.detail) for e in steps]
+    for d in deliveries:
         detail = {"transport": d.transport, "type": d.event_type, "event_id": str(d.event_id)}
         if d.sent_at:
             entries.append(_entry(d.sent_at, "notification_sent", d.device_id,
@@ -60,5 +70,6 @@ def call_timeline(call: Call) -> list[dict]:
     return entries
 
 
-def call_with_timeline(call: Call) -> dict:
-    return {**call_to_dict(call), "timeline": call_timeline(call)}
+def call_with_timeline(call: Call, *, steps: Sequence[TimelineEntry] | None = None,
+                       deliveries: Sequence[Delivery] | None = None) -> dict:
+    return {**call_to_dict(call), "timeline": call_timeline(call, steps=steps, deliveries=deliveries)}

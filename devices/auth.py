@@ -20,7 +20,10 @@ LAST_SEEN_RESOLUTION = timedelta(seconds=60)
 def device_for_token(token: str) -> Device | None:
     if not token:
         return None
-    return Device.objects.select_related("user").filter(token_hash=digest(token), user__is_active=True).first()
+    # token_hash is unique: no ordering or LIMIT to plan.
+    found = list(Device.objects.select_related("user").filter(token_hash=digest(token), user__is_active=True)
+                 .order_by())
+    return found[0] if found else None
 
 
 def bearer_token(header_value: str | bytes | None) -> str | None:

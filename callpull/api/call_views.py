@@ -41,11 +41,14 @@ class CallListReportApi(APIView):
                    description="Handset only. A repeated report_id returns the same call with 200.")
     def post(self, request):
         data = validated(CallReportInput, request.data).validated_data
-        call, instruction, created = calls.call_report(
+        report = calls.call_report(
             device=request.auth, report_id=data["report_id"], line=data["line"], caller=data.get("caller"),
             caller_name=data.get("caller_name") or "", now=timezone.now())
-        return Response({"call": call_with_timeline(call), "instruction": instruction.to_dict()},
-                        status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+        call = report.call
+        shown = call_with_timeline(call) if report.timeline is None else {**call_to_dict(call),
+                                                                         "timeline": report.timeline}
+        return Response({"call": shown, "instruction": report.instruction.to_dict()},
+                        status=status.HTTP_201_CREATED if report.created else status.HTTP_200_OK)
 
 
 class CallDetailApi(APIView):

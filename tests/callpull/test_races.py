@@ -50,8 +50,8 @@ def setup():
 
 def test_eight_devices_answering_at_once_yield_one_winner(setup):
     handset, line, tablets = setup
-    call, _, _ = calls.call_report(device=handset, report_id=uuid.uuid4(), line=str(line.pk), caller="+15550009999",
-                                   caller_name="", now=timezone.now())
+    call = calls.call_report(device=handset, report_id=uuid.uuid4(), line=str(line.pk), caller="+15550009999",
+                             caller_name="", now=timezone.now()).call
 
     def answer(device):
         return lambda: calls.call_answer(call=Call.objects.select_related("line").get(pk=call.pk), device=device,
@@ -77,8 +77,8 @@ def test_the_same_report_sent_concurrently_makes_one_call(setup):
 
     results = run_together([send for _ in range(6)])
     assert Call.objects.count() == 1
-    assert len({call.pk for call, _, _ in results}) == 1
-    assert sum(created for _, _, created in results) == 1
+    assert len({report.call.pk for report in results}) == 1
+    assert sum(report.created for report in results) == 1
 
 
 # --- over HTTP, with many devices and the provider's webhooks -------------------

@@ -144,6 +144,52 @@ def test_a_repeated_report_returns_the_same_call(handset_api, line, tablet, onli
     assert Call.objects.count() == 1
 
 
+def test_a_repeated_report_with_a_line_no_longer_found_still_returns_its_call(handset_api, line, tablet, online):
+    online(tablet[0])
+    report_id = uuid.uuid4()
+    first = report(handset_api, line, report_id=report_id)
+    again = handset_api.post("/api/v1/calls", {"report_id": str(report_id), "line": "+15550000000",
+                                               "caller": "+15550009999"}, format="json")
+    assert (again.status_code, again.json()["call"]["id"]) == (200, first.json()["call"]["id"])
+
+
+@pytest.mark.parametrize("policy", ["immediate", "on_answer"])
+def test_the_reports_timeline_is_the_stored_one(handset_api, line, tablet, desktop, online, policy):
+    line.policy = policy
+    line.save()
+    online(tablet[0]), online(desktop[0])
+    body = report(handset_api, line).json()
+    stored = handset_api.get(f"/api/v1/calls/{body['call']['id']}").json()
+    assert body["call"] == stored
+    assert [e["event"] for e in stored["timeline"]] == ["reported", "notification_sent", "notification_sent",
+                                                       "keep_ringing"]
+
+
+def test_a_ring_report_costs_the_same_queries_whatever_the_number_of_devices(user, handset_api, line, tablet,
+                                                                             online):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    line.policy = "immediate"
+    line.save()
+    online(tablet[0])
+    report(handset_api, line)  # the handset's last_seen_at is written once a minute, not on every request
+
+    def queries() -> list[str]:
+        with CaptureQueriesContext(connection) as captured:
+            assert report(handset_api, line).status_code == 201
+        return [query["sql"] for query in captured.captured_queries]
+
+    one = queries()
+    for index in range(3):
+        online(make_device(user, kind="tablet", name=f"Tablet {index}")[0])
+    four = queries()
+    assert len(four) == len(one), four
+    # Device, line; call, `reported`, ring targets, their sockets, deliveries (+ transaction); the
+    # instruction and its step; whether a receipt came meanwhile (nobody acks in unit tests).
+    assert len(one) <= 12, one
+
+
 def test_the_line_may_be_given_by_number_and_a_national_caller_is_read_in_its_region(handset_api, line):
     line.region = "US"
     line.save()
