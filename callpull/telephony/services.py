@@ -15,8 +15,7 @@ from urllib.parse import urlencode
 
 import phonenumbers
 from django.conf import settings
-from django.db import IntegrityError
-from django.db.models import Q
+from django.db import IntegrityError, connection
 
 from callpull import legs, moves
 from callpull.calls import announce_end
@@ -104,17 +103,29 @@ def _unmatched(*, to: str, forwarded_from: str | None) -> str:
 
 # The voice webhook ---------------------------------------------------------------
 
-def _candidates(*, to: str, caller: str | None, forwarded_from: str | None, now: datetime):
-    # No select_related: the TwiML needs only the call's id, and the device a call was
-    # answered by is read in the rare branch that dials it.
-    calls = Call.objects.filter(
-        line__server_number__number=to, state__in=PENDING_STATES, provider_call_sid__isnull=True,
-        created_at__gte=now - timedelta(seconds=settings.CALL_MATCH_WINDOW_SECONDS))
+# The query a burst of forwarded calls runs most, written as SQL: the ORM spent ~0.9 ms
+# of CPU building, compiling and hydrating it per webhook, SQLite ~0.07 ms running it.
+# It is Call.objects.filter(line__server_number__number=to, state__in=PENDING_STATES,
+# provider_call_sid__isnull=True, created_at__gte=now - window), and line__number=
+# forwarded_from when the carrier said, and Q(caller=caller) | Q(caller="") when the
+# caller is known, newest first, five at most. Only the fields a claim needs are read.
+_CANDIDATES = ("SELECT c.id, c.state, c.answered_by_id, c.created_at FROM callpull_call c"
+               " JOIN callpull_line l ON l.id = c.line_id JOIN callpull_servernumber s ON s.id = l.server_number_id"
+               " WHERE s.number = %s AND c.state IN ({states}) AND c.provider_call_sid IS NULL AND c.created_at >= %s")
+
+
+def _candidates(*, to: str, caller: str | None, forwarded_from: str | None, now: datetime) -> list[Call]:
+    states = sorted(str(state) for state in PENDING_STATES)
+    sql = _CANDIDATES.format(states=", ".join(["%s"] * len(states)))
+    since = connection.ops.adapt_datetimefield_value(now - timedelta(seconds=settings.CALL_MATCH_WINDOW_SECONDS))
+    params = [to, *states, since]
     if forwarded_from:
-        calls = calls.filter(line__number=forwarded_from)
+        sql += " AND l.number = %s"
+        params.append(forwarded_from)
     if caller:
-        calls = calls.filter(Q(caller=caller) | Q(caller=""))
-    return calls.order_by("-created_at")
+        sql += " AND (c.caller = %s OR c.caller = '')"
+        params.append(caller)
+    return list(Call.objects.raw(sql + " ORDER BY c.created_at DESC LIMIT 5", params))
 
 
 def _known(call_sid: str, *, dialled_in: bool = True) -> str | None:
@@ -148,7 +159,7 @@ def call_arrived(*, params: dict, now: datetime) -> str:
     known = _known(call_sid, dialled_in=dialled_in)
     if known is not None:
         return known
-    for call in _candidates(to=to, caller=caller, forwarded_from=forwarded_from, now=now)[:5]:
+    for call in _candidates(to=to, caller=caller, forwarded_from=forwarded_from, now=now):
         if _claim(call, call_sid=call_sid, forwarded_from=forwarded_from, now=now):
             return caller_twiml(call)
         known = _known(call_sid, dialled_in=dialled_in)

@@ -397,3 +397,32 @@ def test_served_from_asgi_an_unknown_webhook_path_is_djangos_404(client):
     status, headers, body = _asgi_post("/telephony/twilio/nothing-here", {"CallSid": SID})
     django = client.post("/telephony/twilio/nothing-here", {"CallSid": SID})
     assert (status, headers["content-type"], body) == (404, django["Content-Type"], django.content)
+
+
+@pytest.mark.parametrize("forwarded_from", ["+15551234567", None])
+@pytest.mark.parametrize("caller", ["+15550009999", None])
+def test_the_pending_call_query_picks_what_its_orm_form_picks(handset_api, line, caller, forwarded_from):
+    from django.db.models import Q
+
+    from callpull.statemachine import PENDING_STATES
+    from callpull.telephony.services import _candidates
+
+    now = timezone.now()
+    ids = [report(handset_api, line, caller=number).json()["call"]["id"]
+           for number in ["+15550009999", "+15550009999", "+15550001111", "", "+15550009999", "+15550009999",
+                          "+15550009999"]]
+    Call.objects.filter(pk=ids[6]).update(state="missed")
+    Call.objects.filter(pk=ids[1]).update(state="answering", created_at=now - timedelta(seconds=30))
+    Call.objects.filter(pk=ids[4]).update(provider_call_sid="CA" + "4" * 32)
+    Call.objects.filter(pk=ids[5]).update(created_at=now - timedelta(minutes=10))
+    Call.objects.filter(pk=ids[0]).update(created_at=now - timedelta(seconds=5))
+    expected = Call.objects.filter(line__server_number__number="+15555550100", state__in=PENDING_STATES,
+                                   provider_call_sid__isnull=True, created_at__gte=now - timedelta(seconds=120))
+    if forwarded_from:
+        expected = expected.filter(line__number=forwarded_from)
+    if caller:
+        expected = expected.filter(Q(caller=caller) | Q(caller=""))
+    picked = _candidates(to="+15555550100", caller=caller, forwarded_from=forwarded_from, now=now)
+    assert [call.pk for call in picked] == list(expected.order_by("-created_at").values_list("pk", flat=True)[:5])
+    assert len(picked) >= 2
+    assert _candidates(to="+15555550199", caller=caller, forwarded_from=forwarded_from, now=now) == []
