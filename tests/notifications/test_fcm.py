@@ -432,3 +432,17 @@ def test_quota_exceeded_for_everyone_holds_every_push_for_retry_after(fake_fcm, 
     assert all(r.ok and r.attempts == 2 for r in results.wait(len(pushes)))
     first_wave = max(r.received_at for r in fake_fcm.requests() if r.status == 429)
     assert all(r.received_at >= first_wave + 0.9 for r in fake_fcm.requests() if r.status == 200)
+
+
+def test_a_burst_is_started_a_chunk_at_a_time_and_every_push_delivered(fake_fcm, send, monkeypatch):
+    sender = fcm._sender()
+    chunks = []
+    start_now = sender._start_now
+    monkeypatch.setattr(sender, "_start_now", lambda pushes, *args: (chunks.append(len(pushes)),
+                                                                     start_now(pushes, *args)))
+    tokens = [f"token-burst-{i:05d}" for i in range(2 * fcm.START_CHUNK + 3)]
+
+    results = send([make_push(token) for token in tokens])
+
+    assert chunks == [fcm.START_CHUNK, fcm.START_CHUNK, 3]
+    assert sorted(r.push.token for r in results if r.ok) == tokens
