@@ -7,13 +7,17 @@ A socket with an Origin header (a browser) must come from an allowed origin,
 else it is closed with 4403; native clients send no Origin.
 """
 
+import asyncio
 import logging
 import time
 import uuid
 from urllib.parse import parse_qs, urlsplit
 
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 from django.utils import timezone
@@ -78,29 +82,159 @@ def _close(channel_name):
 
 
 class DeviceConsumer(AsyncJsonWebsocketConsumer):
-    device = None
+    """One device's socket. Devices keep it open all day, idle nearly all the
+    time, so what an idle one holds matters (bench/README.md, *memory*).
+
+    Channels' AsyncConsumer.__call__ waits for the client and for the channel
+    layer with two tasks of its own (await_many_dispatch), and its in-memory layer
+    keeps an asyncio.Queue per waiting channel. Here the consumer waits for the
+    client in the server's own task and takes channel-layer messages as they come:
+    pushed by the layer where it can (`attach`, notifications.layers), else pulled
+    by one task. A message is handled at once, in a task that lives only that
+    long, unless a handler is already running, in which case it waits its turn in
+    `_pending`: handlers never overlap, as in Channels. A failure of that task or
+    of the pull ends the consumer as it would have ended Channels' (the error
+    reaches the server). Written against channels 4.3.2's AsyncConsumer (the
+    attributes its methods read: scope, channel_layer, channel_name, base_send).
+    """
+
+    device_id = None
+    user_id = None
+    # Channels' own group bookkeeping stays unused: _forget() leaves the groups.
+    groups = ()
     # event id → (reply channel, deadline) for frames whose sender waits for the
     # receipt (notifications.fanout); None until the first such frame, as most
     # sockets never get one.
     receipts = None
 
-    async def __call__(self, scope, receive, send):
-        async def send_while_open(message):
-            # A send after the client left raises an OSError subclass (ASGI spec), e.g.
-            # a frame that was in flight when it hung up. That must not end the consumer:
-            # its websocket.disconnect is queued, and disconnect() forgets the connection.
-            try:
-                await send(message)
-            except OSError:
-                log.debug("dropped %s: the client is gone", message.get("type"))
+    # Dispatch state (see the class docstring); class defaults, so an idle socket
+    # stores none of them.
+    _busy = False       # a handler is running
+    _idle = False       # the server's task is waiting for the client
+    _pending = None     # channel-layer messages waiting for the running handler
+    _handler_task = None
+    _pull_task = None
+    _error = None       # what ended the handler task or the pull
+    _main = None
 
+    async def __call__(self, scope, receive, send):
+        self.scope = scope
+        self.channel_layer = get_channel_layer(self.channel_layer_alias)
+        self.channel_name = await self.channel_layer.new_channel()
+        self._server_send = send
+        self._main = asyncio.current_task()
+        attach = getattr(self.channel_layer, "attach", None)
+        if attach is not None:
+            attach(self.channel_name, self._deliver)
+        else:
+            self._pull_task = asyncio.ensure_future(self._pull())
         try:
-            await super().__call__(scope, receive, send_while_open)
+            await self._run(receive)
+        except StopConsumer:
+            pass
+        except asyncio.CancelledError:
+            if self._error is None:  # cancelled by the server, not by _failed()
+                raise
+            self._main.uncancel()
+            if not isinstance(self._error, StopConsumer):
+                raise self._error from None
         finally:
-            if self.device is not None and self.channel_name in presence.LIVE:
+            if attach is not None:
+                self.channel_layer.detach(self.channel_name)
+            for task in (self._pull_task, self._handler_task):
+                if task is not None:
+                    task.cancel()
+            if self.device_id is not None and self.channel_name in presence.LIVE:
                 # Ended without disconnect(): its channel-layer connection died, say.
                 # Forget the socket now, as disconnect() would have.
                 await self._forget()
+
+    async def _run(self, receive):
+        while True:
+            self._idle = True
+            try:
+                message = await receive()
+            finally:
+                self._idle = False
+            while self._handler_task is not None:  # let the running handler finish first
+                await self._handler_task
+            if self._error is not None:
+                raise self._error
+            self._busy = True
+            try:
+                await self.dispatch(message)
+                while self._pending:
+                    await self.dispatch(self._pending.pop(0))
+            finally:
+                self._busy = False
+            if self._error is not None:
+                raise self._error
+
+    def _deliver(self, message) -> bool:
+        """A channel-layer message for this socket: handled now, or queued behind
+        the running handler. False when full (the layer raises ChannelFull)."""
+        if self._pending is None:
+            self._pending = [message]
+        elif len(self._pending) >= self.channel_layer.capacity:
+            return False
+        else:
+            self._pending.append(message)
+        if not self._busy and self._handler_task is None and self._error is None:
+            self._handler_task = asyncio.get_running_loop().create_task(self._handle_pending())
+        return True
+
+    async def _handle_pending(self):
+        self._busy = True
+        try:
+            while self._pending:
+                await self.dispatch(self._pending.pop(0))
+        except asyncio.CancelledError:
+            raise
+        except BaseException as error:  # noqa: BLE001 (re-raised in the consumer's own task)
+            self._failed(error)
+        finally:
+            self._busy = False
+            self._handler_task = None
+
+    async def _pull(self):
+        """For a layer that cannot push (channels_redis): receive and hand over."""
+        try:
+            while True:
+                message = await self.channel_layer.receive(self.channel_name)
+                if self._pending is None:
+                    self._pending = []
+                self._pending.append(message)  # the layer's own capacity applies upstream
+                if not self._busy and self._handler_task is None and self._error is None:
+                    self._handler_task = asyncio.get_running_loop().create_task(self._handle_pending())
+        except asyncio.CancelledError:
+            raise
+        except BaseException as error:  # noqa: BLE001 (re-raised in the consumer's own task)
+            self._failed(error)
+
+    def _failed(self, error: BaseException) -> None:
+        if self._error is None:
+            self._error = error
+        if self._idle:  # waiting for the client: wake it up to end
+            self._main.cancel()
+
+    async def dispatch(self, message):
+        # As Channels' AsyncConsumer.dispatch, less its aclose_old_connections() before
+        # every message (a trip to the database thread per frame): every handler here
+        # that touches the database does so through database_sync_to_async, which
+        # closes old connections itself.
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
+    async def base_send(self, message):
+        # A send after the client left raises an OSError subclass (ASGI spec), e.g.
+        # a frame that was in flight when it hung up. That must not end the consumer:
+        # its websocket.disconnect is queued, and disconnect() forgets the connection.
+        try:
+            await self._server_send(message)
+        except OSError:
+            log.debug("dropped %s: the client is gone", message.get("type"))
 
     async def connect(self):
         await self.accept()
@@ -112,9 +246,10 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
         if device is None:
             await self.close(code=CLOSE_UNAUTHORIZED)
             return
-        self.device = device
-        self.groups = [device_group(device.pk), user_group(device.user_id)]
-        for group in self.groups:
+        # The ids only, not the Device: an idle socket needs nothing else of it.
+        self.device_id, self.user_id = device.pk, device.user_id
+        self._release_handshake()
+        for group in self._groups():
             await self.channel_layer.group_add(group, self.channel_name)
         presence.LIVE.add(self.channel_name)  # before its row exists: a heartbeat in between keeps it
         came_online = await database_sync_to_async(_open)(device, self.channel_name)
@@ -129,20 +264,32 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
             log.warning("catch-up after connect failed device=%s: database unavailable", device.pk, exc_info=True)
         log.info("websocket open device=%s", device.pk)
 
+    def _groups(self) -> list[str]:
+        return [device_group(self.device_id), user_group(self.user_id)]
+
+    def _release_handshake(self):
+        """Empty the handshake's header list once the socket is authenticated: the
+        server, the routers and this consumer all hold the scope for the socket's
+        life, nothing reads the headers again, and they (the bearer token among
+        them) are most of what the scope holds."""
+        headers = self.scope.get("headers")
+        if isinstance(headers, list):
+            headers.clear()
+
     async def disconnect(self, code):
-        if self.device is None:
+        if self.device_id is None:
             return
         await self._forget()
-        log.info("websocket closed device=%s code=%s", self.device.pk, code)
+        log.info("websocket closed device=%s code=%s", self.device_id, code)
 
     async def _forget(self):
         presence.LIVE.discard(self.channel_name)
         await fanout.ACKS.flush()  # this socket's last acks, recorded before it is gone
         try:
-            for group in self.groups:
+            for group in self._groups():
                 await self.channel_layer.group_discard(group, self.channel_name)
         except Exception:  # the channel layer is out of reach: its groups expire on their own
-            log.warning("websocket groups not left device=%s", self.device.pk, exc_info=True)
+            log.warning("websocket groups not left device=%s", self.device_id, exc_info=True)
         went_offline = await database_sync_to_async(_close)(self.channel_name)
         if went_offline is not None:
             try:
@@ -151,7 +298,7 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
                 log.warning("offline not announced device=%s", went_offline.pk, exc_info=True)
 
     async def receive_json(self, content, **kwargs):
-        if self.device is None:
+        if self.device_id is None:
             return
         kind = content.get("type") if isinstance(content, dict) else None
         if kind == "ping":
@@ -181,8 +328,8 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
         waiting = self.receipts.pop(str(event_id), None) if self.receipts else None
         if waiting is not None and waiting[1] > time.time():
             # Someone waits for this receipt (a ring report): tell them first.
-            await self.channel_layer.send(waiting[0], {"type": "ack.receipt", "device": str(self.device.pk)})
-        fanout.ACKS.add(event_id, self.device.pk, timezone.now())
+            await self.channel_layer.send(waiting[0], {"type": "ack.receipt", "device": str(self.device_id)})
+        fanout.ACKS.add(event_id, self.device_id, timezone.now())
 
     async def send_error(self, code: str, message: str):
         await self.send_json({"type": "error", "error": {"code": code, "message": message}})

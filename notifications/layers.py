@@ -25,6 +25,8 @@ this class interoperate.
 import asyncio
 import logging
 import time
+from collections.abc import Callable
+from copy import deepcopy
 
 from channels import layers as channels_layers
 from channels.exceptions import ChannelFull
@@ -38,13 +40,43 @@ CLEAN_INTERVAL_SECONDS = 1.0
 
 
 class InMemoryChannelLayer(channels_layers.InMemoryChannelLayer):
-    """Channels' in-memory layer (the embedded default, one process), less its cost
-    per message: it looks through every channel and every group membership for
-    expired ones on each receive, so each frame cost O(sockets) (about 15% of the
-    server's time with 1,000 sockets). Here that sweep runs at most once a
-    second; an expired message may live a second longer."""
+    """Channels' in-memory layer (the embedded default, one process), less two costs:
+
+    - per message: it looks through every channel and every group membership for
+      expired ones on each receive, so each frame cost O(sockets) (about 15% of the
+      server's time with 1,000 sockets). Here that sweep runs at most once a
+      second; an expired message may live a second longer.
+    - per idle socket: a consumer waiting in `receive()` holds an asyncio.Queue
+      (four deques), its getter future and a task. A consumer may instead
+      `attach(channel, deliver)`: `send` then hands each message of that channel
+      straight to `deliver(message)` (a plain function, called in the sender's
+      turn of the event loop), which returns False when the consumer is full
+      (`ChannelFull`, as a full queue would). `detach(channel)` ends it; messages
+      sent after that queue up as for any channel nobody receives.
+
+    Written against channels 4.3.2's InMemoryChannelLayer (its `send`, `channels`
+    and `_clean_expired`); tests/notifications/test_layers.py checks both."""
 
     _cleaned_at = 0.0
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.attached: dict[str, Callable[[dict], bool]] = {}
+
+    def attach(self, channel: str, deliver: Callable[[dict], bool]) -> None:
+        self.require_valid_channel_name(channel)
+        self.attached[channel] = deliver
+
+    def detach(self, channel: str) -> None:
+        self.attached.pop(channel, None)
+
+    async def send(self, channel, message):
+        deliver = self.attached.get(channel)
+        if deliver is None:
+            return await super().send(channel, message)
+        assert isinstance(message, dict), "message is not a dict"
+        if not deliver(deepcopy(message)):  # a copy, as Channels' queue holds one
+            raise ChannelFull(channel)
 
     def _clean_expired(self):
         now = time.monotonic()

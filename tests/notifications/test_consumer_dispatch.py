@@ -1,0 +1,269 @@
+"""How DeviceConsumer waits and dispatches (notifications/consumers.py): no task of
+its own while idle on the in-memory layer, handlers that never overlap, a failing
+channel-layer handler or receive that ends the consumer, and the pull path for a
+layer that cannot push (channels' own in-memory layer here, channels_redis in CI's
+Redis pass)."""
+
+import asyncio
+import json
+import time
+
+import pytest
+from asgiref.sync import async_to_sync
+from asgiref.testing import ApplicationCommunicator
+from channels import layers as channels_layers
+from channels.layers import get_channel_layer
+from channels.routing import URLRouter
+
+from devices.models import DeviceConnection
+from notifications import presence
+from notifications.consumers import DeviceConsumer
+from notifications.events import FRAME_MESSAGE, device_group, frame
+from notifications.layers import InMemoryChannelLayer
+from notifications.routing import websocket_urlpatterns
+from tests.conftest import make_device, make_user
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+OURS = {"default": {"BACKEND": "notifications.layers.InMemoryChannelLayer"}}
+CHANNELS_OWN = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+
+def _scope(token: str) -> dict:
+    return {"type": "websocket", "path": "/ws/v1/", "query_string": b"",
+            "headers": [(b"authorization", f"Bearer {token}".encode())], "subprotocols": []}
+
+
+async def _connect(token: str, application=None) -> ApplicationCommunicator:
+    socket = ApplicationCommunicator(application or URLRouter(websocket_urlpatterns), _scope(token))
+    await socket.send_input({"type": "websocket.connect"})
+    assert (await socket.receive_output(timeout=5))["type"] == "websocket.accept"
+    assert json.loads((await socket.receive_output(timeout=5))["text"])["type"] == "hello"
+    return socket
+
+
+async def _next_text(socket) -> dict:
+    while True:
+        output = await socket.receive_output(timeout=5)
+        if output["type"] == "websocket.send":
+            received = json.loads(output["text"])
+            if received["type"] != "device.presence":
+                return received
+
+
+async def _settle():
+    for _ in range(20):  # let transient tasks (group sends, handlers) finish
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.05)
+
+
+async def _idle(socket):
+    """Once the pong is back, connect() and every handler before it have returned:
+    the consumer waits for the client."""
+    await socket.send_input({"type": "websocket.receive", "text": json.dumps({"type": "ping"})})
+    assert await _next_text(socket) == {"type": "pong"}
+    await _settle()
+
+
+async def _ended(socket):
+    """Wait for the consumer to end on its own (ApplicationCommunicator.wait would
+    cancel it on timeout)."""
+    await asyncio.wait({socket.future}, timeout=5)
+    assert socket.future.done(), "the consumer is still running"
+
+
+def _channel_of(device) -> str:
+    return DeviceConnection.objects.get(device=device).channel_name
+
+
+@pytest.fixture
+def tablets():
+    user = make_user()
+    return [make_device(user, kind="tablet") for _ in range(3)]
+
+
+def test_an_idle_socket_holds_no_task_but_the_servers_on_the_in_memory_layer(settings, tablets):
+    settings.CHANNEL_LAYERS = OURS
+
+    async def scenario():
+        await _settle()
+        before = asyncio.all_tasks()
+        sockets = [await _connect(token) for _, token in tablets]
+        await _settle()
+        grown = asyncio.all_tasks() - before
+        for socket in sockets:
+            await socket.send_input({"type": "websocket.disconnect", "code": 1000})
+            await socket.wait(timeout=5)
+        return grown, {socket.future for socket in sockets}
+
+    grown, servers = async_to_sync(scenario)()
+    assert grown == servers  # the communicator's task per socket, as the server's, and nothing else
+
+
+def test_the_channel_layer_pushes_to_an_attached_consumer_and_queues_once_it_is_detached(settings, tablets):
+    settings.CHANNEL_LAYERS = OURS
+    (device, token), *_ = tablets
+
+    async def scenario():
+        layer = get_channel_layer()
+        socket = await _connect(token)
+        await _idle(socket)
+        channel = next(iter(layer.attached))
+        _, text = frame("call.ringing", call={"id": "c"})
+        await layer.send(channel, {"type": FRAME_MESSAGE, "text": text, "event": "e"})
+        pushed = await _next_text(socket)
+        queued_before = dict(layer.channels)
+        await socket.send_input({"type": "websocket.disconnect", "code": 1000})
+        await socket.wait(timeout=5)
+        attached_after = dict(layer.attached)
+        await layer.send(channel, {"type": FRAME_MESSAGE, "text": text, "event": "e"})
+        return pushed, queued_before, attached_after, channel in layer.channels
+
+    pushed, queued_before, attached_after, queued_after = async_to_sync(scenario)()
+    assert pushed["call"] == {"id": "c"}
+    assert queued_before == {} and attached_after == {}
+    assert queued_after  # nobody attached: an ordinary queue, which expires as Channels' do
+
+
+def test_an_attached_consumer_gets_a_copy_and_a_full_one_raises_channel_full():
+    layer = InMemoryChannelLayer(capacity=2)
+    got = []
+    message = {"type": "x", "data": [1]}
+
+    async def scenario():
+        layer.attach("specific.inmemory!a", lambda m: got.append(m) or len(got) <= 1)
+        await layer.send("specific.inmemory!a", message)
+        with pytest.raises(channels_layers.ChannelFull):
+            await layer.send("specific.inmemory!a", message)
+
+    async_to_sync(scenario)()
+    assert got[0] == message and got[0] is not message and got[0]["data"] is not message["data"]
+
+
+class _Slow(DeviceConsumer):
+    """A DeviceConsumer whose `hold` frame keeps its handler running until released."""
+
+    release: asyncio.Event | None = None
+
+    async def receive_json(self, content, **kwargs):
+        if content.get("type") == "hold":
+            await type(self).release.wait()
+            await self.send_json({"type": "held"})
+            return
+        await super().receive_json(content, **kwargs)
+
+
+@pytest.mark.parametrize("layers", [OURS, CHANNELS_OWN], ids=["push", "pull"])
+def test_a_layer_message_waits_for_the_running_handler(settings, tablets, layers):
+    settings.CHANNEL_LAYERS = layers
+    (device, token), *_ = tablets
+
+    async def scenario():
+        _Slow.release = asyncio.Event()
+        socket = await _connect(token, URLRouter([*_routes(_Slow)]))
+        await _idle(socket)
+        await socket.send_input({"type": "websocket.receive", "text": json.dumps({"type": "hold"})})
+        await _settle()
+        _, text = frame("call.ringing", call={"id": "c"})
+        await get_channel_layer().group_send(device_group(device.pk), {"type": FRAME_MESSAGE, "text": text,
+                                                                       "event": "e"})
+        await _settle()
+        _Slow.release.set()
+        first, second = await _next_text(socket), await _next_text(socket)
+        await socket.send_input({"type": "websocket.disconnect", "code": 1000})
+        await socket.wait(timeout=5)
+        return first, second
+
+    first, second = async_to_sync(scenario)()
+    assert first == {"type": "held"}
+    assert second["type"] == "call.ringing"
+
+
+def _routes(consumer):
+    from django.urls import path
+    return [path("ws/v1/", consumer.as_asgi())]
+
+
+@pytest.mark.parametrize("layers", [OURS, CHANNELS_OWN], ids=["push", "pull"])
+def test_a_failing_layer_handler_ends_the_consumer_with_its_error_and_forgets_the_socket(settings, tablets, layers):
+    settings.CHANNEL_LAYERS = layers
+    (device, token), *_ = tablets
+
+    async def scenario():
+        socket = await _connect(token)
+        await _idle(socket)
+        channel = await asyncio.to_thread(_channel_of, device)
+        await get_channel_layer().send(channel, {"type": "no.such.handler"})
+        await _ended(socket)
+        with pytest.raises(ValueError, match="No handler for message type no.such.handler"):
+            socket.future.result()
+        return channel
+
+    channel = async_to_sync(scenario)()
+    assert channel not in presence.LIVE
+    assert not DeviceConnection.objects.filter(device=device).exists()
+
+
+class _Breaking(channels_layers.InMemoryChannelLayer):
+    """A layer that cannot push and whose receive fails, as a lost Redis connection does."""
+
+    async def receive(self, channel):
+        await asyncio.sleep(0)
+        raise ConnectionError("layer gone")
+
+
+def test_a_pull_that_fails_ends_the_consumer_and_forgets_the_socket(settings, tablets):
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": f"{__name__}._Breaking"}}
+    (device, token), *_ = tablets
+
+    async def scenario():
+        socket = ApplicationCommunicator(URLRouter(websocket_urlpatterns), _scope(token))
+        await socket.send_input({"type": "websocket.connect"})
+        await _ended(socket)
+        with pytest.raises(ConnectionError, match="layer gone"):
+            socket.future.result()
+
+    async_to_sync(scenario)()
+    assert not DeviceConnection.objects.filter(device=device).exists()
+
+
+def test_the_handshake_headers_are_released_once_the_socket_is_authenticated(settings, tablets):
+    settings.CHANNEL_LAYERS = OURS
+    (device, token), *_ = tablets
+    scope = _scope(token)
+
+    async def scenario():
+        socket = ApplicationCommunicator(URLRouter(websocket_urlpatterns), scope)
+        await socket.send_input({"type": "websocket.connect"})
+        assert (await socket.receive_output(timeout=5))["type"] == "websocket.accept"
+        hello = json.loads((await socket.receive_output(timeout=5))["text"])
+        await socket.send_input({"type": "websocket.receive", "text": json.dumps({"type": "ping"})})
+        pong = await _next_text(socket)
+        await socket.send_input({"type": "websocket.disconnect", "code": 1000})
+        await socket.wait(timeout=5)
+        return hello, pong
+
+    hello, pong = async_to_sync(scenario)()
+    assert hello["device"]["id"] == str(device.pk) and pong == {"type": "pong"}
+    assert scope["headers"] == []
+
+
+def test_acks_reach_a_waiting_sender_on_a_layer_that_cannot_push(settings, tablets):
+    settings.CHANNEL_LAYERS = CHANNELS_OWN
+    (device, token), *_ = tablets
+
+    async def scenario():
+        layer = get_channel_layer()
+        socket = await _connect(token)
+        reply = await layer.new_channel()
+        event_id, text = frame("call.ringing", call={"id": "c"})
+        await layer.group_send(device_group(device.pk), {"type": FRAME_MESSAGE, "text": text, "event": event_id,
+                                                         "ack_to": reply, "ack_by": time.time() + 10})
+        assert (await _next_text(socket))["id"] == event_id
+        await socket.send_input({"type": "websocket.receive", "text": json.dumps({"type": "ack", "id": event_id})})
+        receipt = await asyncio.wait_for(layer.receive(reply), 5)
+        await socket.send_input({"type": "websocket.disconnect", "code": 1000})
+        await socket.wait(timeout=5)
+        return receipt
+
+    assert async_to_sync(scenario)() == {"type": "ack.receipt", "device": str(device.pk)}
