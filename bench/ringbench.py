@@ -183,6 +183,10 @@ async def ring_cell(fleet: Fleet, base_url: str, *, rate: float, duration: float
         "scheduler_max_lag_ms": round(behind * 1000, 2),
         "client_cpu_pct": round(100 * client_cpu / wall, 1),
         "server_cpu_pct": round(100 * server_cpu / wall, 1) if server_cpu is not None else None,
+        # Robust to a shared machine where latencies are not: the server's CPU (its idle
+        # sockets' share included) over the cell and the drain, per ring sent.
+        "server_cpu_ms_per_ring": round(1000 * server_cpu / len(rings), 2) if server_cpu is not None and rings
+        else None,
         "raw": {"http_ms": http_ms, "frame_ms": frame_ms},
     }
 
@@ -192,4 +196,4 @@ def log_cell(label: str, cell: dict) -> None:
     log(f"{label}: rings {cell['rings_ok']}/{cell['rings_sent']}, frames {cell['frames_received']}/"
         f"{cell['frames_expected']} (lost {cell['frames_lost']}), frame p50/p99 {f['p50']}/{f['p99']} ms, "
         f"http p50/p99 {h['p50']}/{h['p99']} ms, client cpu {cell['client_cpu_pct']}%, "
-        f"server cpu {cell['server_cpu_pct']}%")
+        f"server cpu {cell['server_cpu_pct']}% ({cell.get('server_cpu_ms_per_ring')} ms per ring)")

@@ -156,6 +156,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         "timeout": env_float("DATABASE_POOL_TIMEOUT_SECONDS", 2.0, minimum=0.1),
     }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Django's backend, keeping one idle connection to the file open (callpull/sqlite3/base.py).
+    DATABASES["default"]["ENGINE"] = "callpull.sqlite3"
     # WAL and a busy timeout let the sweeper, HTTP and WebSocket threads share the file.
     DATABASES["default"]["OPTIONS"] = {
         "timeout": 20,
@@ -168,6 +170,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "NAME": env_str("SQLITE_TEST_NAME", os.path.join(tempfile.gettempdir(), f"callpull-test-{os.getpid()}.sqlite3"))
     }
 
+# The provider's webhooks run on a pool of their own (callpull/telephony/asgi.py). SQLite has one
+# writer, so more threads would only wait on each other's locks; PostgreSQL overlaps their queries.
+WEBHOOK_THREADS = env_int("WEBHOOK_THREADS", 1 if DATABASES["default"]["ENGINE"].endswith("sqlite3") else 4,
+                          minimum=1)
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 if REDIS_URL:
@@ -176,11 +183,6 @@ if REDIS_URL:
             # channels_redis, with a capacity per worker and a blocking pool (notifications/layers.py).
             "BACKEND": "notifications.layers.RedisChannelLayer",
             # channels_redis waits for messages with blocking 5 s BZPOPMINs and relies on
-# The provider's webhooks run on a pool of their own (callpull/telephony/asgi.py). SQLite has one
-# writer, so more threads would only wait on each other's locks; PostgreSQL overlaps their queries.
-WEBHOOK_THREADS = env_int("WEBHOOK_THREADS", 1 if DATABASES["default"]["ENGINE"].endswith("sqlite3") else 4,
-                          minimum=1)
-
             # cancelling them; redis-py >= 6 puts a 5 s socket timeout on every read, which
             # kills idle sockets' consumers and can swallow that cancellation (a refused
             # socket's receive loop then polls Redis forever). Blocking reads get none.
