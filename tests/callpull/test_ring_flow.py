@@ -4,6 +4,7 @@ with devices 'online' on channel-layer channels we read frames from."""
 import uuid
 
 import pytest
+from django.db import connection, connections
 
 from callpull.models import Call
 from tests.callpull.conftest import report
@@ -188,6 +189,31 @@ def test_a_ring_report_costs_the_same_queries_whatever_the_number_of_devices(use
     # Device, line; call, `reported`, ring targets, their sockets, deliveries (+ transaction); the
     # instruction and its step; whether a receipt came meanwhile (nobody acks in unit tests).
     assert len(one) <= 12, one
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="a connection pool: the PostgreSQL pass only")
+@pytest.mark.django_db(transaction=True)
+def test_a_report_waiting_for_a_receipt_gives_its_connection_back_to_the_pool(settings, monkeypatch, handset_api,
+                                                                              line, tablet, online):
+    from notifications import fanout
+
+    settings.RING_ACK_WAIT_SECONDS = 0.2
+    line.policy = "immediate"
+    line.save()
+    online(tablet[0])
+    held = connections["default"]  # this thread's wrapper: the test client runs the view here
+    during_wait = []
+
+    async def nobody_acks(channels, text, event_id, wait_ack):
+        during_wait.append(held.connection is None)
+        return []
+
+    monkeypatch.setattr(fanout, "_send_all", nobody_acks)
+    response = report(handset_api, line)
+    assert response.status_code == 201
+    assert response.json()["instruction"] == {"action": "keep_ringing", "reason": "awaiting_delivery"}
+    assert during_wait == [True]
+    assert Call.objects.get().keep_ringing_reason == "awaiting_delivery"
 
 
 def test_the_line_may_be_given_by_number_and_a_national_caller_is_read_in_its_region(handset_api, line):
