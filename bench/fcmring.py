@@ -14,9 +14,10 @@ Cells are kept apart: no call ends during the run (CALL_FORWARD_WAIT_SECONDS is 
 so the sweeper sends no `call.ended`, with its pushes, into a later cell), and after each
 cell the benchmark waits SETTLE_SECONDS, longer than a push can keep retrying (retry
 budget + one request timeout), before the next one starts. Besides latency, each cell
-reports what does not depend on the machine's other load: the server's CPU per ring
-over the cell and its settling time (every push's retries and results included), and
-the requests the fake FCM received per push.
+reports what depends least on the machine's other load: the server's CPU per ring over
+the cell and its settling time (every push's retries and results included), less the
+server's idle CPU (1,000 sockets, the sweeper) over as long, and the requests the fake
+FCM received per push.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from bench.ringbench import Fleet, log_cell, ring_cell
 
 # Longer than a push may keep retrying: FCM_RETRY_BUDGET_SECONDS (4) + FCM_HTTP_TIMEOUT_SECONDS (3) + 1.
 SETTLE_SECONDS = 8.0
+IDLE_SECONDS = 5.0
 PUSHES_PER_RING = 2
 
 MODES = {
@@ -49,19 +51,27 @@ async def _cells(server: Server, seed: list, fake_url: str, rates: list[float], 
     await fleet.connect()
     log(f"fcmring: {len(fleet.sockets)} sockets connected ({fleet.failed} failed)")
     cells = []
+    # The server's CPU with the sockets connected and nothing ringing (pings, the sweeper),
+    # subtracted from each cell's CPU per ring.
+    cpu0, t0 = server.cpu_seconds(), time.monotonic()
+    await asyncio.sleep(IDLE_SECONDS)
+    idle_rate = (server.cpu_seconds() - cpu0) / (time.monotonic() - t0)
+    log(f"fcmring: idle server CPU {100 * idle_rate:.1f}%")
     try:
         for mode, rule in MODES.items():
             httpx.delete(fake_url + "/_fake/rules", trust_env=False)
             if rule:
                 httpx.post(fake_url + "/_fake/rules", json=rule, trust_env=False).raise_for_status()
             for rate in rates:
-                cpu0, requests0 = server.cpu_seconds(), _fake_requests(fake_url)
+                cpu0, requests0, t0 = server.cpu_seconds(), _fake_requests(fake_url), time.monotonic()
                 cell = await ring_cell(fleet, server.base_url, rate=rate, duration=max(duration, 20 / rate),
                                        server=server)
                 cell.update({"fcm": mode, "sockets": len(fleet.sockets), "load": common.load()})
                 await asyncio.sleep(SETTLE_SECONDS)
                 rings = max(1, cell["rings_ok"])
-                cell["server_cpu_ms_per_ring"] = round((server.cpu_seconds() - cpu0) * 1000 / rings, 2)
+                busy = server.cpu_seconds() - cpu0 - idle_rate * (time.monotonic() - t0)
+                cell["server_cpu_ms_per_ring"] = round(busy * 1000 / rings, 2)
+                cell["server_idle_cpu_pct"] = round(100 * idle_rate, 2)
                 cell["fcm_requests_per_push"] = round((_fake_requests(fake_url) - requests0)
                                                       / (rings * PUSHES_PER_RING), 2)
                 log_cell(f"fcmring {mode:>30s} rate={rate:g}/s", cell)
@@ -80,7 +90,8 @@ def markdown(cells: list[dict], meta: dict) -> str:
     lines = ["# Ring report latency with FCM healthy, slow and failing", "",
              f"Command: `{meta['command']}`. {meta['started']}, {meta['sockets']} sockets, 2 pushes and 4 frames "
              f"per ring, load at start {meta['load_start']}. *Server CPU per ring*: the server process's CPU over "
-             f"the cell and the {SETTLE_SECONDS:g} s after it (every retry and result of its pushes), per ring; "
+             f"the cell and the {SETTLE_SECONDS:g} s after it (every retry and result of its pushes), less its idle "
+             "CPU over as long (measured before the first cell), per ring; "
              "*FCM requests per push*: send requests the fake received, per push.", "",
              "| FCM | rate | rings ok/sent | HTTP p50 / p95 / p99 / max (ms) | p99 vs healthy | frame p50 / p99 (ms) "
              "| frames lost | server CPU | server CPU per ring (ms) | FCM requests per push | load 1m |",

@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 from django.db import connection
+from django.db.backends.signals import connection_created
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -98,8 +99,8 @@ def test_a_failing_callback_does_not_stop_the_others(fleet):
 def test_results_arriving_together_from_another_thread_are_written_as_one_batch(fleet, monkeypatch):
     event_id, devices = fleet
     batches = []
-    real_record = push_results.record
-    monkeypatch.setattr(push_results, "record", lambda outcomes: (batches.append(len(outcomes)),
+    real_record = push_results._record
+    monkeypatch.setattr(push_results, "_record", lambda outcomes: (batches.append(len(outcomes)),
                                                                   real_record(outcomes)))
     recorder = push_results.PushRecorder(interval=0.3)
     on_result = recorder.callback(event_id)
@@ -116,8 +117,8 @@ def test_results_arriving_together_from_another_thread_are_written_as_one_batch(
 def test_a_batch_larger_than_the_limit_is_split(fleet, monkeypatch):
     event_id, devices = fleet
     batches = []
-    real_record = push_results.record
-    monkeypatch.setattr(push_results, "record", lambda outcomes: (batches.append(len(outcomes)),
+    real_record = push_results._record
+    monkeypatch.setattr(push_results, "_record", lambda outcomes: (batches.append(len(outcomes)),
                                                                   real_record(outcomes)))
     recorder = push_results.PushRecorder(interval=0.3, batch=5)
     on_result = recorder.callback(event_id)
@@ -128,3 +129,29 @@ def test_a_batch_larger_than_the_limit_is_split(fleet, monkeypatch):
 
     assert sum(batches) == len(devices) and max(batches) == 5
     assert Delivery.objects.filter(event_id=event_id, sent_at__isnull=False).count() == len(devices)
+
+
+def test_the_recorders_thread_keeps_its_connection_while_results_come_and_closes_it_when_they_stop(
+        fleet, monkeypatch):
+    event_id, devices = fleet
+    monkeypatch.setattr(push_results, "IDLE_CLOSE_SECONDS", 0.2)
+    opened = []
+
+    def on_connect(sender, connection, **kwargs):
+        if threading.current_thread().name == "fcm-record":
+            opened.append(connection)
+    connection_created.connect(on_connect)
+    try:
+        recorder = push_results.PushRecorder(interval=0.01)
+        on_result = recorder.callback(event_id)
+        for device in devices[:8]:  # eight batches, one after another
+            on_result(_result(device))
+            assert recorder.flush(timeout=10)
+        assert len(opened) == 1
+        time.sleep(0.5)  # longer than IDLE_CLOSE_SECONDS without a result
+        on_result(_result(devices[8]))
+        assert recorder.flush(timeout=10)
+        assert len(opened) == 2
+    finally:
+        connection_created.disconnect(on_connect)
+    assert Delivery.objects.filter(event_id=event_id, sent_at__isnull=False).count() == 9
