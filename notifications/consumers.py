@@ -35,8 +35,10 @@ CLOSE_FORBIDDEN_ORIGIN = 4403
 
 
 def _header(scope, name: bytes) -> str | None:
+    # ASGI says names are lowercased, but uvicorn's websockets-sansio protocol (0.54,
+    # under manage.py serve) passes them as the client wrote them: "Origin", say.
     for key, value in scope.get("headers", []):
-        if key == name:
+        if key.lower() == name:
             return value.decode("latin-1")
     return None
 

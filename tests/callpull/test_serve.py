@@ -90,6 +90,67 @@ def test_flag_wakes_every_waiter_when_set_and_blocks_them_when_cleared():
     assert asyncio.run(scenario()) == (True, [True, True], True, [])
 
 
+class _Transport(asyncio.Transport):
+    def __init__(self):
+        super().__init__()
+        self.written = []
+
+    def write(self, data):
+        self.written.append(bytes(data))
+
+    def get_extra_info(self, name, default=None):
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(name, default)
+
+    def is_closing(self):
+        return False
+
+    def close(self):
+        pass
+
+    def pause_reading(self):
+        pass
+
+    def resume_reading(self):
+        pass
+
+
+def test_an_accepted_socket_keeps_no_handshake_headers():
+    """Neither the protocol nor websockets' parser (whose generator holds the
+    request for the socket's life) keeps the handshake's headers once accepted."""
+    from uvicorn.config import Config
+    from uvicorn.server import ServerState
+
+    async def app(scope, receive, send):
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+        await receive()
+
+    async def scenario():
+        config = Config(app, ws_ping_interval=None)
+        config.load()
+        protocol = serve.DeviceWebSocketProtocol(config, ServerState(), {})
+        transport = _Transport()
+        protocol.connection_made(transport)
+        protocol.data_received(b"GET /ws/v1/ HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nUpgrade: websocket\r\n"
+                               b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                               b"Sec-WebSocket-Version: 13\r\nAuthorization: Bearer secret-token\r\n\r\n")
+        for _ in range(10):
+            await asyncio.sleep(0)
+        parser_request = protocol.conn.parser.gi_frame.f_locals.get("request")
+        accepted = b"".join(transport.written).startswith(b"HTTP/1.1 101")
+        held = (protocol.request, protocol.response,
+                parser_request is not None and list(parser_request.headers.raw_items()))
+        protocol.connection_lost(None)
+        for _ in range(10):
+            await asyncio.sleep(0)
+        return accepted, held, protocol.scope["headers"][-1]
+
+    accepted, held, scope_header = asyncio.run(scenario())
+    assert accepted
+    assert held == (None, None, [])
+    assert (scope_header[0].lower(), scope_header[1]) == (b"authorization", b"Bearer secret-token")  # its own copy
+
+
 # A real server started by the command ---------------------------------------------
 
 class ServeProcess(Server):

@@ -267,3 +267,24 @@ def test_acks_reach_a_waiting_sender_on_a_layer_that_cannot_push(settings, table
         return receipt
 
     assert async_to_sync(scenario)() == {"type": "ack.receipt", "device": str(device.pk)}
+
+
+def test_header_names_are_matched_whatever_their_case(settings, tablets):
+    """uvicorn's websockets-sansio protocol (manage.py serve) does not lowercase them."""
+    settings.CHANNEL_LAYERS = OURS
+    (device, token), *_ = tablets
+
+    async def scenario(headers):
+        socket = ApplicationCommunicator(URLRouter(websocket_urlpatterns), {**_scope(token), "headers": headers})
+        await socket.send_input({"type": "websocket.connect"})
+        assert (await socket.receive_output(timeout=5))["type"] == "websocket.accept"
+        output = await socket.receive_output(timeout=5)
+        await socket.send_input({"type": "websocket.disconnect", "code": 1000})
+        await socket.wait(timeout=5)
+        return output
+
+    greeted = async_to_sync(scenario)([(b"Authorization", f"Bearer {token}".encode())])
+    foreign = async_to_sync(scenario)([(b"Authorization", f"Bearer {token}".encode()),
+                                       (b"Origin", b"https://evil.example")])
+    assert json.loads(greeted["text"])["type"] == "hello"
+    assert (foreign["type"], foreign["code"]) == ("websocket.close", 4403)

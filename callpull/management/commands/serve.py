@@ -107,7 +107,9 @@ class DeviceWebSocketProtocol(WebSocketsSansIOProtocol):
       rather than an asyncio.Queue and an asyncio.Event;
     - the handshake's request and response (headers and all) are released once the
       socket is accepted; uvicorn keeps them for the socket's life but never reads
-      them again;
+      them again. websockets (17.4) keeps the request too, as a local of the parser
+      generator that then reads frames for the socket's life, so its headers are
+      emptied in place (about 3 KB per socket);
     - permessage-deflate is negotiated without context takeover in either
       direction, so the zlib compressor and decompressor exist only while a
       message is being compressed or decompressed instead of for the socket's
@@ -129,7 +131,10 @@ class DeviceWebSocketProtocol(WebSocketsSansIOProtocol):
                 max_size=config.ws_max_size, logger=self.conn.logger)
 
     def start_keepalive(self) -> None:
-        # Called once, right after the accepting response was written.
+        # Called once, right after the accepting response was written; the scope
+        # already has its own copy of the headers.
+        if self.request is not None:
+            self.request.headers.clear()
         self.request = self.response = None
         super().start_keepalive()
 
