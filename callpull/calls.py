@@ -27,7 +27,7 @@ from devices.errors import ApiError, conflict, not_found, one_or_404
 from devices.models import Device, DeviceKind
 from devices.phone import to_e164
 from notifications import fcm
-from notifications.fanout import Outgoing, any_receipt, fanout, fanout_prepare, fanout_send, online_device_ids
+from notifications.fanout import Outgoing, any_receipt, fanout, fanout_prepare, fanout_send, with_sockets
 from notifications.models import Delivery
 
 log = logging.getLogger(__name__)
@@ -48,9 +48,13 @@ class Instruction:
 
 # Who hears about a call ------------------------------------------------------
 
+def _ring_targets_query(call: Call):
+    return Device.objects.filter(user_id=call.user_id, ring_enabled=True).exclude(kind=DeviceKind.HANDSET)
+
+
 def ring_targets(call: Call) -> list[Device]:
     """The user's secondary devices that want to ring."""
-    return list(Device.objects.filter(user_id=call.user_id, ring_enabled=True).exclude(kind=DeviceKind.HANDSET))
+    return list(_ring_targets_query(call))
 
 
 def all_devices(call: Call) -> list[Device]:
@@ -190,8 +194,7 @@ def _ring_prepare(call: Call, *, now: datetime) -> tuple[Instruction | None, Out
     if call.line.forwarding_state != ForwardingState.ACTIVE:
         # No way to bring the call to another device: leave it to the handset.
         return Instruction(KEEP_RINGING, "forwarding_not_active"), None
-    targets = ring_targets(call)
-    online = online_device_ids([d.pk for d in targets], now)
+    targets, online = with_sockets(_ring_targets_query(call), now)
     pushable = fcm.enabled() and any(d.fcm_token for d in targets)
     if not online and not pushable:
         return Instruction(KEEP_RINGING, "no_reachable_device"), None

@@ -27,7 +27,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import DatabaseError
-from django.db.models import Case, DateTimeField, Q, Value, When
+from django.db.models import Case, DateTimeField, F, FilteredRelation, Q, QuerySet, Value, When
 from django.utils import timezone
 from redis.exceptions import RedisError
 
@@ -58,6 +58,21 @@ def online_device_ids(device_ids, now: datetime) -> dict:
                                .values_list("device_id", "channel_name")):
         online.setdefault(device_id, []).append(channel)
     return online
+
+
+def with_sockets(devices: QuerySet[Device], now: datetime) -> tuple[list[Device], dict]:
+    """The devices of a query and, in the same query, their live sockets: (devices,
+    device id → channel names) as `online_device_ids` gives them."""
+    fresh = now - timedelta(seconds=settings.PRESENCE_STALE_SECONDS)
+    rows = devices.annotate(live=FilteredRelation("connections", condition=Q(connections__seen_at__gt=fresh)),
+                            live_channel=F("live__channel_name"))
+    found: dict = {}
+    online: dict = {}
+    for device in rows:  # one row per live socket, or one with none
+        found.setdefault(device.pk, device)
+        if device.live_channel is not None:
+            online.setdefault(device.pk, []).append(device.live_channel)
+    return list(found.values()), online
 
 
 async def _send_all(channels: list[str], text: str, event_id: str, wait_ack: float) -> list[str]:
