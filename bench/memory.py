@@ -89,6 +89,12 @@ class ServeServer(Server):
                     out[key] = int(line.split()[1]) * 1024
         return out
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the server process so far."""
+        import psutil
+        times = psutil.Process(self.process.pid).cpu_times()
+        return times.user + times.system
+
     def dump(self, tag: str) -> Path:
         """Ask the traced server for a tracemalloc snapshot + gc type counts (SIGUSR1)."""
         request = self.trace_dir / "request"
@@ -197,7 +203,9 @@ async def _hold(server: ServeServer, devices: list[dict], warmup: int, compress:
     if trace:
         await asyncio.to_thread(server.dump, "warm")
     rest = fleet(devices[warmup:])
+    cpu = server.cpu_seconds()
     took = await rest.connect()
+    cpu = server.cpu_seconds() - cpu
     await asyncio.sleep(2.0)
     after = server.status()
     sample = {}
@@ -206,6 +214,7 @@ async def _hold(server: ServeServer, devices: list[dict], warmup: int, compress:
     n, n_rest = len(first.sockets) + len(rest.sockets), len(rest.sockets)
     failed = first.failed + rest.failed + first.closed_early + rest.closed_early
     sample.update({"sockets": n, "sockets_after_warmup": n_rest, "failed": failed, "connect_s": round(took, 1),
+                   "connect_cpu_s_per_1000": round(cpu / max(1, n_rest) * 1000, 2),
                    "rss_before_mb": round(cold["VmRSS"] / 2**20, 1), "rss_after_mb": round(after["VmRSS"] / 2**20, 1),
                    "kb_per_socket": round((after["VmRSS"] - cold["VmRSS"]) / max(1, n) / 1024, 2),
                    "anon_kb_per_socket": round((after["RssAnon"] - cold["RssAnon"]) / max(1, n) / 1024, 2),
@@ -255,7 +264,8 @@ def run(*, sockets: list[int], layers: list[str], deflate: list[bool], variants:
                 log(f"{n:>5} {layer:6s} deflate={'on ' if d else 'off'} {variant:30s}: {sample['sockets']} sockets "
                     f"({sample['failed']} failed) RSS {sample['rss_before_mb']} -> {sample['rss_after_mb']} MB, "
                     f"{sample['kb_per_socket']} KB/socket (anon {sample['anon_kb_per_socket']}, marginal "
-                    f"{sample['marginal_kb_per_socket']}), load {sample['load'][0]}")
+                    f"{sample['marginal_kb_per_socket']}), connect CPU {sample['connect_cpu_s_per_1000']} s/1,000, "
+                    f"load {sample['load'][0]}")
                 if trace:
                     a = sample["attribution"]
                     log(f"   traced {a['traced_kb_per_socket']} KB/socket: {a['by_package_kb_per_socket']}")
@@ -325,18 +335,20 @@ def summary(samples: list[dict]) -> list[dict]:
                      "kb_per_socket_all": [s["kb_per_socket"] for s in group],
                      "anon_kb_per_socket": med("anon_kb_per_socket"),
                      "marginal_kb_per_socket": med("marginal_kb_per_socket"),
+                     "connect_cpu_s_per_1000": med("connect_cpu_s_per_1000"),
                      "rss_before_mb": med("rss_before_mb"), "rss_after_mb": med("rss_after_mb")})
     return rows
 
 
 def table(rows: list[dict]) -> str:
     lines = ["| sockets | layer | deflate | server options | KB/socket (median) | samples | anon | marginal | "
-             "RSS before → after MB | failed |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "RSS before → after MB | connect CPU s / 1,000 | failed |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         lines.append(f"| {r['sockets']} | {r['layer']} | {'on' if r['deflate'] else 'off'} | {r['variant']} | "
                      f"**{r['kb_per_socket']}** | {', '.join(map(str, r['kb_per_socket_all']))} | "
                      f"{r['anon_kb_per_socket']} | {r['marginal_kb_per_socket']} | {r['rss_before_mb']} → "
-                     f"{r['rss_after_mb']} | {r['failed']} |")
+                     f"{r['rss_after_mb']} | {r['connect_cpu_s_per_1000']} | {r['failed']} |")
     return "\n".join(lines)
 
 
