@@ -384,6 +384,26 @@ def test_served_from_asgi_a_webhook_runs_whole_on_the_webhook_pool(client, hands
 
 
 @pytest.mark.django_db(transaction=True)
+def test_served_from_asgi_the_pool_keeps_its_sqlite_connection_between_webhooks(line, monkeypatch):
+    from callpull.telephony import services
+
+    if connection.vendor != "sqlite":
+        pytest.skip("PostgreSQL connections go back to its pool after each request")
+    seen = []
+    real = services.call_arrived
+
+    def call_arrived(**kwargs):
+        answer = real(**kwargs)
+        seen.append(connection.connection)
+        return answer
+
+    monkeypatch.setattr(services, "call_arrived", call_arrived)
+    for sid in (SID, "CA" + "2" * 32):
+        assert _asgi_post("/telephony/twilio/voice", _forward_params(sid))[0] == 200
+    assert len(seen) == 2 and seen[0] is seen[1]
+
+
+@pytest.mark.django_db(transaction=True)
 def test_served_from_asgi_a_bad_signature_is_403_and_a_bad_host_400(line):
     status, _, body = _asgi_post("/telephony/twilio/voice", _forward_params(), signature="forged")
     assert (status, body) == (403, b"invalid signature")
