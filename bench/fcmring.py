@@ -13,7 +13,8 @@ rates run three times: FCM healthy, FCM slow (every request delayed 1 s) and FCM
 Cells are kept apart: no call ends during the run (CALL_FORWARD_WAIT_SECONDS is an hour,
 so the sweeper sends no `call.ended`, with its pushes, into a later cell), and after each
 cell the benchmark waits SETTLE_SECONDS, longer than a push can keep retrying (retry
-budget + one request timeout), before the next one starts. Besides latency, each cell
+budget + one request timeout), and then until the server's CPU is back to idle (a
+saturated cell leaves reports queued), before the next one starts. Besides latency, each cell
 reports what depends least on the machine's other load: the server's CPU per ring over
 the cell and its settling time (every push's retries and results included), less the
 server's idle CPU (1,000 sockets, the sweeper) over as long, and the requests the fake
@@ -68,6 +69,7 @@ async def _cells(server: Server, seed: list, fake_url: str, rates: list[float], 
                                        server=server)
                 cell.update({"fcm": mode, "sockets": len(fleet.sockets), "load": common.load()})
                 await asyncio.sleep(SETTLE_SECONDS)
+                await _until_idle(server, idle_rate)
                 rings = max(1, cell["rings_ok"])
                 busy = server.cpu_seconds() - cpu0 - idle_rate * (time.monotonic() - t0)
                 cell["server_cpu_ms_per_ring"] = round(busy * 1000 / rings, 2)
@@ -82,6 +84,18 @@ async def _cells(server: Server, seed: list, fake_url: str, rates: list[float], 
     return cells
 
 
+async def _until_idle(server: Server, idle_rate: float, limit: float = 60.0) -> None:
+    """Wait (up to `limit` s) until the server is back to its idle CPU: a saturated cell
+    leaves rings queued that would otherwise be served, and pushed, in the next cell."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        cpu0, t0 = server.cpu_seconds(), time.monotonic()
+        await asyncio.sleep(1.0)
+        if (server.cpu_seconds() - cpu0) / (time.monotonic() - t0) <= idle_rate + 0.05:
+            return
+    log("fcmring: the server did not get back to idle before the next cell")
+
+
 def _fake_requests(fake_url: str) -> int:
     return httpx.get(fake_url + "/_fake", trust_env=False).json()["requests"]
 
@@ -90,7 +104,8 @@ def markdown(cells: list[dict], meta: dict) -> str:
     lines = ["# Ring report latency with FCM healthy, slow and failing", "",
              f"Command: `{meta['command']}`. {meta['started']}, {meta['sockets']} sockets, 2 pushes and 4 frames "
              f"per ring, load at start {meta['load_start']}. *Server CPU per ring*: the server process's CPU over "
-             f"the cell and the {SETTLE_SECONDS:g} s after it (every retry and result of its pushes), less its idle "
+             f"the cell and after it ({SETTLE_SECONDS:g} s, then until it is idle again: every retry and result of "
+             "its pushes), less its idle "
              "CPU over as long (measured before the first cell), per ring; "
              "*FCM requests per push*: send requests the fake received, per push.", "",
              "| FCM | rate | rings ok/sent | HTTP p50 / p95 / p99 / max (ms) | p99 vs healthy | frame p50 / p99 (ms) "
