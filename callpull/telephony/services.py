@@ -156,13 +156,20 @@ def call_arrived(*, params: dict, now: datetime) -> str:
     forwarded_from = e164_or_none(params.get("ForwardedFrom"))
     caller = e164_or_none(params.get("From"))
     dialled_in = not forwarded_from
-    known = _known(call_sid, dialled_in=dialled_in)
-    if known is not None:
-        return known
+    if dialled_in:  # a retried dial-in must not claim a pending call: look for its leg first
+        known = _known(call_sid)
+        if known is not None:
+            return known
+    # A forwarded call's retry is found when its claim fails: the call it matched is no
+    # longer pending, and claiming another one with the same CallSid breaks its uniqueness.
     for call in _candidates(to=to, caller=caller, forwarded_from=forwarded_from, now=now):
         if _claim(call, call_sid=call_sid, forwarded_from=forwarded_from, now=now):
             return caller_twiml(call)
         known = _known(call_sid, dialled_in=dialled_in)
+        if known is not None:
+            return known
+    if not dialled_in:
+        known = _known(call_sid, dialled_in=False)
         if known is not None:
             return known
     if not forwarded_from:

@@ -79,6 +79,18 @@ def test_a_retried_webhook_gets_the_same_twiml_and_one_leg(client, answered_call
     assert Call.objects.get().timeline.filter(event="forwarded_call_arrived").count() == 1
 
 
+def test_a_retry_while_the_same_caller_rings_again_gets_the_first_answer(client, handset_api, line, tablet,
+                                                                          online):
+    online(tablet[0])
+    first = report(handset_api, line).json()["call"]["id"]
+    answer = forward(client, sid=SID).content
+    second = report(handset_api, line).json()["call"]["id"]  # the caller rings again, still pending
+    assert forward(client, sid=SID).content == answer
+    assert Call.objects.get(provider_call_sid=SID).pk == uuid.UUID(first)
+    assert Call.objects.get(pk=second).provider_call_sid is None
+    assert Call.objects.get(pk=second).state == "ringing"
+
+
 def test_matching_without_forwarded_from_uses_server_number_and_caller(client, answered_call):
     assert xml(forward(client, sid=SID, forwarded_from=None)).find("Dial/Conference") is not None
 
@@ -285,7 +297,7 @@ def test_a_hang_up_answered_503_ends_the_call_when_the_provider_retries(client, 
     assert call.timeline.get(event="caller_hung_up").detail == {"call_status": "completed"}
 
 
-def test_a_held_callers_webhook_reads_twice_and_writes_once(client, handset_api, line, tablet, online):
+def test_a_held_callers_webhook_reads_once_and_writes_once(client, handset_api, line, tablet, online):
     line.policy = "immediate"
     line.save()
     online(tablet[0])
@@ -294,8 +306,8 @@ def test_a_held_callers_webhook_reads_twice_and_writes_once(client, handset_api,
         root = xml(forward(client, sid=SID))
     assert root.find("Dial/Conference") is not None
     statements = [q["sql"].split()[0] for q in queries.captured_queries if "SAVEPOINT" not in q["sql"]]
-    # The CallSid not seen before, the pending call; then one guarded UPDATE and both timeline entries at once.
-    assert statements == ["SELECT", "SELECT", "UPDATE", "INSERT"]
+    # The pending call; then one guarded UPDATE and both timeline entries at once.
+    assert statements == ["SELECT", "UPDATE", "INSERT"]
     assert list(Call.objects.get().timeline.values_list("event", flat=True))[-2:] == [
         "forwarded_call_arrived", "caller_held"]
 
