@@ -23,6 +23,8 @@ this class interoperate.
 """
 
 import asyncio
+import collections
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -55,7 +57,7 @@ class InMemoryChannelLayer(channels_layers.InMemoryChannelLayer):
       sent after that queue up as for any channel nobody receives.
 
     Written against channels 4.3.2's InMemoryChannelLayer (its `send`, `channels`
-    and `_clean_expired`); tests/notifications/test_layers.py checks both."""
+    and `_clean_expired`); tests/notifications/test_consumer_dispatch.py checks both."""
 
     _cleaned_at = 0.0
 
@@ -86,6 +88,71 @@ class InMemoryChannelLayer(channels_layers.InMemoryChannelLayer):
         super()._clean_expired()
 
 
+class Inbox:
+    """The part of asyncio.Queue that uvicorn's protocol and channels_redis's
+    receive buffer use (put_nowait, get, get_nowait, empty), with asyncio.Queue's
+    semantics for these, in two small lists instead of its four deques (about
+    3 KB per socket, whose queue is nearly always empty)."""
+
+    __slots__ = ("_items", "_getters")
+
+    def __init__(self):
+        self._items = []
+        self._getters = []
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def get_nowait(self):
+        if not self._items:
+            raise asyncio.QueueEmpty
+        return self._items.pop(0)
+
+    def put_nowait(self, item) -> None:
+        self._items.append(item)
+        self._wake_next()
+
+    def _wake_next(self) -> None:
+        while self._getters:
+            getter = self._getters.pop(0)
+            if not getter.done():
+                getter.set_result(None)
+                break
+
+    async def get(self):
+        while not self._items:
+            getter = asyncio.get_running_loop().create_future()
+            self._getters.append(getter)
+            try:
+                await getter
+            except BaseException:
+                getter.cancel()
+                try:
+                    self._getters.remove(getter)
+                except ValueError:
+                    pass
+                if self._items and not getter.cancelled():
+                    self._wake_next()  # the item this getter was woken for goes to the next one
+                raise
+        return self._items.pop(0)
+
+
+class BoundedInbox(Inbox):
+    """channels_redis's BoundedQueue (a full buffer drops its oldest message, which
+    only happens to a consumer that stopped reading) on an Inbox."""
+
+    __slots__ = ("maxsize",)
+
+    def __init__(self, maxsize: int):
+        super().__init__()
+        self.maxsize = maxsize
+
+    def put_nowait(self, item) -> None:
+        if 0 < self.maxsize <= len(self._items):
+            self._items.pop(0)
+        super().put_nowait(item)
+
+
 # Messages in flight for all the sockets of one worker (see above).
 SPECIFIC_CAPACITY = 50_000
 
@@ -97,6 +164,9 @@ class RedisChannelLayer(core.RedisChannelLayer):
         self.pool_timeout = pool_timeout
         capacities = {"specific.*": SPECIFIC_CAPACITY, **(channel_capacity or {})}
         super().__init__(*args, channel_capacity=capacities, **kwargs)
+        # Each waiting consumer's buffer: an Inbox, not an asyncio.Queue (channels_redis
+        # 4.3.0 uses put_nowait, get, get_nowait and empty on it).
+        self.receive_buffer = collections.defaultdict(functools.partial(BoundedInbox, self.capacity))
 
     def create_pool(self, index):
         host = dict(self.hosts[index])

@@ -288,3 +288,24 @@ def test_header_names_are_matched_whatever_their_case(settings, tablets):
                                        (b"Origin", b"https://evil.example")])
     assert json.loads(greeted["text"])["type"] == "hello"
     assert (foreign["type"], foreign["code"]) == ("websocket.close", 4403)
+
+
+def test_the_redis_layers_receive_buffer_is_a_bounded_inbox_that_drops_its_oldest_when_full():
+    from notifications.layers import BoundedInbox, RedisChannelLayer
+    layer = RedisChannelLayer(hosts=[{"address": "redis://127.0.0.1:6379/0"}], capacity=2)
+    buffer = layer.receive_buffer["specific.x!y"]
+    assert isinstance(buffer, BoundedInbox) and buffer.maxsize == 2
+
+    async def scenario():
+        waiting = asyncio.ensure_future(buffer.get())
+        await asyncio.sleep(0)
+        buffer.put_nowait(1)
+        first = await waiting
+        for item in (2, 3, 4):
+            buffer.put_nowait(item)
+        rest = [buffer.get_nowait(), await buffer.get()]
+        with pytest.raises(asyncio.QueueEmpty):
+            buffer.get_nowait()
+        return first, rest, buffer.empty()
+
+    assert asyncio.run(scenario()) == (1, [3, 4], True)

@@ -17,52 +17,11 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.server import ServerProtocol
 
+from notifications.layers import Inbox as _Inbox
+
 # --ws: ours, or uvicorn's own protocols by their uvicorn names (wsproto is not installed).
 WS_PROTOCOLS = {"device": f"{__name__}:DeviceWebSocketProtocol", "websockets-sansio": "websockets-sansio",
                 "websockets": "websockets"}
-
-
-class _Inbox:
-    """The part of asyncio.Queue the protocol uses (put_nowait, get, empty), with
-    asyncio.Queue's semantics for these, in two small lists instead of its four
-    deques (about 3 KB per socket, whose queue is nearly always empty)."""
-
-    __slots__ = ("_items", "_getters")
-
-    def __init__(self):
-        self._items = []
-        self._getters = []
-
-    def empty(self) -> bool:
-        return not self._items
-
-    def put_nowait(self, item) -> None:
-        self._items.append(item)
-        self._wake_next()
-
-    def _wake_next(self) -> None:
-        while self._getters:
-            getter = self._getters.pop(0)
-            if not getter.done():
-                getter.set_result(None)
-                break
-
-    async def get(self):
-        while not self._items:
-            getter = asyncio.get_running_loop().create_future()
-            self._getters.append(getter)
-            try:
-                await getter
-            except BaseException:
-                getter.cancel()
-                try:
-                    self._getters.remove(getter)
-                except ValueError:
-                    pass
-                if self._items and not getter.cancelled():
-                    self._wake_next()  # the item this getter was woken for goes to the next one
-                raise
-        return self._items.pop(0)
 
 
 class _Flag:
