@@ -109,14 +109,20 @@ def _unmatched(*, to: str, forwarded_from: str | None) -> str:
 # provider_call_sid__isnull=True, created_at__gte=now - window), and line__number=
 # forwarded_from when the carrier said, and Q(caller=caller) | Q(caller="") when the
 # caller is known, newest first, five at most. Only the fields a claim needs are read.
+# On SQLite the `+` keeps the planner off the unique provider_call_sid index: without
+# statistics it took `IS NULL` for a near-unique lookup and read every call never
+# forwarded (most of the history) instead of the line's recent pending calls through
+# the (line, state, created_at) index. PostgreSQL plans from statistics (and has no
+# unary + for text).
 _CANDIDATES = ("SELECT c.id, c.state, c.answered_by_id, c.created_at FROM callpull_call c"
                " JOIN callpull_line l ON l.id = c.line_id JOIN callpull_servernumber s ON s.id = l.server_number_id"
-               " WHERE s.number = %s AND c.state IN ({states}) AND c.provider_call_sid IS NULL AND c.created_at >= %s")
+               " WHERE s.number = %s AND c.state IN ({states}) AND {sid} IS NULL AND c.created_at >= %s")
 
 
 def _candidates(*, to: str, caller: str | None, forwarded_from: str | None, now: datetime) -> list[Call]:
     states = sorted(str(state) for state in PENDING_STATES)
-    sql = _CANDIDATES.format(states=", ".join(["%s"] * len(states)))
+    sid = "+c.provider_call_sid" if connection.vendor == "sqlite" else "c.provider_call_sid"
+    sql = _CANDIDATES.format(states=", ".join(["%s"] * len(states)), sid=sid)
     since = connection.ops.adapt_datetimefield_value(now - timedelta(seconds=settings.CALL_MATCH_WINDOW_SECONDS))
     params = [to, *states, since]
     if forwarded_from:

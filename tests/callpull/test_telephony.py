@@ -5,6 +5,7 @@ tests drive the real one against the simulator)."""
 import threading
 import uuid
 from datetime import timedelta
+from unittest import mock
 from urllib.parse import urlencode
 from xml.etree import ElementTree
 
@@ -458,3 +459,25 @@ def test_the_pending_call_query_picks_what_its_orm_form_picks(handset_api, line,
     assert [call.pk for call in picked] == list(expected.order_by("-created_at").values_list("pk", flat=True)[:5])
     assert len(picked) >= 2
     assert _candidates(to="+15555550199", caller=caller, forwarded_from=forwarded_from, now=now) == []
+
+
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's planner, which has no statistics")
+def test_the_pending_call_query_reads_the_lines_recent_calls_not_every_unforwarded_one(db):
+    from callpull.telephony import services
+
+    captured = []
+    original = Call.objects.raw
+
+    def capture(sql, params):
+        captured.append((sql, params))
+        return original(sql, params)
+
+    with mock.patch.object(Call.objects, "raw", side_effect=capture):
+        services._candidates(to="+15555550100", caller="+15550009999", forwarded_from="+15551234567",
+                             now=timezone.now())
+    (sql, params), = captured
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN QUERY PLAN " + sql, params)
+        plan = " | ".join(row[-1] for row in cursor.fetchall())
+    assert "provider_call_sid" not in plan, plan
+    assert "SEARCH c USING INDEX" in plan and "line_id=?" in plan, plan
