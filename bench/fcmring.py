@@ -10,8 +10,9 @@ FCM token, so every ring sends two pushes besides its four frames. The same flee
 rates run three times: FCM healthy, FCM slow (every request delayed 1 s) and FCM failing
 (every request answered 503). Results: bench/results/fcm-ring.{json,md}.
 
-Cells are kept apart: no call ends during the run (CALL_FORWARD_WAIT_SECONDS is an hour,
-so the sweeper sends no `call.ended`, with its pushes, into a later cell), and after each
+Cells are kept apart: no call ends during the run (CALL_RING_SECONDS and
+CALL_FORWARD_WAIT_SECONDS are an hour: a report answered `reject` keeps its ring deadline,
+and the sweeper would send its `call.ended`, with two pushes, into a later cell), and after each
 cell the benchmark waits SETTLE_SECONDS, longer than a push can keep retrying (retry
 budget + one request timeout), and then until the server's CPU is back to idle (a
 saturated cell leaves reports queued), before the next one starts. Besides latency, each cell
@@ -130,7 +131,7 @@ def run(sockets: int, rates: list[float], duration: float) -> Path:
     meta = {"command": ".venv/bin/python -m bench " + " ".join(sys.argv[1:]), "sockets": sockets,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "load_start": common.load()}
     db = Database("sqlite", tmp)
-    base_env = common.server_env(db.url, None, production=True, RATE_LIMIT_SIGNUP=100000, CALL_RING_SECONDS=60,
+    base_env = common.server_env(db.url, None, production=True, RATE_LIMIT_SIGNUP=100000, CALL_RING_SECONDS=3600,
                                  CALL_FORWARD_WAIT_SECONDS=3600, PRESENCE_STALE_SECONDS=600)
     fake, fake_url, creds = common.start_fake_fcm(tmp, base_env)
     try:
