@@ -40,6 +40,10 @@ from notifications.signals import deliveries_acked
 
 log = logging.getLogger(__name__)
 
+# A ring report's reply channel is dropped this long after its wait: the consumers
+# forward acks only until the wait's end (`ack_by`), and one may still be in flight.
+REPLY_GRACE_SECONDS = 2.0
+
 
 @dataclass
 class FanoutResult:
@@ -107,6 +111,11 @@ async def _send_all(channels: list[str], text: str, event_id: str, wait_ack: flo
             receipt = await layer.receive(reply)
     except TimeoutError:
         return []
+    finally:
+        # The other devices' acks still come (until `ack_by`) and nobody reads them.
+        forget = getattr(layer, "forget", None)
+        if forget is not None:
+            asyncio.get_running_loop().call_later(wait_ack + REPLY_GRACE_SECONDS, forget, reply)
     return [receipt["device"]]
 
 

@@ -72,6 +72,11 @@ class InMemoryChannelLayer(channels_layers.InMemoryChannelLayer):
     def detach(self, channel: str) -> None:
         self.attached.pop(channel, None)
 
+    def forget(self, channel: str) -> None:
+        """Drop what waits for a channel nobody will receive from again (a ring
+        report's reply channel once its wait is over)."""
+        self.channels.pop(channel, None)
+
     async def send(self, channel, message):
         deliver = self.attached.get(channel)
         if deliver is None:
@@ -167,6 +172,42 @@ class RedisChannelLayer(core.RedisChannelLayer):
         # Each waiting consumer's buffer: an Inbox, not an asyncio.Queue (channels_redis
         # 4.3.0 uses put_nowait, get, get_nowait and empty on it).
         self.receive_buffer = collections.defaultdict(functools.partial(BoundedInbox, self.capacity))
+        self._unread: set[str] = set()
+        self._swept_at = time.monotonic()
+
+    # channels_redis pulls every message of this worker's channels into `receive_buffer`,
+    # one buffer per channel, and deletes a buffer only when a receive() on it ends. A
+    # message for a channel nobody receives from any more (the three acks of a ring after
+    # the first, which the waiting report already had; a frame that reached a socket just
+    # closed) stayed in this worker's memory for ever: about three messages and a buffer
+    # per ring report.
+
+    def forget(self, channel: str) -> None:
+        """Drop what waits for a channel nobody will receive from again (a ring
+        report's reply channel once its wait is over)."""
+        inbox = self.receive_buffer.get(channel)
+        if inbox is not None and not inbox._getters:
+            del self.receive_buffer[channel]
+
+    async def receive(self, channel):
+        self._sweep_unread()
+        return await super().receive(channel)
+
+    def _sweep_unread(self) -> None:
+        """At most once per `expiry`: drop the buffers that held messages with no
+        receiver waiting at the last sweep and still do (so their messages are older
+        than `expiry`, when the layer would have expired them anyway)."""
+        now = time.monotonic()
+        if now - self._swept_at < self.expiry:
+            return
+        self._swept_at = now
+        unread = {channel for channel, inbox in self.receive_buffer.items() if inbox._items and not inbox._getters}
+        for channel in unread & self._unread:
+            inbox = self.receive_buffer.get(channel)
+            if inbox is not None and not inbox._getters:
+                log.info("dropped %s unread messages for %s", len(inbox._items), channel)
+                del self.receive_buffer[channel]
+        self._unread = unread - self._unread
 
     def create_pool(self, index):
         host = dict(self.hosts[index])
