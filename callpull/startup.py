@@ -62,11 +62,13 @@ async def warm_up() -> None:
 
 
 async def shutdown() -> None:
-    """Let in-process helpers finish cleanly (the simulator's pending requests, FCM sends)."""
-    from notifications import fcm
+    """Let in-process helpers finish cleanly (the simulator's pending requests, FCM
+    sends, then the recording of their results)."""
+    from notifications import fcm, push_results
 
     if settings.SIMULATOR_ENABLED:
         from callpull.simulator.app import application as simulator
 
         await simulator.aclose()
     fcm.shutdown(timeout=2.0)
+    await asyncio.to_thread(push_results.RECORDER.flush, 2.0)

@@ -155,3 +155,19 @@ def test_the_recorders_thread_keeps_its_connection_while_results_come_and_closes
     finally:
         connection_created.disconnect(on_connect)
     assert Delivery.objects.filter(event_id=event_id, sent_at__isnull=False).count() == 9
+
+
+def test_a_worker_shutting_down_writes_the_results_it_still_holds(fleet, monkeypatch):
+    from asgiref.sync import async_to_sync
+
+    from callpull import startup
+
+    event_id, devices = fleet
+    monkeypatch.setattr(push_results, "RECORDER", push_results.PushRecorder(interval=0.5))
+    on_result = push_results.RECORDER.callback(event_id)
+    for device in devices:
+        on_result(_result(device))
+
+    async_to_sync(startup.shutdown)()
+
+    assert Delivery.objects.filter(event_id=event_id, sent_at__isnull=False).count() == len(devices)
