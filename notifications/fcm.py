@@ -420,8 +420,9 @@ class _Sender:
             probe = await self.breaker.admit(retry_until)
             if probe is None:  # FCM failing as a whole, and still when this push's time ran out
                 error = error or self.breaker.error or "unavailable"
-                log.warning("fcm push gave up, FCM failing call=%s device=%s token=%s error=%s attempts=%s",
-                            push.collapse_key, push.device_id, _short(push.token), error, attempts)
+                # INFO: the circuit logged FCM failing, once, at WARNING; each held push adds nothing.
+                log.info("fcm push gave up, FCM failing call=%s device=%s token=%s error=%s attempts=%s",
+                         push.collapse_key, push.device_id, _short(push.token), error, attempts)
                 return PushResult(push, False, None, error, False, attempts, None)
             try:
                 message_id, exc, error, accepted_at, requests_made = await self._attempt(push)
