@@ -55,12 +55,16 @@ class Lifespan:
 
 
 def http_app():
-    """Django (with static files); the provider's webhooks through Django's handler
-    in one thread trip each (callpull.telephony.asgi); in the embedded default, the
-    bundled carrier/provider simulator under /simulator/."""
+    """Django's HTTP side in one thread trip per request (callpull.http): the API and
+    the pages on a pool of HTTP_THREADS, the provider's webhooks on their own
+    (callpull.telephony.asgi); static files through Django's handler (their
+    responses stream); in the embedded default, the bundled carrier/provider
+    simulator under /simulator/."""
+    from callpull.http import OneTripHandler
     from callpull.telephony.asgi import PREFIX, WebhookHandler
 
-    django_app = ASGIStaticFilesHandler(django_http)
+    static = ASGIStaticFilesHandler(django_http)
+    django_app = OneTripHandler(threads=settings.HTTP_THREADS, name="http")
     webhooks = WebhookHandler()
     simulator = None
     if settings.SIMULATOR_ENABLED:
@@ -72,6 +76,8 @@ def http_app():
             return await webhooks(scope, receive, send)
         if simulator is not None and (path == "/simulator" or path.startswith("/simulator/")):
             return await simulator(scope, receive, send)
+        if static._should_handle(path):
+            return await static(scope, receive, send)
         return await django_app(scope, receive, send)
 
     return route

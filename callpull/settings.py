@@ -144,8 +144,8 @@ if urlsplit(_database_url).scheme not in {"sqlite", "postgres", "postgresql", "p
     )
 DATABASES = {"default": dj_database_url.parse(_database_url, conn_max_age=0)}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-    # Under ASGI every request runs in a thread of its own, so persistent connections
-    # (CONN_MAX_AGE) are never reused: without a pool each request and each consumer
+    # Each request gives its connection back when it ends, and consumer database calls
+    # run in threads that come and go: without a pool each request and each consumer
     # database call would open a connection (a few ms, most of a ring report's time).
     # Django has the pool check a connection as it lends it, so one the database
     # dropped (a restart, a blip) is replaced instead of failing the request.
@@ -169,6 +169,12 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {
         "NAME": env_str("SQLITE_TEST_NAME", os.path.join(tempfile.gettempdir(), f"callpull-test-{os.getpid()}.sqlite3"))
     }
+
+# The API and the pages run on a thread pool (callpull/http.py), one thread per request from
+# start to end. A ring report with policy immediate holds its thread while it waits up to
+# RING_ACK_WAIT_SECONDS for a receipt (50 reports/s x 0.5 s = 25 threads if none came); busy
+# threads make requests queue. Threads start only as requests overlap.
+HTTP_THREADS = env_int("HTTP_THREADS", 32, minimum=1)
 
 # The provider's webhooks run on a pool of their own (callpull/telephony/asgi.py). SQLite has one
 # writer, so more threads would only wait on each other's locks; PostgreSQL overlaps their queries.

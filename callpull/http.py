@@ -1,0 +1,135 @@
+"""Django's HTTP handling in one trip to a thread per request.
+
+Django's ASGI handler runs a sync view, each sync middleware method and each
+request signal in a thread hop of its own, about fourteen per request, each
+request in a thread of its own (a webhook refused for its signature, with no
+database work, cost 3.3 ms of server CPU that way on this project's machine).
+
+`OneTripHandler` is Django's handler all the same (the same middleware, URL
+resolution, views, signals and error pages) run synchronously, as under WSGI:
+the body is read on the event loop, then the whole request, from
+`request_started` to `request_finished`, runs in one call on a thread pool of
+the handler's own, and the response is sent from the event loop. When every
+thread is busy, requests wait in the pool's queue.
+
+callpull.asgi serves the API and the pages on one (`HTTP_THREADS`) and the
+provider's webhooks on another (callpull.telephony.asgi, `WEBHOOK_THREADS`).
+
+A view may call `async_to_sync` (the ring report waits for the first receipt
+that way): the pool thread was started by asgiref's `sync_to_async`, which tells
+it the main event loop, so the coroutine runs there while the thread waits.
+
+A pool thread lives as long as the worker, so it keeps its SQLite connection
+open between requests, as CONN_MAX_AGE=None would (Django's connections are
+thread-local): opening one cost ~0.4 ms of CPU per request. PostgreSQL's
+connections still go back to its pool after each request (request_finished,
+in the thread that used them).
+
+No view of the project streams (static files, whose responses do, stay on
+Django's handler). A streaming response still works: its pool thread produces
+the chunks, the event loop sends them, and a client that goes away ends it.
+"""
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from functools import cached_property
+
+from asgiref.sync import async_to_sync, sync_to_async
+from django.core import signals
+from django.core.exceptions import RequestAborted
+from django.core.handlers import base
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
+from django.db import connections
+from django.http import FileResponse, HttpResponse
+from django.urls import set_script_prefix
+
+_END = object()
+
+
+class OneTripHandler(ASGIHandler):
+    """Django's request handling, one thread trip per request, on a pool of `threads`."""
+
+    def __init__(self, *, threads: int, name: str):
+        base.BaseHandler.__init__(self)
+        self.load_middleware(is_async=False)
+        self.threads = threads
+        self.name = name
+
+    @cached_property
+    def pool(self) -> ThreadPoolExecutor:
+        """Its threads start only as requests overlap, and live as long as the worker."""
+        return ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix=self.name)
+
+    @cached_property
+    def _serve_in_pool(self):
+        return sync_to_async(self._serve, thread_sensitive=False, executor=self.pool)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            raise ValueError(f"{self.name}: HTTP only, not {scope['type']}")
+        await self.handle(scope, receive, send)
+
+    async def handle(self, scope, receive, send):
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        try:
+            response = await self._serve_in_pool(scope, body_file, receive, send)
+        finally:
+            body_file.close()
+        if response is not None:
+            await self.send_response(response, send)
+
+    def _serve(self, scope, body_file, receive, send) -> HttpResponse | None:
+        """What ASGIHandler.handle does around the view, in this one thread: the
+        database connection the view used is closed (or kept) by request_finished
+        in the thread that opened it. A streamed response is sent from here (None
+        returned); any other is returned closed, for the event loop to send."""
+        set_script_prefix(get_script_prefix(scope))
+        signals.request_started.send(sender=self.__class__, scope=scope)
+        request, response = self.create_request(scope, body_file)
+        if request is not None:
+            response = self.get_response(request)
+            response._handler_class = self.__class__
+        for connection in connections.all(initialized_only=True):
+            if connection.vendor == "sqlite" and connection.connection is not None:
+                # Kept by request_finished unless an error left it unusable or outside autocommit.
+                connection.close_at = None
+        if not response.streaming:
+            response.close()
+            return response
+        try:
+            async_to_sync(self._stream)(response, receive, send)
+        finally:
+            response.close()
+        return None
+
+    async def _stream(self, response, receive, send):
+        """Send a streaming response from the event loop, each chunk produced in the
+        pool thread waiting on this (thread-sensitive calls go back to it), until
+        the end or until the client goes away."""
+        if isinstance(response, FileResponse):
+            response.block_size = self.chunk_size
+        chunks = iter(response)
+        produce = sync_to_async(next, thread_sensitive=True)
+        gone = asyncio.ensure_future(self.listen_for_disconnect(receive))
+        headers = [(header.encode("ascii") if isinstance(header, str) else header,
+                    value.encode("latin1") if isinstance(value, str) else value)
+                   for header, value in response.items()]
+        headers += [(b"Set-Cookie", c.output(header="").encode("ascii").strip()) for c in response.cookies.values()]
+        try:
+            await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+            while not gone.done():
+                part = await produce(chunks, _END)
+                if part is _END:
+                    await send({"type": "http.response.body"})
+                    return
+                for chunk, _ in self.chunk_bytes(part):
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        finally:
+            gone.cancel()
+            try:
+                await gone
+            except (asyncio.CancelledError, RequestAborted, AssertionError):
+                pass
