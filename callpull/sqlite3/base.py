@@ -3,10 +3,10 @@ for the life of the process.
 
 SQLite checkpoints the write-ahead log into the database (with an fsync) and
 deletes the log whenever the *last* connection to the file closes. Django opens
-a connection for each HTTP request (under ASGI every request runs in a thread of
-its own) and for each database call of the WebSocket side, and closes it after:
-with nothing else holding the file open, each of them paid for a checkpoint and
-a new log (about 0.6 ms of CPU and 2 ms of waiting per connection, measured in
+a connection for each database call of the WebSocket side (and, under Django's
+own ASGI handler, for each HTTP request, each in a thread of its own; callpull.http
+keeps one per pool thread instead), and closes it after: with nothing else
+holding the file open, each of them paid for a checkpoint and a new log (about 0.6 ms of CPU and 2 ms of waiting per connection, measured in
 bench/results/profile.md). The held connection only keeps the log open; SQLite
 still checkpoints on its own schedule (every 1,000 pages written).
 """
