@@ -18,7 +18,8 @@ def main() -> None:
     mem.add_argument("--layers", default="memory,redis", help="comma-separated channel layers: memory,redis")
     mem.add_argument("--deflate", default="off,on", help="comma-separated: off,on")
     mem.add_argument("--variants", default="default", help="';'-separated variants to compare, each extra server "
-                     "options and NAME=value settings, e.g. 'default;--ws websockets;DEBUG=false' (default = none)")
+                     "options and NAME=value settings, e.g. 'default;--ws websockets;PRESENCE_STALE_SECONDS=120' "
+                     "(default = none)")
     mem.add_argument("--launcher", choices=["serve", "uvicorn"], default="serve",
                      help="manage.py serve (default) or the ring benchmark's uvicorn command line")
     mem.add_argument("--repeat", type=int, default=3)
