@@ -71,6 +71,15 @@ def send(fake_fcm):
     return send
 
 
+def wait_until(condition, timeout=5.0):
+    """Poll `condition` (set by another thread) until it holds; fail after `timeout`."""
+    limit = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > limit:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.005)
+
+
 def make_push(token="token-aaaaaaaaaaaa", *, call_id="call-1", ring_seconds=30.0, data=None, device_id=None):
     return fcm.Push(
         device_id=device_id or f"device-{token}",

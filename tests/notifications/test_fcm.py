@@ -10,7 +10,7 @@ import pytest
 
 from notifications import fcm
 from notifications.fakefcm import FakeFCM
-from tests.notifications.conftest import Results, make_push
+from tests.notifications.conftest import Results, make_push, wait_until
 
 # --- what a delivered push looks like ----------------------------------------------------
 
@@ -333,14 +333,6 @@ def test_the_fake_refuses_sends_without_a_token_it_issued(fake_fcm):
 # --- FCM failing as a whole: the circuit breaker ------------------------------------------------
 
 
-def _wait_until(condition, timeout=5.0):
-    limit = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > limit:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.005)
-
-
 def test_the_breaker_opens_on_several_tokens_failing_in_a_row_not_on_one_token_or_with_successes_between():
     breaker = fcm._Breaker()
     for _ in range(fcm.BREAKER_THRESHOLD + 2):  # one token failing again and again
@@ -409,7 +401,7 @@ def test_when_fcm_recovers_one_probe_goes_first_and_the_held_pushes_follow_its_a
     fake_fcm.fail("unavailable")
     results = Results()
     fcm.send_many([make_push(f"token-back-{i:05d}") for i in range(8)], results)
-    _wait_until(lambda: not fcm._sender().breaker.closed)
+    wait_until(lambda: not fcm._sender().breaker.closed)
     fake_fcm.clear_rules()
     fake_fcm.latency_ms = 100
     recovered_at = time.time()

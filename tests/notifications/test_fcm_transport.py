@@ -8,15 +8,7 @@ import time
 import pytest
 
 from notifications import fcm
-from tests.notifications.conftest import Results, make_push
-
-
-def _wait_for(condition, timeout=5.0):
-    limit = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > limit:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
+from tests.notifications.conftest import Results, make_push, wait_until
 
 
 def test_a_push_carries_the_headers_firebase_admin_sends_to_fcm(fake_fcm, send):
@@ -84,7 +76,7 @@ def test_no_more_than_max_in_flight_requests_are_open_at_once(fake_fcm, settings
     results = Results()
 
     fcm.send_many([make_push(f"token-slot-{i:05d}") for i in range(3)], results)
-    _wait_for(lambda: len(fake_fcm.requests()) >= 2)
+    wait_until(lambda: len(fake_fcm.requests()) >= 2)
     time.sleep(0.2)
     waiting = len(fake_fcm.requests())
     fake_fcm.clear_rules()  # releases the hung requests; they are retried

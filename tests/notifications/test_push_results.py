@@ -37,6 +37,16 @@ def fleet():
     return event_id, devices
 
 
+@pytest.fixture
+def batches(monkeypatch) -> list[int]:
+    """The size of each batch the recorder writes, in order."""
+    sizes = []
+    real_record = push_results._record
+    monkeypatch.setattr(push_results, "_record", lambda outcomes: (sizes.append(len(outcomes)),
+                                                                  real_record(outcomes)))
+    return sizes
+
+
 def test_a_batch_is_recorded_in_one_update_per_outcome_whatever_its_size(fleet):
     event_id, devices = fleet
     accepted_by = []
@@ -96,12 +106,8 @@ def test_a_failing_callback_does_not_stop_the_others(fleet):
     assert called == [str(d.pk) for d in devices[:3]]
 
 
-def test_results_arriving_together_from_another_thread_are_written_as_one_batch(fleet, monkeypatch):
+def test_results_arriving_together_from_another_thread_are_written_as_one_batch(fleet, batches):
     event_id, devices = fleet
-    batches = []
-    real_record = push_results._record
-    monkeypatch.setattr(push_results, "_record", lambda outcomes: (batches.append(len(outcomes)),
-                                                                  real_record(outcomes)))
     recorder = push_results.PushRecorder(interval=0.3)
     on_result = recorder.callback(event_id)
 
@@ -114,12 +120,8 @@ def test_results_arriving_together_from_another_thread_are_written_as_one_batch(
     assert Delivery.objects.filter(event_id=event_id, sent_at__isnull=False).count() == len(devices)
 
 
-def test_a_batch_larger_than_the_limit_is_split(fleet, monkeypatch):
+def test_a_batch_larger_than_the_limit_is_split(fleet, batches):
     event_id, devices = fleet
-    batches = []
-    real_record = push_results._record
-    monkeypatch.setattr(push_results, "_record", lambda outcomes: (batches.append(len(outcomes)),
-                                                                  real_record(outcomes)))
     recorder = push_results.PushRecorder(interval=0.3, batch=5)
     on_result = recorder.callback(event_id)
 
