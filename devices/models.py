@@ -52,6 +52,10 @@ class Device(models.Model):
     connect_address = models.CharField(max_length=255, blank=True, default="")
     phone_number = models.CharField(max_length=20, blank=True, default="", db_index=True,
                                     help_text="E.164: the caller id this device dials in from (dial-in pull).")
+    connect_verified_at = models.DateTimeField(
+        null=True, blank=True,
+        help_text="When the `number` or `sip` connect target was proven to be the user's; null until then. "
+                  "A `client` target needs no proof. Cleared whenever the target changes.")
     token_hash = models.CharField(max_length=64, unique=True, editable=False)
     created_at = models.DateTimeField()
     last_seen_at = models.DateTimeField(null=True, blank=True)
@@ -115,3 +119,39 @@ class DeviceConnection(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["device", "seen_at"])]
+
+
+class AuditEntry(models.Model):
+    """One sensitive change to an account (transfer PIN or allow-list, a device's
+    connect target or phone number, a device added or revoked): what, by which
+    device, when and from which address. The user reads them newest first."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    device = models.ForeignKey(Device, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    action = models.CharField(max_length=40)
+    detail = models.JSONField(default=dict, blank=True)
+    client_ip = models.CharField(max_length=45, blank=True, default="")
+    at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        indexes = [models.Index(fields=["user", "-at"], name="audit_user_at_idx")]
+
+
+class NumberVerification(models.Model):
+    """A code the provider reads out on a call to a device's `number` target; the
+    user sends it back to prove the number is theirs. Stored as a keyed digest."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="+")
+    number = models.CharField(max_length=20)
+    code_hash = models.CharField(max_length=64)
+    provider_call_sid = models.CharField(max_length=64, blank=True, default="")
+    created_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+    attempts = models.PositiveSmallIntegerField(default=0)
+    verified_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["device", "-created_at"], name="numverify_device_idx")]
