@@ -60,10 +60,11 @@ def http_app():
     (callpull.telephony.asgi); static files through Django's handler (their
     responses stream); in the embedded default, the bundled carrier/provider
     simulator under /simulator/."""
-    from callpull.http import OneTripHandler
+    from callpull.http import OneTripHandler, bounded_body
     from callpull.telephony.asgi import PREFIX, WebhookHandler
 
     static = ASGIStaticFilesHandler(django_http)
+    static_within_limit = bounded_body(static)  # Django's handler would spool any body to disk
     django_app = OneTripHandler(threads=settings.HTTP_THREADS, name="http")
     webhooks = WebhookHandler()
     simulator = None
@@ -77,7 +78,7 @@ def http_app():
         if simulator is not None and (path == "/simulator" or path.startswith("/simulator/")):
             return await simulator(scope, receive, send)
         if static._should_handle(path):
-            return await static(scope, receive, send)
+            return await static_within_limit(scope, receive, send)
         return await django_app(scope, receive, send)
 
     return route

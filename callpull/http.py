@@ -25,16 +25,28 @@ thread-local): opening one cost ~0.4 ms of CPU per request. PostgreSQL's
 connections still go back to its pool after each request (request_finished,
 in the thread that used them).
 
+The body is read by `receive_body`, not Django's `read_body` (which spools
+any amount to disk): a body larger than DATA_UPLOAD_MAX_MEMORY_SIZE (a declared
+Content-Length, or chunks as they arrive) is answered 413 at once, before more
+than the limit is stored and without running the request; the connection is then
+closed (after a short linger that drops what is still in flight). A chunked body
+within the limit gets the Content-Length it turned out to have, so Django and DRF
+read it as any other (DRF reads no body without one). `bounded_body` puts the same limit in front
+of another ASGI application (callpull.asgi: the static files handler).
+
 No view of the project streams (static files, whose responses do, stay on
 Django's handler). A streaming response still works: its pool thread produces
 the chunks, the event loop sends them, and a client that goes away ends it.
 """
 
 import asyncio
+import logging
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 
 from asgiref.sync import async_to_sync, sync_to_async
+from django.conf import settings
 from django.core import signals
 from django.core.exceptions import RequestAborted
 from django.core.handlers import base
@@ -43,7 +55,104 @@ from django.db import connections
 from django.http import FileResponse, HttpResponse
 from django.urls import set_script_prefix
 
+from callpull.api.errors import as_envelope, is_api_path, request_too_large
+
+log = logging.getLogger(__name__)
+
 _END = object()
+# How long a refused body may go on arriving (and be dropped) before its connection closes.
+LINGER_SECONDS = 2.0
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def declared_length(scope) -> int | None:
+    """The request's Content-Length, if it declared one."""
+    for name, value in scope.get("headers", ()):
+        if name.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def receive_body(scope, receive, limit: int | None, write) -> int:
+    """Read the request's body from its ASGI messages, each chunk passed to `write`, and
+    return its size: BodyTooLarge at once when it declares a Content-Length over `limit`,
+    or as soon as more than `limit` bytes arrived (the chunk that passes the limit is not
+    written); RequestAborted if the client goes away."""
+    declared = declared_length(scope)
+    if limit is not None and declared is not None and declared > limit:
+        raise BodyTooLarge
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise RequestAborted()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if limit is not None and size > limit:
+            raise BodyTooLarge
+        write(chunk)
+        if not message.get("more_body", False):
+            return size
+
+
+async def refuse_too_large(scope, receive, send, limit: int) -> None:
+    """413, whole, with `Connection: close`, and one WARNING line. Before the connection
+    closes, what the client still sends of the body is read and dropped for at most
+    LINGER_SECONDS (as a web server's lingering close): closing on unread data resets
+    the connection, and a reset can take the answer with it before the client reads it."""
+    path = scope.get("path", "")
+    log.warning("request refused: body over %d bytes path=%s", limit,
+                path.encode("unicode_escape").decode("ascii"))  # one line, whatever the path holds
+    response = request_too_large(path, limit)
+    response["Connection"] = "close"
+    response["Content-Length"] = str(len(response.content))
+    headers = [(name.encode("ascii"), value.encode("latin1")) for name, value in response.items()]
+    await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": response.content, "more_body": True})
+    try:
+        async with asyncio.timeout(LINGER_SECONDS):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect" or not message.get("more_body", False):
+                    break
+    except TimeoutError:
+        pass
+    await send({"type": "http.response.body"})
+
+
+def bounded_body(app):
+    """`app` (an ASGI HTTP application that reads bodies its own way, e.g. Django's static
+    files handler, which spools any amount to disk) behind the same body limit: the body
+    is read first, within DATA_UPLOAD_MAX_MEMORY_SIZE, then handed to it whole."""
+
+    async def bounded(scope, receive, send):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        chunks = []
+        try:
+            await receive_body(scope, receive, limit, chunks.append)
+        except RequestAborted:
+            return
+        except BodyTooLarge:
+            await refuse_too_large(scope, receive, send, limit)
+            return
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()  # after the body: the client's disconnect
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        await app(scope, replay, send)
+
+    return bounded
 
 
 class OneTripHandler(ASGIHandler):
@@ -70,10 +179,21 @@ class OneTripHandler(ASGIHandler):
         await self.handle(scope, receive, send)
 
     async def handle(self, scope, receive, send):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        body_file = tempfile.SpooledTemporaryFile(max_size=settings.FILE_UPLOAD_MAX_MEMORY_SIZE, mode="w+b")
         try:
-            body_file = await self.read_body(receive)
+            size = await receive_body(scope, receive, limit, body_file.write)
         except RequestAborted:
+            body_file.close()
             return
+        except BodyTooLarge:
+            body_file.close()
+            await refuse_too_large(scope, receive, send, limit)
+            return
+        body_file.seek(0)
+        if declared_length(scope) is None and size:
+            # A chunked body: Django and DRF read a body by its Content-Length (DRF reads none without one).
+            scope = {**scope, "headers": [*scope.get("headers", ()), (b"content-length", str(size).encode())]}
         try:
             response = await self._serve_in_pool(scope, body_file, receive, send)
         finally:
@@ -92,6 +212,8 @@ class OneTripHandler(ASGIHandler):
         if request is not None:
             response = self.get_response(request)
             response._handler_class = self.__class__
+        elif is_api_path(scope.get("path", "")):
+            response = as_envelope(response)  # a request Django could not build: no middleware ran
         for connection in connections.all(initialized_only=True):
             if connection.vendor == "sqlite" and connection.connection is not None:
                 # Kept by request_finished unless an error left it unusable or outside autocommit.

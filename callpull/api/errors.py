@@ -2,15 +2,22 @@
 
     {"error": {"code": "invalid_phone_number", "message": "…", "fields": {…}}}
 
-DRF exceptions pass through `exception_handler`; Django's own 404/500 for
-paths under /api/ go through `handler404` / `handler500`.
+DRF exceptions pass through `exception_handler`; Django's own 400/404/500 for
+paths under /api/ go through `handler400` / `handler404` / `handler500`; a body
+over the size limit is refused by callpull.http with `request_too_large`; and
+`ApiErrorEnvelopeMiddleware`, outermost, puts whatever error Django answers
+itself under /api/ into the envelope (a refused Host, its DEBUG pages).
 """
 
 import logging
+from http import HTTPStatus
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
 from django.db import InterfaceError, OperationalError
-from django.http import Http404, JsonResponse
+from django.http import Http404, HttpResponse, JsonResponse
+from django.views.defaults import bad_request
 from rest_framework import exceptions, status
 from rest_framework.views import exception_handler as drf_exception_handler
 
@@ -72,6 +79,8 @@ def exception_handler(exc, context):
         exc = ApiError("not_found", "Not found.", status=status.HTTP_404_NOT_FOUND)
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()
+    elif isinstance(exc, RequestDataTooBig):  # a view read a body over the limit (not under callpull.http)
+        exc = too_large_error(settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
     response = drf_exception_handler(exc, context)
     if response is None:
         return None
@@ -91,8 +100,36 @@ def exception_handler(exc, context):
     return response
 
 
+def is_api_path(path: str) -> bool:
+    return path.startswith("/api/")
+
+
 def _wants_api_error(request) -> bool:
-    return request.path.startswith("/api/")
+    return is_api_path(request.path)
+
+
+def too_large_error(limit: int) -> ApiError:
+    return ApiError("request_too_large", f"The request body is larger than {limit} bytes.",
+                    status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
+
+
+def request_too_large(path: str, limit: int) -> HttpResponse:
+    """413 for a body over `limit` bytes: the envelope under /api/, plain text elsewhere."""
+    message = too_large_error(limit).message
+    if is_api_path(path):
+        response = JsonResponse(envelope("request_too_large", message), status=413)
+    else:
+        response = HttpResponse(message, status=413, content_type="text/plain; charset=utf-8")
+    return response
+
+
+def handler400(request, exception=None):
+    """Django's 400 (SuspiciousOperation such as a Host outside ALLOWED_HOSTS, BadRequest,
+    an unreadable multipart body): the envelope under /api/. Django calls it only without
+    DEBUG; with DEBUG the middleware below converts its debug page."""
+    if _wants_api_error(request):
+        return JsonResponse(envelope("bad_request", "The request could not be read."), status=400)
+    return bad_request(request, exception)
 
 
 def handler404(request, exception=None):
@@ -110,3 +147,54 @@ def handler500(request):
     from django.views.defaults import server_error
 
     return server_error(request)
+
+
+# The code and message for an error Django answered itself (not a DRF view, not a handler above).
+_GENERIC = {
+    400: ("bad_request", "The request could not be read."),
+    403: ("forbidden", "You do not have permission to perform this action."),
+    404: ("not_found", "No such endpoint."),
+    405: ("method_not_allowed", "Method not allowed."),
+    413: ("request_too_large", "The request body is too large."),
+    415: ("unsupported_media_type", "Unsupported media type."),
+    500: ("server_error", "Something went wrong on our side."),
+}
+
+
+def _from_phrase(status: int) -> tuple[str, str]:
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        return "error", "The request failed."
+    return phrase.lower().replace(" ", "_").replace("-", "_"), phrase + "."
+
+
+_BODY_HEADERS = {"content-type", "content-length", "content-encoding", "content-disposition", "content-language"}
+
+
+def as_envelope(response: HttpResponse) -> HttpResponse:
+    """`response` (an error) as the envelope, unless it is JSON (the envelope) already."""
+    if response.get("Content-Type", "").startswith("application/json") or response.streaming:
+        return response
+    status = response.status_code
+    code, message = _GENERIC.get(status) or _from_phrase(status)
+    converted = JsonResponse(envelope(code, message), status=status)
+    for header, value in response.items():  # Allow, Retry-After, the security headers…, not the body's
+        if header.lower() not in _BODY_HEADERS:
+            converted[header] = value
+    return converted
+
+
+class ApiErrorEnvelopeMiddleware:
+    """Outermost middleware: an error answered under /api/ is always the envelope,
+    whichever layer answered it (Django's 400 for a Host outside ALLOWED_HOSTS, its
+    DEBUG error pages, a CSRF refusal)."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        if response.status_code >= 400 and _wants_api_error(request):
+            return as_envelope(response)
+        return response
