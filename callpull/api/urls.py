@@ -1,9 +1,14 @@
 from django.urls import path
 
-from callpull.api import call_views, views
+from callpull.api import call_views, verification_views, views
 
 urlpatterns = [
     path("account", views.AccountApi.as_view(), name="account"),
+    # One segment more than devices/<str:device_id> (devices/urls.py), so never shadowed by it.
+    path("devices/me/number-verification", verification_views.NumberVerificationStartApi.as_view(),
+         name="number-verification"),
+    path("devices/me/number-verification/confirm", verification_views.NumberVerificationConfirmApi.as_view(),
+         name="number-verification-confirm"),
     path("lines", views.LineListCreateApi.as_view(), name="lines"),
     path("lines/<str:line_id>", views.LineDetailApi.as_view(), name="line-detail"),
     path("lines/<str:line_id>/forwarding", views.LineForwardingApi.as_view(), name="line-forwarding"),

@@ -32,7 +32,8 @@ PREFIX = "/simulator"
 MAX_BODY = 1 << 20
 SURFACE = [
     ("GET /simulator/", "this index"),
-    ("POST /simulator/2010-04-01/Accounts/{AccountSid}/Calls.json", "Twilio REST: place a call (form: To, From, Url)"),
+    ("POST /simulator/2010-04-01/Accounts/{AccountSid}/Calls.json",
+     "Twilio REST: place a call (form: To, From, Url or Twiml)"),
     ("GET /simulator/2010-04-01/Accounts/{AccountSid}/Calls.json", "Twilio REST: list calls"),
     ("GET /simulator/2010-04-01/Accounts/{AccountSid}/Calls/{CallSid}.json", "Twilio REST: one call"),
     ("POST /simulator/2010-04-01/Accounts/{AccountSid}/Calls/{CallSid}.json",
