@@ -29,6 +29,13 @@ TRANSITIONS: dict[str, dict[str, str]] = {
     "declined": {S.RINGING: S.DECLINED, S.FORWARDED: S.DECLINED},
     "answered_on_handset": {S.RINGING: S.ANSWERED_ON_HANDSET, S.ANSWERING: S.ANSWERED_ON_HANDSET},
     "reject_failed": {S.RINGING: S.FAILED, S.ANSWERING: S.FAILED},
+    # The device holding the call was revoked: its leg is gone, the caller waits on hold
+    # (held_by cleared, a deadline set) for another device of the user to pull the call.
+    "holder_revoked": {S.CONNECTED: S.CONNECTED},
+    # Another device took the call on hold (its pull completed): held_by set, deadline cleared.
+    "holder_restored": {S.CONNECTED: S.CONNECTED},
+    # Nobody took the call on hold within HOLDER_LOST_HOLD_SECONDS: the caller is let go.
+    "holder_timeout": {S.CONNECTED: S.COMPLETED},
 }
 
 PENDING_STATES = frozenset({S.RINGING, S.ANSWERING})  # waiting for the forwarded call
