@@ -57,6 +57,17 @@ def twiml_menu(*, prompt: str, action_url: str, digits: int = 1, timeout: int = 
     return str(response)
 
 
+def twiml_pin(*, prompt: str, action_url: str, no_input: str, max_digits: int = 12, timeout: int = 10) -> str:
+    """Ask for a PIN ended by `#` (or `max_digits` keys); without one, say `no_input` and hang up."""
+    response = VoiceResponse()
+    gather = response.gather(input="dtmf", finish_on_key="#", num_digits=max_digits, timeout=timeout,
+                             action=action_url, method="POST")
+    gather.say(prompt)
+    response.say(no_input)
+    response.hangup()
+    return str(response)
+
+
 def twiml_hold(*, ringback_url: str) -> str:
     """Keep the caller hearing ringback until a live-call update moves them on."""
     response = VoiceResponse()
@@ -132,11 +143,38 @@ def participant_mute(*, conference: str, call_sid: str, muted: bool = True) -> N
         raise ProviderError(f"muting {call_sid} in {conference} failed: {exc}") from exc
 
 
+def participant_hold(*, conference: str, call_sid: str, hold: bool, hold_url: str | None = None) -> None:
+    """Put a participant on hold (it hears `hold_url`, audio or TwiML, and nobody hears
+    it) or take it off hold."""
+    options = {"hold_url": hold_url, "hold_method": "GET"} if hold and hold_url else {}
+    try:
+        _client().conferences(conference).participants(call_sid).update(hold=hold, **options)
+    except (TwilioException, OSError) as exc:
+        raise ProviderError(f"{'holding' if hold else 'unholding'} {call_sid} in {conference} failed: {exc}") \
+            from exc
+
+
 def call_hangup(call_sid: str) -> None:
     try:
         _client().calls(call_sid).update(status="completed")
     except (TwilioException, OSError) as exc:
         raise ProviderError(f"hang-up of {call_sid} failed: {exc}") from exc
+
+
+def call_place(*, to: str, from_: str, twiml: str, status_url: str | None = None,
+               timeout: int | None = None) -> str:
+    """Place an outbound call to `to` from our number `from_`; once answered it follows
+    `twiml` (Twilio's CreateCall with `Twiml`). Returns the new call's CallSid."""
+    options = {}
+    if status_url:
+        options.update(status_callback=status_url, status_callback_method="POST")
+    if timeout is not None:
+        options["timeout"] = timeout
+    try:
+        placed = _client().calls.create(to=to, from_=from_, twiml=twiml, **options)
+    except (TwilioException, OSError) as exc:
+        raise ProviderError(f"placing a call to {to} failed: {exc}") from exc
+    return placed.sid
 
 
 # What the provider says a call is doing now (Twilio's call statuses).

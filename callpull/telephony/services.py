@@ -4,8 +4,9 @@ The voice webhook answers at once and never waits for a user: a matched
 forwarded call joins its own conference (callpull.legs), hearing ringback until
 a device's leg joins; devices are dialled in through the provider's REST API.
 Retried webhooks (same CallSid) get the same answer. A call to a server number
-that is no forwarded call may be a device dialling in to take over a live call
-(callpull.moves).
+that is no forwarded call may be a user dialling in to take over a live call
+(callpull.moves): every such caller is asked for a PIN before hearing anything
+else, whoever its caller id claims to be.
 """
 
 import logging
@@ -15,6 +16,7 @@ from urllib.parse import urlencode
 
 import phonenumbers
 from django.conf import settings
+from django.core import signing
 from django.db import IntegrityError, connection
 
 from callpull import legs, moves
@@ -28,6 +30,14 @@ log = logging.getLogger(__name__)
 
 GOODBYE = "Sorry, this call cannot be connected right now. Goodbye."
 NOTHING_TO_TAKE = "There is no call to take over right now. Goodbye."
+PIN_PROMPT = "Enter your PIN, then press hash."
+PIN_WRONG = "That PIN is not right."
+NO_PIN = "No PIN was entered. Goodbye."
+# Wrong PINs a dial-in caller may enter in one call before a polite hang-up.
+PIN_TRIES = 3
+# The proof that a CallSid passed the PIN (the menu's action carries it) lasts this long.
+DIAL_IN_PROOF_SECONDS = 300
+_PROOF_SALT = "callpull.telephony.dial-in"
 # What carriers put in From when the caller id is withheld.
 WITHHELD = {"", "anonymous", "restricted", "unknown", "private", "unavailable", "+266696687", "+86282452253"}
 
@@ -75,7 +85,31 @@ def join_twiml(pull: Pull) -> str:
         status_url=webhook_url("conference", call=pull.call_id))
 
 
-def _dial_in_twiml(outcome: str, detail) -> str:
+def _pin_prompt(*, attempt: int) -> str:
+    """The same words for every caller: nothing says whether the number is registered."""
+    prompt = PIN_PROMPT if attempt == 1 else f"{PIN_WRONG} {PIN_PROMPT}"
+    return provider.twiml_pin(prompt=prompt, action_url=webhook_url("dial-in-pin", attempt=attempt),
+                              no_input=NO_PIN)
+
+
+def _proof(*, call_sid: str, device_id, now: datetime) -> str:
+    """That `call_sid` entered the right PIN for `device_id`'s account, at `now`."""
+    return signing.dumps({"sid": call_sid, "device": str(device_id), "at": int(now.timestamp())}, salt=_PROOF_SALT)
+
+
+def _proven(proof: str | None, *, call_sid: str, device_id, now: datetime) -> bool:
+    try:
+        found = signing.loads(proof or "", salt=_PROOF_SALT)
+    except signing.BadSignature:
+        return False
+    if not isinstance(found, dict) or not call_sid or found.get("sid") != call_sid or \
+            found.get("device") != str(device_id) or not isinstance(found.get("at"), int):
+        return False
+    return 0 <= now.timestamp() - found["at"] <= DIAL_IN_PROOF_SECONDS
+
+
+def _dial_in_twiml(outcome: str, detail, *, call_sid: str, now: datetime) -> str:
+    """What a caller who entered the right PIN hears."""
     if outcome == "join":
         return join_twiml(detail)
     if outcome == "hold":
@@ -83,8 +117,9 @@ def _dial_in_twiml(outcome: str, detail) -> str:
     if outcome == "menu":
         device, calls = detail
         choices = " ".join(f"For the call with {_spoken(call.caller)}, press {i}." for i, call in enumerate(calls, 1))
-        return provider.twiml_menu(prompt=f"You have {len(calls)} calls. {choices}",
-                                   action_url=webhook_url("dial-in-choice", device=device.pk))
+        action = webhook_url("dial-in-choice", device=device.pk, proof=_proof(call_sid=call_sid, device_id=device.pk,
+                                                                                now=now))
+        return provider.twiml_menu(prompt=f"You have {len(calls)} calls. {choices}", action_url=action)
     return provider.twiml_goodbye(NOTHING_TO_TAKE)
 
 
@@ -178,11 +213,9 @@ def call_arrived(*, params: dict, now: datetime) -> str:
         known = _known(call_sid, dialled_in=False)
         if known is not None:
             return known
-    if not forwarded_from:
-        outcome, detail = moves.dial_in_arrive(caller=caller, call_sid=call_sid, now=now)
-        if outcome != "unknown":
-            log.info("dial-in %s sid=%s", outcome, call_sid)
-            return _dial_in_twiml(outcome, detail)
+    if dialled_in and caller:  # maybe a user dialling in: prove it first (a withheld caller id never can)
+        log.info("dial-in sid=%s: asking for the PIN", call_sid)
+        return _pin_prompt(attempt=1)
     return _unmatched(to=to, forwarded_from=forwarded_from)
 
 
@@ -209,18 +242,47 @@ def _claim(call: Call, *, call_sid: str, forwarded_from: str | None, now: dateti
     return True
 
 
-def dial_in_choice(*, device_id: str, params: dict, now: datetime) -> str:
-    device = Device.objects.select_related("user").filter(pk=device_id).first()
+def dial_in_pin(*, attempt: str | None, params: dict, now: datetime) -> str:
+    """A dial-in caller entered a PIN (`Digits`) at try `attempt` (1 to PIN_TRIES)."""
+    call_sid = params.get("CallSid", "")
+    known = _known(call_sid)  # a retried webhook after the PIN was right: the same answer
+    if known is not None:
+        return known
     caller = e164_or_none(params.get("From"))
-    if device is None or not caller or device.phone_number != caller:
+    if not caller:
+        return provider.twiml_goodbye(GOODBYE)
+    tries = int(attempt) if attempt and attempt.isdigit() and 1 <= int(attempt) <= PIN_TRIES else PIN_TRIES
+    outcome, detail = moves.dial_in_arrive(caller=caller, pin=params.get("Digits") or "", call_sid=call_sid, now=now)
+    if outcome == "limited":
+        return provider.twiml_goodbye(GOODBYE)
+    if outcome == "wrong_pin":
+        if tries < PIN_TRIES:
+            return _pin_prompt(attempt=tries + 1)
+        return provider.twiml_goodbye(f"{PIN_WRONG} Goodbye.")
+    log.info("dial-in %s sid=%s", outcome, call_sid)
+    return _dial_in_twiml(outcome, detail, call_sid=call_sid, now=now)
+
+
+def dial_in_choice(*, device_id: str | None, proof: str | None, params: dict, now: datetime) -> str:
+    """The menu's key press. Only a caller that passed the PIN gets here: the menu's
+    action carries a signed proof bound to its CallSid and device."""
+    call_sid = params.get("CallSid", "")
+    try:
+        device = Device.objects.select_related("user").filter(pk=uuid.UUID(str(device_id))).first()
+    except ValueError:
+        device = None
+    caller = e164_or_none(params.get("From"))
+    if device is None or not caller or device.phone_number != caller or \
+            not _proven(proof, call_sid=call_sid, device_id=device.pk, now=now):
+        log.warning("dial-in choice refused: no valid proof of the PIN sid=%s", call_sid)
         return provider.twiml_goodbye(NOTHING_TO_TAKE)
     calls = list(moves.movable_calls_for(user=device.user))
     digits = params.get("Digits", "")
     if not digits.isdigit() or not 1 <= int(digits) <= len(calls):
-        return _dial_in_twiml("menu", (device, calls)) if calls else provider.twiml_goodbye(NOTHING_TO_TAKE)
-    outcome, pull = moves.dial_in_take(device=device, call=calls[int(digits) - 1], call_sid=params.get("CallSid", ""),
-                                       now=now)
-    return _dial_in_twiml(outcome, pull)
+        return _dial_in_twiml("menu", (device, calls), call_sid=call_sid, now=now) if calls else \
+            provider.twiml_goodbye(NOTHING_TO_TAKE)
+    outcome, pull = moves.dial_in_take(device=device, call=calls[int(digits) - 1], call_sid=call_sid, now=now)
+    return _dial_in_twiml(outcome, pull, call_sid=call_sid, now=now)
 
 
 def join_after_approval(*, pull_id: str, params: dict) -> str:

@@ -5,6 +5,7 @@ from callpull.telephony import views
 urlpatterns = [
     path("voice", views.voice, name="twilio-voice"),
     path("conference", views.conference, name="twilio-conference"),
+    path("dial-in-pin", views.dial_in_pin, name="twilio-dial-in-pin"),
     path("dial-in-choice", views.dial_in_choice, name="twilio-dial-in-choice"),
     path("join", views.join, name="twilio-join"),
     path("fallback", views.fallback, name="twilio-fallback"),

@@ -17,8 +17,11 @@ path and query it was sent to; otherwise 403. Two kinds, decided per endpoint:
 import logging
 
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.http import HttpResponse, HttpResponseForbidden
+from django.http.multipartparser import MultiPartParserError
 from django.utils import timezone
+from django.utils.log import log_response
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
@@ -36,11 +39,25 @@ def _twiml(body: str) -> HttpResponse:
 RETRY_AFTER_SECONDS = 1
 
 
+def _unreadable(request, exc) -> HttpResponse:
+    """A body no webhook can read (too large, too many fields, a broken multipart body):
+    413 or 400 and one WARNING line, no traceback (nothing failed on our side)."""
+    status = 413 if isinstance(exc, RequestDataTooBig) else 400
+    response = HttpResponse("unreadable request body", status=status, content_type="text/plain")
+    # log_response marks the answer logged, so Django's request logger does not log it again.
+    log_response("webhook refused: unreadable body path=%s: %s: %s", request.path, type(exc).__name__, str(exc),
+                 response=response, request=request, logger=log, level="warning")
+    return response
+
+
 def _endpoint(handler, *, reports_state: bool):
     @csrf_exempt
     @require_POST
     def view(request):
-        params = {key: request.POST.get(key) for key in request.POST}
+        try:
+            params = {key: request.POST.get(key) for key in request.POST}
+        except (SuspiciousOperation, MultiPartParserError) as exc:
+            return _unreadable(request, exc)
         url = settings.PUBLIC_BASE_URL + request.get_full_path()
         if not provider.signature_valid(url, params, request.headers.get("X-Twilio-Signature", "")):
             log.warning("webhook refused: bad signature path=%s", request.path)
@@ -83,8 +100,14 @@ def voice(request, params, now):
 
 
 @twiml_webhook
+def dial_in_pin(request, params, now):
+    return services.dial_in_pin(attempt=request.GET.get("attempt"), params=params, now=now)
+
+
+@twiml_webhook
 def dial_in_choice(request, params, now):
-    return services.dial_in_choice(device_id=request.GET.get("device"), params=params, now=now)
+    return services.dial_in_choice(device_id=request.GET.get("device"), proof=request.GET.get("proof"),
+                                   params=params, now=now)
 
 
 @twiml_webhook

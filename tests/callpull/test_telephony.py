@@ -257,6 +257,7 @@ def test_a_callback_the_database_cannot_take_is_503_with_retry_after(client, ans
 
 @pytest.mark.parametrize(("path", "handler"), [
     ("/telephony/twilio/voice", "call_arrived"),
+    ("/telephony/twilio/dial-in-pin?attempt=1", "dial_in_pin"),
     ("/telephony/twilio/dial-in-choice?device=x", "dial_in_choice"),
     ("/telephony/twilio/join?pull=x", "join_after_approval"),
     ("/telephony/twilio/fallback?call=x", "fallback_twiml"),
