@@ -23,6 +23,7 @@ from django.utils import timezone
 from callpull.models import Call, CallState, ForwardingState, Line, Policy, TimelineEntry
 from callpull.representations import call_timeline, call_to_dict
 from callpull.statemachine import PENDING_STATES, Step, record, transition
+from callpull.verification import require_verified_target
 from devices.errors import ApiError, conflict, not_found, one_or_404
 from devices.models import Device, DeviceKind
 from devices.phone import to_e164
@@ -332,6 +333,7 @@ def call_answer(*, call: Call, device: Device, now: datetime) -> Call:
     """`device` takes the call. Exactly one device wins; the others get 409."""
     if not device.connect_type:
         raise conflict("no_connect_target", "This device has no connect target: set `connect` on it first.")
+    require_verified_target(device=device)
     if call.keep_ringing_reason == "forwarding_not_active":
         raise conflict("forwarding_not_active", "Forwarding is not active on this line: take the call on the handset.")
     held = call.state == CallState.FORWARDED
@@ -440,7 +442,9 @@ def _expire(call: Call, *, now: datetime) -> bool:
         name, reason = "ring_timeout", "no_answer"
     elif call.state == CallState.FORWARDED:
         name, reason = "dial_failed", "dial_timeout"
-    else:  # connected calls carry no deadline; clear a stale one
+    elif legs.holder_lost(call):  # its holder was revoked and nobody took the call on hold
+        return legs.holder_lost_expired(call, now=now)
+    else:  # other connected calls carry no deadline; clear a stale one
         Call.objects.filter(pk=call.pk, expires_at=call.expires_at).update(expires_at=None)
         return False
     held = call.state == CallState.FORWARDED

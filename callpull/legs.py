@@ -24,6 +24,7 @@ from callpull.calls import all_devices, announce_end, notify
 from callpull.models import Call, CallLeg, CallState, LegRole, LegState, Pull, PullState
 from callpull.statemachine import Step, record, transition
 from callpull.telephony import provider
+from callpull.verification import target_verified
 from devices.models import Device
 
 log = logging.getLogger(__name__)
@@ -59,11 +60,22 @@ def _urls(call: Call, leg: CallLeg) -> dict:
 
 # Dialling --------------------------------------------------------------------
 
-def leg_dial(*, call: Call, now: datetime, role: str, device: Device | None = None, number: str = "") -> CallLeg:
-    """Add a participant (a device's connect target, or a number) to the call's conference."""
+def leg_dial(*, call: Call, now: datetime, role: str, device: Device | None = None, number: str = "",
+             pull: Pull | None = None) -> CallLeg:
+    """Add a participant (a device's connect target, or a number) to the call's conference.
+    A revoked device is never dialled (say, the device that answered a call was revoked
+    before the forwarded call arrived): its leg fails at once. The `pull` the leg is for
+    is linked to it before anything is dialled, so a leg that fails at once (refused
+    target, provider error) fails its pull too instead of leaving it approved."""
     leg = CallLeg.objects.create(call=call, device=device, number=number, role=role, created_at=now)
+    if pull is not None:
+        Pull.objects.filter(pk=pull.pk).update(leg=leg)
+        pull.leg = leg
     record(call, now=now, step=Step("leg_dialing", device.pk if device else None,
                                     {"role": role, **({"number": number} if number else {})}))
+    if device is not None and Device.all_objects.filter(pk=device.pk, revoked_at__isnull=False).exists():
+        leg_failed(leg=leg, reason="device_revoked", now=now)
+        return leg
     run_provider_action(_dial, leg.pk)
     return leg
 
@@ -72,6 +84,11 @@ def _dial(leg_id) -> None:
     leg = CallLeg.objects.select_related("call__line__server_number", "device").get(pk=leg_id)
     call = leg.call
     kind, address = (leg.device.connect_type, leg.device.connect_address) if leg.device else ("number", leg.number)
+    if leg.device and not target_verified(leg.device):  # the target changed (or lost its proof) since
+        log.warning("not dialling leg=%s call=%s: device=%s has no verified connect target",
+                    leg.pk, call.pk, leg.device_id)
+        leg_failed(leg=leg, reason="target_not_verified", now=timezone.now())
+        return
     try:
         sid = provider.participant_add(
             conference=call.conference_name, kind=kind, address=address,
@@ -84,15 +101,17 @@ def _dial(leg_id) -> None:
     CallLeg.objects.filter(pk=leg.pk, provider_call_sid__isnull=True).update(provider_call_sid=sid)
 
 
-def leg_remove(leg: CallLeg, *, now: datetime, reason: str) -> None:
-    """Take a leg out of the conference (its call is hung up by the provider)."""
+def leg_remove(leg: CallLeg, *, now: datetime, reason: str) -> bool:
+    """Take a leg out of the conference (its call is hung up by the provider). True when
+    this removed it (it was dialling or in the conference)."""
     if not CallLeg.objects.filter(pk=leg.pk, state__in=[LegState.DIALING, LegState.JOINED]).update(
             state=LegState.LEFT, ended_at=now, end_reason=reason):
-        return
+        return False
     sid = CallLeg.objects.values_list("provider_call_sid", flat=True).get(pk=leg.pk)
     if sid:
         conference = leg.call.conference_name
         run_provider_action(_remove, conference, sid)
+    return True
 
 
 def _remove(conference: str, sid: str) -> None:
@@ -109,21 +128,42 @@ def _mute(conference: str, sid: str) -> None:
         log.warning("muting %s in %s failed: %s", sid, conference, exc)
 
 
-def release_caller(call: Call, *, now: datetime) -> None:
+def release_caller(call: Call, *, now: datetime, goodbye: bool = False) -> None:
     """Nobody takes (or keeps) the call: the caller goes to the line's fallback,
-    else is hung up politely. Ends the conference with the caller."""
+    else is hung up politely. Ends the conference with the caller.
+
+    `goodbye`: the caller had been talking (the device holding the call was revoked
+    and nobody took it): the fallback applies although the call is `completed`, and
+    without one the caller hears a goodbye (the `fallback` webhook says it) instead
+    of being cut off."""
     from callpull.telephony.services import webhook_url
 
     if not call.provider_call_sid:
         return
     for leg in call.legs.filter(state__in=[LegState.DIALING, LegState.JOINED]):
         CallLeg.objects.filter(pk=leg.pk).update(state=LegState.LEFT, ended_at=now, end_reason="call_ended")
-    if call.line.fallback_number and call.state != CallState.COMPLETED:
+    if call.line.fallback_number and (goodbye or call.state != CallState.COMPLETED):
         record(call, now=now, step=Step("sent_to_fallback", detail={"number": call.line.fallback_number}))
+        run_provider_action(_redirect, call.provider_call_sid, webhook_url("fallback", call=call.pk))
+    elif goodbye:
+        record(call, now=now, step=Step("caller_released", detail={"goodbye": True}))
         run_provider_action(_redirect, call.provider_call_sid, webhook_url("fallback", call=call.pk))
     else:
         record(call, now=now, step=Step("caller_released"))
         run_provider_action(_hangup, call.provider_call_sid)
+
+
+def hold_caller(call: Call, *, hold: bool, hold_url: str | None = None) -> None:
+    """Put the caller's participant on hold (hearing `hold_url`) or take it off hold."""
+    if call.provider_call_sid:
+        run_provider_action(_hold, call.conference_name, call.provider_call_sid, hold, hold_url)
+
+
+def _hold(conference: str, sid: str, hold: bool, hold_url: str | None) -> None:
+    try:
+        provider.participant_hold(conference=conference, call_sid=sid, hold=hold, hold_url=hold_url)
+    except provider.ProviderError as exc:
+        log.warning("%s %s in %s failed: %s", "holding" if hold else "unholding", sid, conference, exc)
 
 
 def _redirect(sid: str, url: str) -> None:
@@ -151,6 +191,11 @@ def leg_joined(*, leg: CallLeg, now: datetime, call_sid: str | None = None) -> N
     if call_sid:
         fields["provider_call_sid"] = call_sid
     if not CallLeg.objects.filter(pk=leg.pk, state=LegState.DIALING).update(**fields):
+        sid = call_sid or leg.provider_call_sid
+        if sid and CallLeg.objects.filter(pk=leg.pk, state=LegState.LEFT, joined_at__isnull=True).exists():
+            # Removed before it joined (its device was revoked, its pull timed out) and
+            # joined all the same: take it out again.
+            run_provider_action(_remove, leg.call.conference_name, sid)
         return
     call = Call.objects.select_related("line").get(pk=leg.call_id)
     if call.is_terminal:  # joined too late: nothing left to carry
@@ -173,11 +218,14 @@ def leg_joined(*, leg: CallLeg, now: datetime, call_sid: str | None = None) -> N
 
 
 def _transfer_completed(call: Call, leg: CallLeg, *, now: datetime) -> None:
+    on_hold = holder_lost(call)  # the caller waits on hold since the holder was revoked
     for other in call.legs.filter(state__in=[LegState.DIALING, LegState.JOINED]).exclude(pk=leg.pk):
         leg_remove(other, now=now, reason="transferred")
-    Call.objects.filter(pk=call.pk).update(held_by=None, transferred_to=leg.number)
-    call.held_by_id, call.transferred_to = None, leg.number
+    Call.objects.filter(pk=call.pk).update(held_by=None, transferred_to=leg.number, expires_at=None)
+    call.held_by_id, call.transferred_to, call.expires_at = None, leg.number, None
     record(call, now=now, step=Step("transferred", detail={"number": leg.number}))
+    if on_hold:
+        hold_caller(call, hold=False)
     notify(call, "call.transferred", all_devices(call), now=now, push=False, number=leg.number)
 
 
@@ -198,12 +246,54 @@ def leg_failed(*, leg: CallLeg, reason: str, now: datetime) -> None:
         return
     still_dialling = call.legs.filter(state__in=[LegState.DIALING, LegState.JOINED]).exists()
     if call.state == CallState.FORWARDED and not still_dialling:
-        name = "dial_failed" if reason in ("failed", "provider_error") else "dial_unanswered"
+        if reason in ("failed", "provider_error", "device_revoked", "target_not_verified"):
+            name, end_reason = "dial_failed", {"failed": "device_failed"}.get(reason, reason)
+        else:
+            name, end_reason = "dial_unanswered", f"device_{reason.replace('-', '_')}"
         if transition(call, name, now=now, step=Step("dial_ended", leg.device_id, {"reason": reason}),
-                      fields={"end_reason": f"device_{reason.replace('-', '_')}" if name == "dial_unanswered"
-                              else ("provider_error" if reason == "provider_error" else "device_failed")}):
+                      fields={"end_reason": end_reason}):
             announce_end(call, now=now, reason=call.end_reason)
             release_caller(call, now=now)
+
+
+def leg_revoked(leg: CallLeg, *, now: datetime) -> bool:
+    """The leg's device was revoked: take the leg out of the conference at once. A
+    `forwarded` call left with no leg (the revoked device was being dialled for it)
+    ends as `failed` (`device_revoked`) and the caller goes to the fallback. True when
+    this removed the leg."""
+    if not leg_remove(leg, now=now, reason="device_revoked"):
+        return False
+    call = Call.objects.select_related("line").get(pk=leg.call_id)
+    record(call, now=now, step=Step("leg_removed", leg.device_id, {"role": leg.role, "reason": "device_revoked"}))
+    log.info("leg of a revoked device removed leg=%s call=%s device=%s", leg.pk, call.pk, leg.device_id)
+    if call.state == CallState.FORWARDED and not call.legs.filter(
+            state__in=[LegState.DIALING, LegState.JOINED]).exists():
+        if transition(call, "dial_failed", now=now, step=Step("dial_ended", leg.device_id,
+                                                              {"reason": "device_revoked"}),
+                      fields={"end_reason": "device_revoked"}):
+            announce_end(call, now=now, reason=call.end_reason)
+            release_caller(call, now=now)
+    return True
+
+
+# A revoked holder: the caller waits on hold for another device -------------------
+
+def holder_lost(call: Call) -> bool:
+    """A connected call nobody holds and nobody took by transfer: its holder was revoked
+    and the caller waits on hold for another device of the user (until `expires_at`)."""
+    return call.state == CallState.CONNECTED and call.held_by_id is None and not call.transferred_to
+
+
+def holder_lost_expired(call: Call, *, now: datetime) -> bool:
+    """Nobody took the call on hold in time: end it (`completed`, `holder_revoked`) and
+    send the caller to the fallback, else let them hear a goodbye. True when this ended it."""
+    if not transition(call, "holder_timeout", now=now, step=Step("expired", detail={"reason": "holder_revoked"}),
+                      fields={"end_reason": "holder_revoked"}, guard={"held_by__isnull": True}):
+        return False
+    log.info("call on hold expired, nobody took it after its holder was revoked call=%s", call.pk)
+    announce_end(call, now=now, reason="holder_revoked")
+    release_caller(call, now=now, goodbye=True)
+    return True
 
 
 def leg_left(*, leg: CallLeg, now: datetime, found_by: str | None = None) -> None:

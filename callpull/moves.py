@@ -3,16 +3,18 @@ by dialling in), with the holder's approval where the user wants it, and
 transfer to an allow-listed number behind a PIN.
 
 The server checks that both devices belong to the same user without involving
-the remote party (US8799484): requests are scoped to the user, and a dial-in is
-recognised only by a caller id registered for one of the user's devices.
+the remote party (US8799484): requests are scoped to the user. A dial-in names
+its account by a caller id registered for one of the user's devices, but caller
+id is no proof (it is trivially spoofed): it must enter the account's PIN.
 """
 
 import logging
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.contrib.auth.hashers import check_password
+from django.contrib.auth.hashers import check_password, make_password
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from rest_framework import status
 
 from callpull import legs
@@ -28,7 +30,8 @@ from callpull.models import (
     Pull,
     PullState,
 )
-from callpull.statemachine import Step, record
+from callpull.statemachine import Step, record, transition
+from callpull.verification import require_verified_target
 from devices import ratelimit
 from devices.errors import ApiError, conflict, forbidden, one_or_404
 from devices.models import Device
@@ -47,32 +50,36 @@ def pull_to_dict(pull: Pull) -> dict:
             "decided_at": _iso(pull.decided_at), "ended_at": _iso(pull.ended_at), "reason": pull.reason or None}
 
 
-def _announce(pull: Pull, event_type: str, *, now: datetime, push_to: list[Device] | None = None) -> None:
+def _announce(pull: Pull, event_type: str, *, now: datetime, push_to: list[Device] | None = None,
+              **extra) -> None:
     call = pull.call
     devices = all_devices(call)
-    notify(call, event_type, devices, now=now, push=False, pull=pull_to_dict(pull))
+    notify(call, event_type, devices, now=now, push=False, pull=pull_to_dict(pull), **extra)
     if push_to:  # wake a sleeping holder that must decide
         from notifications import fcm
 
         if fcm.enabled():
-            notify(call, event_type, push_to, now=now, online=set(), pull=pull_to_dict(pull))
+            notify(call, event_type, push_to, now=now, online=set(), pull=pull_to_dict(pull), **extra)
 
 
 def _movable(call: Call) -> bool:
-    return call.state == CallState.CONNECTED and call.held_by_id is not None
+    """A connected call held by a device, or waiting on hold because its holder was revoked."""
+    return call.state == CallState.CONNECTED and (call.held_by_id is not None or legs.holder_lost(call))
 
 
 def movable_calls_for(*, user):
-    return Call.objects.select_related("line").filter(user=user, state=CallState.CONNECTED,
-                                                      held_by__isnull=False).order_by("created_at")
+    return (Call.objects.select_related("line").filter(user=user, state=CallState.CONNECTED)
+            .filter(Q(held_by__isnull=False) | Q(transferred_to="")).order_by("created_at"))
 
 
 def _approval_required(call: Call) -> bool:
     return AccountSettings.objects.filter(user_id=call.user_id, pull_requires_approval=True).exists()
 
 
-def _open(call: Call, *, device: Device, method: str, now: datetime, leg: CallLeg | None = None) -> Pull:
-    approval = _approval_required(call)
+def _open(call: Call, *, device: Device, method: str, now: datetime, leg: CallLeg | None = None,
+          dial_in_from: str | None = None) -> Pull:
+    # With no holder (it was revoked) there is nobody to approve.
+    approval = call.held_by_id is not None and _approval_required(call)
     wait = settings.PULL_APPROVAL_SECONDS if approval else settings.DIAL_TIMEOUT_SECONDS + 10
     try:
         with transaction.atomic():
@@ -83,10 +90,12 @@ def _open(call: Call, *, device: Device, method: str, now: datetime, leg: CallLe
     except IntegrityError:
         raise conflict("pull_in_progress", "Another pull of this call is in progress.") from None
     pull.call = call
+    # A dial-in names the number it came from, so the holder knows who asks.
+    extra = {"dial_in_from": dial_in_from} if dial_in_from else {}
     record(call, now=now, step=Step("pull_requested", device.pk, {"pull": str(pull.pk), "method": method,
-                                                                  "approval": approval}))
+                                                                  "approval": approval, **extra}))
     holder = list(Device.objects.filter(pk=call.held_by_id)) if approval else None
-    _announce(pull, "pull.requested", now=now, push_to=holder)
+    _announce(pull, "pull.requested", now=now, push_to=holder, **extra)
     log.info("pull requested pull=%s call=%s device=%s method=%s approval=%s", pull.pk, call.pk, device.pk,
              method, approval)
     return pull
@@ -100,6 +109,7 @@ def pull_request(*, call: Call, device: Device, now: datetime) -> Pull:
         raise conflict("already_here", "This device already holds the call.")
     if not device.connect_type:
         raise conflict("no_connect_target", "This device has no connect target: set `connect` on it first.")
+    require_verified_target(device=device)
     pull = _open(call, device=device, method="app", now=now)
     if pull.state == PullState.APPROVED:
         _connect(pull, now=now)
@@ -114,6 +124,31 @@ def pull_decide(*, pull: Pull, device: Device, approve: bool, now: datetime) -> 
     """The holding device approves or denies (CN110996358B)."""
     if pull.from_device_id != device.pk:
         raise forbidden("not_holder", "Only the device holding the call decides on a pull.")
+    if not _decide(pull, approve=approve, now=now, step=Step("pull_approved" if approve else "pull_denied",
+                                                            device.pk, {"pull": str(pull.pk)})):
+        pull.refresh_from_db()
+        raise conflict("pull_not_pending", f"The pull is {pull.state}.")
+    return pull
+
+
+def pull_holder_revoked(pull: Pull, *, now: datetime) -> None:
+    """The holder that was to decide on `pull` was revoked: with nobody left to ask,
+    the pull (of another device of the same user) is approved at once."""
+    if _decide(pull, approve=True, now=now, step=Step("pull_approved", detail={"pull": str(pull.pk),
+                                                                               "reason": "holder_revoked"})):
+        log.info("pull approved, its holder was revoked pull=%s call=%s", pull.pk, pull.call_id)
+
+
+def pull_requester_revoked(pull: Pull, *, now: datetime) -> None:
+    """The device that asked for `pull` was revoked: the pull fails (`device_revoked`);
+    a dial-in not yet in the conference (on hold, or on its way to join) is hung up."""
+    pull_failed(pull, now=now, reason="device_revoked")
+    if pull.method == "dial_in" and pull.leg_id:  # an open dial-in has not joined yet
+        _release_dial_in(pull, now=now)
+
+
+def _decide(pull: Pull, *, approve: bool, now: datetime, step: Step) -> bool:
+    """Approve or deny a pull awaiting approval; False when it was no longer awaiting."""
     new_state = PullState.APPROVED if approve else PullState.DENIED
     fields = {"state": new_state, "decided_at": now}
     if approve:
@@ -121,18 +156,16 @@ def pull_decide(*, pull: Pull, device: Device, approve: bool, now: datetime) -> 
     else:
         fields.update(expires_at=None, ended_at=now, reason="denied")
     if not Pull.objects.filter(pk=pull.pk, state=PullState.AWAITING_APPROVAL).update(**fields):
-        pull.refresh_from_db()
-        raise conflict("pull_not_pending", f"The pull is {pull.state}.")
+        return False
     for key, value in fields.items():
         setattr(pull, key, value)
-    record(pull.call, now=now, step=Step("pull_approved" if approve else "pull_denied", device.pk,
-                                         {"pull": str(pull.pk)}))
+    record(pull.call, now=now, step=step)
     _announce(pull, "pull.approved" if approve else "pull.denied", now=now)
     if approve:
         _connect(pull, now=now)
     elif pull.leg_id:  # a dial-in waiting on hold
         _release_dial_in(pull, now=now)
-    return pull
+    return True
 
 
 def _connect(pull: Pull, *, now: datetime) -> None:
@@ -143,29 +176,40 @@ def _connect(pull: Pull, *, now: datetime) -> None:
         leg = CallLeg.objects.get(pk=pull.leg_id)
         legs.run_provider_action(legs._redirect, leg.provider_call_sid, webhook_url("join", pull=pull.pk))
         return
-    leg = legs.leg_dial(call=call, now=now, role=LegRole.DEVICE, device=pull.requested_by)
-    Pull.objects.filter(pk=pull.pk).update(leg=leg)
-    pull.leg = leg
+    legs.leg_dial(call=call, now=now, role=LegRole.DEVICE, device=pull.requested_by, pull=pull)
 
 
 def pull_completed(pull: Pull, leg: CallLeg, *, now: datetime) -> None:
-    """The new device joined the conference: drop (or mute) the old one."""
+    """The new device joined the conference: drop (or mute) the old one. A caller on
+    hold (the holder was revoked) is taken off hold and talks to the new device."""
     if not Pull.objects.filter(pk=pull.pk, state=PullState.APPROVED).update(
             state=PullState.COMPLETED, ended_at=now, expires_at=None):
         return
     call = Call.objects.select_related("line").get(pk=pull.call_id)
-    monitor = AccountSettings.objects.filter(user_id=call.user_id, monitor_after_switch=True).exists()
-    for old in call.legs.filter(state=LegState.JOINED, role=LegRole.DEVICE).exclude(pk=leg.pk):
-        if monitor:
-            legs.mute_as_monitor(old, now=now)
-        else:
-            legs.leg_remove(old, now=now, reason="switched")
-    Call.objects.filter(pk=call.pk).update(held_by_id=leg.device_id)
-    call.held_by_id = leg.device_id
+    if legs.holder_lost(call):
+        if not transition(call, "holder_restored", now=now,
+                          step=Step("pull_completed", leg.device_id, {"pull": str(pull.pk),
+                                                                      "previous": "holder_revoked"}),
+                          fields={"held_by_id": leg.device_id, "expires_at": None},
+                          guard={"held_by__isnull": True}, more_steps=(Step("caller_unheld", leg.device_id),)):
+            call.refresh_from_db()
+            if call.is_terminal:  # ended while the new device joined (the hold ran out)
+                legs.leg_remove(leg, now=now, reason="call_ended")
+            return
+        legs.hold_caller(call, hold=False)
+    else:
+        monitor = AccountSettings.objects.filter(user_id=call.user_id, monitor_after_switch=True).exists()
+        for old in call.legs.filter(state=LegState.JOINED, role=LegRole.DEVICE).exclude(pk=leg.pk):
+            if monitor:
+                legs.mute_as_monitor(old, now=now)
+            else:
+                legs.leg_remove(old, now=now, reason="switched")
+        Call.objects.filter(pk=call.pk).update(held_by_id=leg.device_id)
+        call.held_by_id = leg.device_id
+        record(call, now=now, step=Step("pull_completed", leg.device_id,
+                                        {"pull": str(pull.pk), "previous": "monitor" if monitor else "dropped"}))
     pull.refresh_from_db()
     pull.call = call
-    record(call, now=now, step=Step("pull_completed", leg.device_id, {"pull": str(pull.pk),
-                                                                      "previous": "monitor" if monitor else "dropped"}))
     _announce(pull, "pull.completed", now=now)
     log.info("pull completed pull=%s call=%s to=%s", pull.pk, call.pk, leg.device_id)
 
@@ -204,17 +248,35 @@ def pulls_sweep(*, now: datetime) -> int:
 
 # Dial-in pull (CN101877748A) ------------------------------------------------
 
-def dial_in_arrive(*, caller: str | None, call_sid: str, now: datetime) -> tuple[str, object]:
-    """A call to a server number that is no forwarded call: is it a device of a
-    user dialling in to take over a live call? Returns (outcome, detail):
-    ("unknown", None), ("none", device), ("menu", (device, calls)),
-    ("join", pull) or ("hold", pull)."""
-    if not caller:  # never match on a withheld caller id
-        return "unknown", None
+def dial_in_arrive(*, caller: str, pin: str, call_sid: str, now: datetime) -> tuple[str, object]:
+    """A caller who dialled a server number (no forwarded call) entered a PIN. Caller
+    id only names the account (the one whose device registered that `phone_number`);
+    the account's transfer PIN proves the caller is its user. Returns (outcome, detail):
+    ("limited", None) before any PIN check when the calling number or the account used
+    up its wrong PINs, ("wrong_pin", None) (also for a number no account or several
+    accounts registered, and for an account without a PIN: the caller cannot tell
+    these apart), then ("none", device), ("menu", (device, calls)), ("join", pull)
+    or ("hold", pull)."""
     devices = list(Device.objects.select_related("user").filter(phone_number=caller))
-    if len({d.user_id for d in devices}) != 1:
-        return "unknown", None  # no match, or a number two accounts claim: trust neither
-    device = devices[0]
+    # A number two accounts claim names neither.
+    device = devices[0] if len({d.user_id for d in devices}) == 1 else None
+    keys = [f"number:{caller}"] + ([f"user:{device.user_id}"] if device is not None else [])
+    try:
+        ratelimit.check("dial_in_pin", *keys)
+    except ApiError:
+        log.warning("dial-in refused: too many wrong PINs sid=%s device=%s", call_sid,
+                    device.pk if device else None)
+        return "limited", None
+    account = AccountSettings.objects.filter(user_id=device.user_id).first() if device is not None else None
+    if account is not None and account.transfer_pin_hash:
+        right = check_password(str(pin or ""), account.transfer_pin_hash)
+    else:
+        make_password(str(pin or ""))  # as slow as a real check: the time tells nothing either
+        right = False
+    if not right:
+        ratelimit.hit("dial_in_pin", *keys)
+        log.warning("dial-in refused: wrong PIN sid=%s device=%s", call_sid, device.pk if device else None)
+        return "wrong_pin", None
     calls = list(movable_calls_for(user=device.user))
     if not calls:
         return "none", device
@@ -224,11 +286,14 @@ def dial_in_arrive(*, caller: str | None, call_sid: str, now: datetime) -> tuple
 
 
 def dial_in_take(*, device: Device, call: Call, call_sid: str, now: datetime) -> tuple[str, Pull]:
+    """The caller `call_sid`, proven to be `device`'s user, takes `call`. A retry
+    (same CallSid) finds its leg and pull again."""
     leg = CallLeg.objects.filter(provider_call_sid=call_sid).first()
     if leg is None:
         leg = CallLeg.objects.create(call=call, device=device, role=LegRole.DEVICE, provider_call_sid=call_sid,
                                      created_at=now)
-    pull = Pull.objects.filter(leg=leg).first() or _open(call, device=device, method="dial_in", now=now, leg=leg)
+    pull = Pull.objects.filter(leg=leg).first() or _open(call, device=device, method="dial_in", now=now, leg=leg,
+                                                         dial_in_from=device.phone_number or None)
     return ("join" if pull.state == PullState.APPROVED else "hold"), pull
 
 
@@ -255,10 +320,16 @@ def call_transfer(*, call: Call, device: Device, number: str, pin: str, now: dat
         raise forbidden("number_not_allowed", "That number is not on your transfer allow-list.")
     if not account.transfer_pin_hash:
         raise forbidden("transfer_pin_not_set", "Set a transfer PIN in your account first.")
-    key = f"user:{call.user_id}"
+    # Per call and calling device: wrong PINs from a stolen token do not lock the owner
+    # out on another device, and a device cannot probe the PIN beyond the limit per call.
+    key = f"call:{call.pk}:device:{device.pk}"
     ratelimit.check("transfer_pin", key)
+    # Every new device (a pairing code away) would bring a fresh budget: the account's
+    # wrong PINs over a day are capped too, whichever device or path guessed.
+    ratelimit.check("pin_failure_user", f"user:{call.user_id}")
     if not check_password(str(pin or ""), account.transfer_pin_hash):
         ratelimit.hit("transfer_pin", key)
+        ratelimit.hit("pin_failure_user", f"user:{call.user_id}")
         log.warning("transfer refused: wrong PIN call=%s device=%s", call.pk, device.pk)
         raise ApiError("wrong_pin", "The transfer PIN is wrong.", status=status.HTTP_403_FORBIDDEN)
     if not _movable(call):

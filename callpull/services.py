@@ -7,14 +7,16 @@ import logging
 from datetime import datetime
 
 from django.conf import settings
-from django.contrib.auth.hashers import make_password
+from django.contrib.auth.hashers import check_password, make_password
 from django.db import IntegrityError, transaction
 from django.db.models import Count
 
 from callpull.models import AccountSettings, ForwardingState, Line, ServerNumber
+from devices import audit
 from devices.errors import ApiError, conflict
 from devices.models import Device
 from devices.phone import to_e164
+from devices.services import reauthenticate
 
 log = logging.getLogger(__name__)
 
@@ -93,24 +95,47 @@ def account_settings_get(*, user) -> AccountSettings:
     return account
 
 
-def account_settings_update(*, user, data: dict) -> AccountSettings:
+def transfer_pin_matches(sender, *, user, pin: str | None, **kwargs) -> bool | None:
+    """Receiver of devices.signals.transfer_pin_check: None when the user has no transfer
+    PIN, else whether `pin` is it."""
+    pin_hash = AccountSettings.objects.filter(user=user).values_list("transfer_pin_hash", flat=True).first()
+    if not pin_hash:
+        return None
+    return pin is not None and check_password(str(pin), pin_hash)
+
+
+def account_settings_update(*, user, device: Device, data: dict, now: datetime, password: str | None = None,
+                            current_pin: str | None = None, client_ip: str = "") -> AccountSettings:
+    """Change the account's settings as asked by `device`. A new transfer PIN or allow-list
+    needs the account password or the current PIN (`reauthenticate`) and is written to the
+    audit log, which tells every device of the user."""
+    current = account_settings_get(user=user)
+    allowlist = None
+    if "transfer_allowlist" in data:
+        numbers = [to_e164(raw, field=f"transfer_allowlist.{i}") for i, raw in enumerate(data["transfer_allowlist"])]
+        allowlist = list(dict.fromkeys(numbers))
+    pin = data.get("transfer_pin") or ""
+    pin_changes = "transfer_pin" in data and bool(pin or current.transfer_pin_hash)
+    allowlist_changes = allowlist is not None and allowlist != current.transfer_allowlist
+    if pin_changes or allowlist_changes:
+        reauthenticate(user=user, device=device, password=password, current_pin=current_pin, now=now)
     with transaction.atomic():
-        AccountSettings.objects.get_or_create(user=user)
         account = AccountSettings.objects.select_for_update().get(user=user)
         changed = []
         for field in ("pull_requires_approval", "monitor_after_switch"):
             if field in data:
                 setattr(account, field, data[field])
                 changed.append(field)
-        if "transfer_allowlist" in data:
-            numbers = [to_e164(raw, field=f"transfer_allowlist.{i}")
-                       for i, raw in enumerate(data["transfer_allowlist"])]
-            account.transfer_allowlist = list(dict.fromkeys(numbers))
+        if allowlist_changes:
+            account.transfer_allowlist = allowlist
             changed.append("transfer_allowlist")
-        if "transfer_pin" in data:
-            pin = data["transfer_pin"]
+            audit.audit_record(user=user, device=device, action=audit.TRANSFER_ALLOWLIST_CHANGED,
+                               detail={"numbers": allowlist}, client_ip=client_ip, now=now)
+        if pin_changes:
             account.transfer_pin_hash = make_password(pin) if pin else ""
             changed.append("transfer_pin_hash")
+            audit.audit_record(user=user, device=device, action=audit.TRANSFER_PIN_CHANGED,
+                               detail={"set": bool(pin)}, client_ip=client_ip, now=now)
         if changed:
             account.save(update_fields=changed)
     return account

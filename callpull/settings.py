@@ -5,6 +5,7 @@ in-memory channel layer, FCM off and the bundled carrier/provider simulator.
 Every variable is validated here so a typo stops the server at start-up.
 """
 
+import ipaddress
 import os
 import tempfile
 from pathlib import Path
@@ -61,6 +62,20 @@ SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
 # Origins a browser WebSocket may come from. Same-origin pages are always allowed.
 WEBSOCKET_ALLOWED_ORIGINS = env_list("WEBSOCKET_ALLOWED_ORIGINS", [])
 
+# Reverse proxies (IP addresses or CIDR networks) whose X-Forwarded-For is believed: the
+# client's address is the right-most one in that header not in this list, and only when
+# the request came from one of them. Empty: the peer's own address, always.
+TRUSTED_PROXIES = env_list("TRUSTED_PROXIES", [])
+for _proxy in TRUSTED_PROXIES:
+    try:
+        ipaddress.ip_network(_proxy, strict=False)
+    except ValueError:
+        raise ImproperlyConfigured(f"TRUSTED_PROXIES: {_proxy!r} is not an IP address or network") from None
+
+# Hosts a device's `sip:` connect target may be on (the operator's PBX or SIP trunk
+# domains), exact and case-insensitive. Empty: no SIP targets at all.
+SIP_DOMAINS = [domain.lower().rstrip(".") for domain in env_list("SIP_DOMAINS", [])]
+
 ALLOW_SIGNUP = env_bool("ALLOW_SIGNUP", True)
 SERVER_NUMBERS = env_e164_list("SERVER_NUMBERS", ["+15555550100"])
 
@@ -108,6 +123,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Outermost: any error Django itself answers under /api/ (a bad Host, a CSRF refusal, its
+    # debug pages) leaves in the API's error envelope (callpull/api/errors.py).
+    "callpull.api.errors.ApiErrorEnvelopeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -223,11 +241,20 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 
+# Request bodies (API and webhooks alike) larger than this are refused with 413 while they
+# arrive, chunked or not, before more than this is stored (callpull/http.py). Django's own
+# check of a declared Content-Length uses the same number.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("MAX_REQUEST_BODY_BYTES", 1024 * 1024, minimum=1024)
+# JSON bodies nested deeper than this are refused with 400 json_too_deep (no API body needs
+# more than a few levels; Python's parser recurses on each level).
+API_JSON_MAX_DEPTH = env_int("API_JSON_MAX_DEPTH", 32, minimum=2)
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["devices.auth.DeviceTokenAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["devices.auth.IsDevice"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    # DRF's JSON parser with a nesting limit (API_JSON_MAX_DEPTH), callpull/api/parsers.py.
+    "DEFAULT_PARSER_CLASSES": ["callpull.api.parsers.BoundedJSONParser"],
     "EXCEPTION_HANDLER": "callpull.api.errors.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
@@ -250,15 +277,32 @@ SPECTACULAR_SETTINGS = {
 
 # Attempts allowed per window (count, seconds) before a 429 with Retry-After.
 RATE_LIMITS = {
+    # Wrong passwords per username and client address (logins), and per user and device
+    # (the password or PIN a sensitive change asks for again).
     "login_failure": (env_int("RATE_LIMIT_LOGIN", 5, minimum=1), 300),
+    # Wrong passwords from one client address, whatever the username.
+    "login_failure_address": (env_int("RATE_LIMIT_LOGIN_ADDRESS", 20, minimum=1), 300),
     "pairing_failure": (env_int("RATE_LIMIT_PAIRING", 10, minimum=1), 300),
     "signup": (env_int("RATE_LIMIT_SIGNUP", 20, minimum=1), 3600),
     "ws_ticket": (env_int("RATE_LIMIT_WS_TICKET", 30, minimum=1), 60),
     "transfer_pin": (env_int("RATE_LIMIT_TRANSFER_PIN", 5, minimum=1), 900),
+    # Wrong transfer PINs of an account per day, whichever device guessed (transfers and the
+    # PIN given for a sensitive change): new devices do not bring new guesses.
+    "pin_failure_user": (env_int("RATE_LIMIT_PIN_PER_ACCOUNT", 50, minimum=1), 86400),
+    # Pairing codes an account may create per hour (each makes a new device).
+    "pairing_code": (env_int("RATE_LIMIT_PAIRING_CODE", 10, minimum=1), 3600),
+    # Wrong PINs of callers dialling in, per calling number and per account (docs/MOVING.md).
+    "dial_in_pin": (env_int("RATE_LIMIT_DIAL_IN_PIN", 5, minimum=1), 900),
+    # Number verification calls cost money (toll fraud): per device per hour, and per user
+    # and per called number per day.
+    "number_verification": (env_int("RATE_LIMIT_NUMBER_VERIFICATION", 3, minimum=1), 3600),
+    "number_verification_daily": (env_int("RATE_LIMIT_NUMBER_VERIFICATION_DAILY", 10, minimum=1), 86400),
 }
 
 PAIRING_CODE_TTL_SECONDS = env_int("PAIRING_CODE_TTL_SECONDS", 300, minimum=30)
 WS_TICKET_TTL_SECONDS = env_int("WS_TICKET_TTL_SECONDS", 30, minimum=5)
+# How long the code read out by a number-verification call stays good (callpull/verification.py).
+NUMBER_VERIFICATION_TTL_SECONDS = env_int("NUMBER_VERIFICATION_TTL_SECONDS", 600, minimum=60)
 # A worker refreshes its connections this often; a connection not refreshed for
 # PRESENCE_STALE_SECONDS belongs to a dead worker and no longer counts as online.
 PRESENCE_HEARTBEAT_SECONDS = env_int("PRESENCE_HEARTBEAT_SECONDS", 20, minimum=1)
@@ -284,6 +328,9 @@ CALL_RECONCILE_SECONDS = env_int("CALL_RECONCILE_SECONDS", 60, minimum=5)
 DIAL_TIMEOUT_SECONDS = env_int("DIAL_TIMEOUT_SECONDS", 25, minimum=5)
 # How long the holding device has to approve a pull before it counts as denied.
 PULL_APPROVAL_SECONDS = env_int("PULL_APPROVAL_SECONDS", 20, minimum=2)
+# When the device holding a call is revoked, the caller waits on hold this long for
+# another device of the user to pull the call; then the call ends (fallback or goodbye).
+HOLDER_LOST_HOLD_SECONDS = env_int("HOLDER_LOST_HOLD_SECONDS", 60, minimum=5)
 # Provider REST actions (dialling legs, hang-ups) run on a small thread pool so webhooks
 # answer at once; unit tests run them inline.
 PROVIDER_ACTIONS_INLINE = env_bool("PROVIDER_ACTIONS_INLINE", False)

@@ -3,22 +3,55 @@
 Each view validates its input, calls one service or selector, and renders.
 """
 
+import ipaddress
+from functools import lru_cache
 
+from django.conf import settings
 from django.utils import timezone
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from devices import selectors, services
+from devices import audit, selectors, services
 from devices.auth import IsDevice
 from devices.errors import ApiError
 from devices.serializers import DeviceInput, DeviceOutput, DeviceUpdateInput, device_fields
 
 
+@lru_cache(maxsize=8)
+def _networks(proxies: tuple[str, ...]) -> tuple:
+    return tuple(ipaddress.ip_network(proxy, strict=False) for proxy in proxies)
+
+
+def _address(text: str):
+    try:
+        return ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+
+
+def _trusted(address, networks) -> bool:
+    return address is not None and any(address in network for network in networks)
+
+
 def client_ip(request) -> str:
-    return request.META.get("REMOTE_ADDR") or "unknown"
+    """The client's address. `X-Forwarded-For` counts only when the peer is one of
+    TRUSTED_PROXIES; then the client is the right-most address in it that is not a trusted
+    proxy (what is left of it, any client could have written)."""
+    remote = request.META.get("REMOTE_ADDR") or ""
+    networks = _networks(tuple(settings.TRUSTED_PROXIES))
+    if not networks or not _trusted(_address(remote), networks):
+        return remote or "unknown"
+    hops = [hop for hop in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if hop.strip()]
+    for hop in reversed(hops):
+        address = _address(hop)
+        if address is None:
+            return remote  # a trusted proxy does not write garbage: the header is not to be believed
+        if not _trusted(address, networks):
+            return str(address)
+    return str(_address(hops[0])) if hops else remote
 
 
 def validated(serializer_class, data, **kwargs):
@@ -121,14 +154,46 @@ class DeviceDetailApi(APIView):
         if unknown:
             raise ApiError("unknown_fields", "These fields cannot be changed: " + ", ".join(sorted(unknown)),
                            fields={name: ["Not editable."] for name in sorted(unknown)})
-        services.device_update(device=device, data=device_fields(serializer.validated_data))
+        data = dict(serializer.validated_data)
+        password, current_pin = data.pop("password", None), data.pop("current_pin", None)
+        services.device_update(device=device, data=device_fields(data), by=request.auth, password=password,
+                               current_pin=current_pin, client_ip=client_ip(request), now=timezone.now())
         return Response(DeviceOutput(device, context={"me": request.auth}).data)
 
     @extend_schema(responses={204: None}, operation_id="device_delete")
     def delete(self, request, device_id):
         device = _device_from_path(request, device_id)
-        services.device_revoke(device=device, now=timezone.now())
+        services.device_revoke(device=device, now=timezone.now(), by=request.auth, client_ip=client_ip(request))
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class AuditLogApi(APIView):
+    class Query(serializers.Serializer):
+        limit = serializers.IntegerField(min_value=1, max_value=200, default=50)
+
+    class EntryOutput(serializers.Serializer):
+        id = serializers.IntegerField()
+        action = serializers.CharField()
+        detail = serializers.DictField()
+        device = serializers.SerializerMethodField()
+        client_ip = serializers.CharField()
+        at = serializers.DateTimeField()
+
+        @extend_schema_field(inline_serializer("AuditDevice", {
+            "id": serializers.UUIDField(), "name": serializers.CharField(), "kind": serializers.CharField()},
+            allow_null=True))
+        def get_device(self, entry) -> dict | None:
+            device = entry.device
+            return None if device is None else {"id": str(device.pk), "name": device.name, "kind": device.kind}
+
+    @extend_schema(parameters=[OpenApiParameter("limit", int, description="1-200, default 50")],
+                   responses={200: EntryOutput(many=True)}, operation_id="account_audit_log",
+                   description="Sensitive changes to the account, newest first: what, by which device, "
+                               "when and from which address.")
+    def get(self, request):
+        query = validated(self.Query, request.query_params).validated_data
+        entries = audit.audit_entries_for_user(user=request.user, limit=query["limit"])
+        return Response(self.EntryOutput(entries, many=True).data)
 
 
 class PairingCodeCreateApi(APIView):

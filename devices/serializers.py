@@ -2,10 +2,13 @@
 
 import re
 
+from drf_spectacular.utils import extend_schema_field, inline_serializer
 from rest_framework import serializers
 
+from devices.errors import ApiError
 from devices.models import ConnectType, Device, DeviceKind, Platform
 from devices.phone import to_e164
+from devices.services import sip_domain_allowed
 
 CLIENT_IDENTITY = re.compile(r"^[A-Za-z0-9_.@-]{1,121}$")
 SIP_URI = re.compile(r"^sips?:[^\s<>\"]+@[^\s<>\"]+$")
@@ -16,11 +19,18 @@ class ConnectSerializer(serializers.Serializer):
     address = serializers.CharField(max_length=255)
 
     def validate(self, attrs):
+        # A partial update (PATCH) skips missing fields, nested ones too: a target is whole or null.
+        missing = {name: ["This field is required."] for name in ("type", "address") if name not in attrs}
+        if missing:
+            raise serializers.ValidationError(missing)
         kind, address = attrs["type"], attrs["address"].strip()
         if kind == ConnectType.CLIENT and not CLIENT_IDENTITY.match(address):
             raise serializers.ValidationError({"address": "A client identity is 1-121 of A-Z a-z 0-9 _ . @ -."})
         if kind == ConnectType.SIP and not SIP_URI.match(address):
             raise serializers.ValidationError({"address": "A SIP address looks like sip:user@host."})
+        if kind == ConnectType.SIP and not sip_domain_allowed(address):
+            message = "SIP targets must be on one of this server's SIP domains (SIP_DOMAINS)."
+            raise ApiError("sip_domain_not_allowed", message, fields={"connect.address": [message]})
         if kind == ConnectType.NUMBER:
             address = to_e164(address, field="connect.address")
         return {"type": kind, "address": address}
@@ -53,10 +63,17 @@ def device_fields(validated_data: dict) -> dict:
 
 
 class DeviceUpdateInput(DeviceInput):
-    """The kind and platform of a device are what it is; they are not edited."""
+    """The kind and platform of a device are what it is; they are not edited.
+
+    `password` or `current_pin` prove the change is the user's own where a change needs
+    it (a `number` or `sip` target, a phone number); neither is stored or echoed."""
 
     kind = None
     platform = None
+    password = serializers.CharField(max_length=128, required=False, write_only=True, trim_whitespace=False,
+                                     help_text="The account password, for a change that needs it.")
+    current_pin = serializers.CharField(max_length=32, required=False, write_only=True, trim_whitespace=False,
+                                        help_text="The current transfer PIN, instead of the password.")
 
 
 class DeviceOutput(serializers.ModelSerializer):
@@ -70,10 +87,16 @@ class DeviceOutput(serializers.ModelSerializer):
         fields = ["id", "name", "kind", "platform", "ring_enabled", "connect", "phone_number", "fcm_registered",
                   "online", "last_seen_at", "created_at", "me"]
 
+    @extend_schema_field(inline_serializer("ConnectTarget", {
+        "type": serializers.ChoiceField(choices=ConnectType.choices), "address": serializers.CharField(),
+        "verified": serializers.BooleanField(help_text="Proven to be the user's: a client target, a sip target "
+                                                       "on SIP_DOMAINS, a number that passed verification.")},
+        allow_null=True))
     def get_connect(self, device) -> dict | None:
         if not device.connect_type:
             return None
-        return {"type": device.connect_type, "address": device.connect_address}
+        return {"type": device.connect_type, "address": device.connect_address,
+                "verified": device.connect_verified_at is not None}
 
     def get_fcm_registered(self, device) -> bool:
         return bool(device.fcm_token)

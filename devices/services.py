@@ -5,6 +5,7 @@ writes in one transaction.
 """
 
 import logging
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -15,9 +16,9 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, transaction
 from rest_framework import status
 
-from devices import ratelimit
+from devices import audit, ratelimit
 from devices.errors import ApiError, conflict, forbidden
-from devices.models import Device, DeviceConnection, PairingCode, WsTicket
+from devices.models import ConnectType, Device, DeviceConnection, DeviceKind, PairingCode, WsTicket
 from devices.secrets import (
     digest,
     new_device_token,
@@ -25,7 +26,7 @@ from devices.secrets import (
     new_ws_ticket,
     normalize_pairing_code,
 )
-from devices.signals import device_revoked
+from devices.signals import device_revoked, transfer_pin_check
 
 log = logging.getLogger(__name__)
 User = get_user_model()
@@ -60,31 +61,145 @@ def user_signup(*, username: str, password: str, client_ip: str) -> "User":
     return user
 
 
+# Connect targets -------------------------------------------------------------
+
+def sip_host(address: str) -> str | None:
+    """The host of a `sip:`/`sips:` URI, lower case; None when it has not exactly one `@`
+    (then which host a provider would dial is anybody's guess)."""
+    scheme, _, rest = address.partition(":")
+    if scheme.lower() not in ("sip", "sips") or rest.count("@") != 1:
+        return None
+    hostport = re.split(r"[;?]", rest.split("@", 1)[1], maxsplit=1)[0]
+    if hostport.startswith("["):
+        host = hostport[1:hostport.find("]")] if "]" in hostport else ""
+    else:
+        host = hostport.split(":", 1)[0]
+    return host.lower().rstrip(".") or None
+
+
+def sip_domain_allowed(address: str) -> bool:
+    host = sip_host(address)
+    return host is not None and host in {domain.lower().rstrip(".") for domain in settings.SIP_DOMAINS}
+
+
+def _verified_at(connect_type: str, connect_address: str, now: datetime) -> datetime | None:
+    """When a newly set target counts as proven: a client identity at once (it is ours), a SIP
+    address on SIP_DOMAINS at once, a number only once its verification call succeeded."""
+    if connect_type == ConnectType.CLIENT:
+        return now
+    if connect_type == ConnectType.SIP and sip_domain_allowed(connect_address):
+        return now
+    return None
+
+
+def _connect_detail(device: Device) -> dict:
+    """A target as the audit log shows it: numbers and SIP addresses in full, client identities not."""
+    detail = {"type": device.connect_type or None}
+    if device.connect_type in (ConnectType.NUMBER, ConnectType.SIP):
+        detail["address"] = device.connect_address
+    return detail
+
+
+# Proving it is the user -------------------------------------------------------
+
+def _transfer_pin_matches(*, user, pin: str | None) -> bool | None:
+    """Whether `pin` is the user's transfer PIN; None when no PIN is set."""
+    answers = [answer for _, answer in transfer_pin_check.send(sender=Device, user=user, pin=pin)
+               if answer is not None]
+    return any(answers) if answers else None
+
+
+def reauthenticate(*, user, device: Device, password: str | None, current_pin: str | None,
+                   now: datetime) -> None:
+    """Raise 403 `reauthentication_required` unless `password` is the account password or
+    `current_pin` the current transfer PIN. Wrong attempts count per user and device
+    (`login_failure`), so a stolen token cannot guess on and the owner's other devices
+    are not locked out by its guesses."""
+    pin_set = _transfer_pin_matches(user=user, pin=None) is not None
+    if password or current_pin:
+        key = f"reauth:user:{user.pk}:device:{device.pk}"
+        ratelimit.check("login_failure", key)
+        if password and user.check_password(password):
+            return
+        # A short PIN would fall to a budget per device (each a pairing code away): wrong PINs
+        # are capped per account too. Past the cap the password still works.
+        pin_guess = bool(current_pin) and pin_set and not password
+        if pin_guess:
+            ratelimit.check("pin_failure_user", f"user:{user.pk}")
+        if current_pin and pin_set and _transfer_pin_matches(user=user, pin=current_pin):
+            return
+        ratelimit.hit("login_failure", key)
+        if pin_guess:
+            ratelimit.hit("pin_failure_user", f"user:{user.pk}")
+        log.warning("reauthentication failed user=%s device=%s", user.pk, device.pk)
+    which = "your account password (`password`)"
+    if pin_set:
+        which += " or your current transfer PIN (`current_pin`)"
+    message = f"This change needs {which} in the same request."
+    fields = {"password": [message]} | ({"current_pin": [message]} if pin_set else {})
+    raise ApiError("reauthentication_required", message, status=status.HTTP_403_FORBIDDEN, fields=fields)
+
+
+# Registration -----------------------------------------------------------------
+
 def _create_device(*, user, data: dict, now: datetime) -> Registration:
     token = new_device_token()
-    device = Device.objects.create(
-        user=user, token_hash=digest(token), created_at=now, last_seen_at=now,
-        **{field: data[field] for field in DEVICE_FIELDS if field in data},
-    )
+    fields = {field: data[field] for field in DEVICE_FIELDS if field in data}
+    if fields.get("connect_type"):
+        fields["connect_verified_at"] = _verified_at(fields["connect_type"], fields.get("connect_address", ""), now)
+    device = Device.objects.create(user=user, token_hash=digest(token), created_at=now, last_seen_at=now, **fields)
     log.info("device registered device=%s user=%s kind=%s", device.pk, user.pk, device.kind)
     return Registration(device=device, token=token)
 
 
+def _audit_registration(device: Device, *, method: str, client_ip: str, now: datetime,
+                        paired_by: Device | None = None) -> None:
+    detail = {"device": str(device.pk), "name": device.name, "kind": device.kind, "method": method}
+    if paired_by is not None:
+        detail["paired_by"] = str(paired_by.pk)
+    if device.connect_type:
+        detail["connect"] = _connect_detail(device)
+    if device.phone_number:
+        detail["phone_number"] = device.phone_number
+    audit.audit_record(user=device.user, device=device, action=audit.DEVICE_REGISTERED, detail=detail,
+                       client_ip=client_ip, now=now)
+
+
 def device_register_with_password(*, username: str, password: str, data: dict, client_ip: str,
                                   now: datetime) -> Registration:
-    keys = (f"user:{username.lower()}", f"ip:{client_ip}")
-    ratelimit.check("login_failure", *keys)
+    # Failures count per username *and* address, so a flood from elsewhere cannot lock the
+    # owner out at their own address; and per address, so one address cannot try every user.
+    user_key, address_key = f"user:{username.lower()}|ip:{client_ip}", f"ip:{client_ip}"
+    ratelimit.check("login_failure", user_key)
+    ratelimit.check("login_failure_address", address_key)
     user = authenticate(username=username, password=password)
     if user is None:
-        ratelimit.hit("login_failure", *keys)
+        ratelimit.hit("login_failure", user_key)
+        ratelimit.hit("login_failure_address", address_key)
         log.info("device registration refused: bad credentials ip=%s", client_ip)
         raise ApiError("invalid_credentials", "Wrong username or password.",
                        status=status.HTTP_401_UNAUTHORIZED)
     with transaction.atomic():
-        return _create_device(user=user, data=data, now=now)
+        registration = _create_device(user=user, data=data, now=now)
+        _audit_registration(registration.device, method="password", client_ip=client_ip, now=now)
+        return registration
 
 
 def device_register_with_pairing_code(*, code: str, data: dict, client_ip: str, now: datetime) -> Registration:
+    if data.get("kind") == DeviceKind.HANDSET:
+        # A handset reports rings and forwarding for a line: that takes the password, not a
+        # code any device of the user can make.
+        raise forbidden("handset_requires_password",
+                        "A handset registers with the account's username and password, not a pairing code.")
+    # What PATCH /devices/me asks the password or PIN for, a pairing code (which a stolen
+    # device can make) does not give either.
+    needs_secret = {"device.connect": data.get("connect_type") == ConnectType.NUMBER,
+                    "device.phone_number": bool(data.get("phone_number"))}
+    if any(needs_secret.values()):
+        message = ("A device registered with a pairing code cannot bring a `number` target or a phone number: "
+                   "register with the password, or set them afterwards with the password (PATCH /devices/me).")
+        raise ApiError("reauthentication_required", message, status=status.HTTP_403_FORBIDDEN,
+                       fields={name: [message] for name, needed in needs_secret.items() if needed})
     ratelimit.check("pairing_failure", f"ip:{client_ip}")
     with transaction.atomic():
         pairing = (
@@ -106,6 +221,8 @@ def device_register_with_pairing_code(*, code: str, data: dict, client_ip: str, 
             claimed = PairingCode.objects.filter(pk=pairing.pk, used_at__isnull=True).update(
                 used_at=now, used_by=registration.device)
             if claimed:
+                _audit_registration(registration.device, method="pairing_code", client_ip=client_ip, now=now,
+                                    paired_by=pairing.created_by)
                 return registration
             transaction.set_rollback(True)
     ratelimit.hit("pairing_failure", f"ip:{client_ip}")
@@ -114,6 +231,8 @@ def device_register_with_pairing_code(*, code: str, data: dict, client_ip: str, 
 
 
 def pairing_code_create(*, device: Device, now: datetime) -> tuple[str, datetime]:
+    # Each code makes a new device, and so a new budget for anything limited per device.
+    ratelimit.check_and_hit("pairing_code", f"user:{device.user_id}")
     expires_at = now + timedelta(seconds=settings.PAIRING_CODE_TTL_SECONDS)
     for _ in range(5):
         code = new_pairing_code()
@@ -150,21 +269,60 @@ def ws_ticket_redeem(*, ticket: str, now: datetime) -> Device | None:
     )
 
 
-def device_update(*, device: Device, data: dict) -> Device:
+# Fields only the device itself may change; another device of the user may rename it,
+# turn its ringing on or off, and revoke it.
+OWN_DEVICE_FIELDS = ("connect_type", "connect_address", "phone_number", "fcm_token")
+
+
+def device_update(*, device: Device, data: dict, by: Device, now: datetime, password: str | None = None,
+                  current_pin: str | None = None, client_ip: str = "") -> Device:
+    """Change `device` as asked by `by` (a device of the same user).
+
+    Setting a `number` or `sip` target or a phone number needs the password or the current
+    PIN (`reauthenticate`). A new target is unverified until proven (`_verified_at`).
+    Target and phone number changes are written to the audit log."""
+    if by.pk != device.pk and any(field in data for field in OWN_DEVICE_FIELDS):
+        raise forbidden("own_device_only", "Only a device itself may change its connect target, phone number "
+                                           "or FCM token; other devices may rename it, turn its ringing on or "
+                                           "off, or remove it.")
     changed = [field for field in DEVICE_FIELDS if field in data and getattr(device, field) != data[field]]
-    for field in changed:
-        setattr(device, field, data[field])
-    if changed:
-        device.save(update_fields=changed)
+    target_changed = "connect_type" in changed or "connect_address" in changed
+    number_changed = "phone_number" in changed
+    if ((target_changed and data.get("connect_type", device.connect_type) in (ConnectType.NUMBER, ConnectType.SIP))
+            or (number_changed and data["phone_number"])):
+        reauthenticate(user=by.user, device=by, password=password, current_pin=current_pin, now=now)
+    with transaction.atomic():
+        for field in changed:
+            setattr(device, field, data[field])
+        if target_changed:
+            device.connect_verified_at = _verified_at(device.connect_type, device.connect_address, now)
+            changed.append("connect_verified_at")
+        if changed:
+            device.save(update_fields=changed)
+        if target_changed:
+            audit.audit_record(user=by.user, device=by, action=audit.DEVICE_CONNECT_CHANGED,
+                               detail={"device": str(device.pk), **_connect_detail(device)},
+                               client_ip=client_ip, now=now)
+        if number_changed:
+            audit.audit_record(user=by.user, device=by, action=audit.DEVICE_PHONE_NUMBER_CHANGED,
+                               detail={"device": str(device.pk), "phone_number": device.phone_number or None},
+                               client_ip=client_ip, now=now)
+    if target_changed or number_changed:
+        log.info("device changed device=%s by=%s target=%s phone_number=%s", device.pk, by.pk, target_changed,
+                 number_changed)
     return device
 
 
-def device_revoke(*, device: Device, now: datetime) -> None:
-    """Revoke at once: the token stops working, credentials it created die with it."""
+def device_revoke(*, device: Device, now: datetime, by: Device | None = None, client_ip: str = "") -> None:
+    """Revoke at once: the token stops working, credentials it created die with it.
+    `by` is the device that asked (None: not a device, e.g. an operator)."""
     with transaction.atomic():
         Device.all_objects.filter(pk=device.pk).update(revoked_at=now, fcm_token="")
         WsTicket.objects.filter(device=device, used_at__isnull=True).update(used_at=now)
         PairingCode.objects.filter(created_by=device, used_at__isnull=True).update(expires_at=now)
+        audit.audit_record(user=device.user, device=by, action=audit.DEVICE_REVOKED,
+                           detail={"device": str(device.pk), "name": device.name, "kind": device.kind},
+                           client_ip=client_ip, now=now)
         transaction.on_commit(lambda: device_revoked.send(sender=Device, device=device))
     device.revoked_at = now
     log.info("device revoked device=%s user=%s", device.pk, device.user_id)

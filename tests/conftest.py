@@ -8,9 +8,11 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from devices import services as device_services
+from devices.models import Device
 
 PASSWORD = "correct horse battery staple"
 _names = itertools.count(1)
+_unset = object()
 
 
 @pytest.fixture(autouse=True)
@@ -22,6 +24,8 @@ def _fast_password_hashing_and_inline_provider_actions(settings):
     # receipt; they ack afterwards (Socket.ack). tests/notifications and tests/e2e
     # cover the wait itself with real consumers.
     settings.RING_ACK_WAIT_SECONDS = 0
+    # The fixtures' SIP targets (sip:…@pbx.example) are on the operator's list, so they count as verified.
+    settings.SIP_DOMAINS = ["pbx.example"]
 
 
 @pytest.fixture(autouse=True)
@@ -42,12 +46,18 @@ def make_user(username=None, password=PASSWORD):
     return get_user_model().objects.create_user(username=username or f"user{next(_names)}", password=password)
 
 
-def make_device(user, *, kind="tablet", platform="android", name=None, **fields):
-    """A registered device and its bearer token."""
+def make_device(user, *, kind="tablet", platform="android", name=None, connect_verified_at=_unset, **fields):
+    """A registered device and its bearer token. A `client` target, or a `sip` one on
+    SIP_DOMAINS, is verified as registration makes it; `connect_verified_at=` overrides that
+    (e.g. a `number` target whose verification call a test does not need)."""
     registration = device_services._create_device(
         user=user, data={"name": name or f"{kind} {next(_names)}", "kind": kind, "platform": platform, **fields},
         now=timezone.now())
-    return registration.device, registration.token
+    device = registration.device
+    if connect_verified_at is not _unset:
+        Device.all_objects.filter(pk=device.pk).update(connect_verified_at=connect_verified_at)
+        device.connect_verified_at = connect_verified_at
+    return device, registration.token
 
 
 def client_for(token) -> APIClient:
@@ -94,3 +104,11 @@ def error_code(response) -> str:
     assert set(body) == {"error"}, body
     assert set(body["error"]) == {"code", "message", "fields"}, body
     return body["error"]["code"]
+
+
+def rate_limits(**scopes) -> dict:
+    """RATE_LIMITS with some scopes changed, for override_settings: every other scope keeps
+    its configured limit (a view may count in scopes the test is not about)."""
+    from django.conf import settings
+
+    return {**settings.RATE_LIMITS, **scopes}

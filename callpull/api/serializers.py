@@ -61,6 +61,10 @@ class AccountUpdateInput(serializers.Serializer):
     transfer_pin = serializers.RegexField(r"^\d{4,12}$", required=False, allow_null=True, allow_blank=True,
                                           write_only=True,
                                           error_messages={"invalid": "A PIN is 4 to 12 digits."})
+    password = serializers.CharField(max_length=128, required=False, write_only=True, trim_whitespace=False,
+                                     help_text="The account password: needed to change the PIN or allow-list.")
+    current_pin = serializers.CharField(max_length=32, required=False, write_only=True, trim_whitespace=False,
+                                        help_text="The current transfer PIN, instead of the password.")
 
 
 class CallReportInput(serializers.Serializer):

@@ -15,7 +15,7 @@ from callpull.api.serializers import (
     LineOutput,
     LineUpdateInput,
 )
-from devices.api import validated
+from devices.api import client_ip, validated
 from devices.auth import IsDevice, IsHandset
 
 
@@ -69,5 +69,9 @@ class AccountApi(APIView):
 
     @extend_schema(request=AccountUpdateInput, responses={200: AccountOutput}, operation_id="account_update")
     def patch(self, request):
-        data = validated(AccountUpdateInput, request.data, partial=True).validated_data
-        return Response(AccountOutput(services.account_settings_update(user=request.user, data=data)).data)
+        data = dict(validated(AccountUpdateInput, request.data, partial=True).validated_data)
+        password, current_pin = data.pop("password", None), data.pop("current_pin", None)
+        account = services.account_settings_update(user=request.user, device=request.auth, data=data,
+                                                   password=password, current_pin=current_pin,
+                                                   client_ip=client_ip(request), now=timezone.now())
+        return Response(AccountOutput(account).data)

@@ -6,7 +6,8 @@ deletes the log whenever the *last* connection to the file closes. Django opens
 a connection for each database call of the WebSocket side (and, under Django's
 own ASGI handler, for each HTTP request, each in a thread of its own; callpull.http
 keeps one per pool thread instead), and closes it after: with nothing else
-holding the file open, each of them paid for a checkpoint and a new log (about 0.6 ms of CPU and 2 ms of waiting per connection, measured in
+holding the file open, each of them paid for a checkpoint and a new log (about
+0.6 ms of CPU and 2 ms of waiting per connection, measured in
 bench/results/profile.md). The held connection only keeps the log open; SQLite
 still checkpoints on its own schedule (every 1,000 pages written).
 """

@@ -13,6 +13,7 @@ from django.utils import timezone
 from twilio.request_validator import RequestValidator
 
 from callpull import services as line_services
+from callpull.models import Call
 from devices.models import DeviceConnection
 from notifications.events import device_group
 from tests.conftest import client_for, make_device
@@ -138,6 +139,9 @@ class FakeProvider:
     def participant_mute(self, *, conference, call_sid, muted=True):
         self.actions.append(("mute", conference, call_sid))
 
+    def participant_hold(self, *, conference, call_sid, hold, hold_url=None):
+        self.actions.append(("hold" if hold else "unhold", conference, call_sid))
+
     def call_redirect(self, call_sid, url):
         self._maybe_refuse("redirect")
         self.actions.append(("redirect", call_sid, url))
@@ -159,8 +163,8 @@ def fake_provider(monkeypatch):
     from callpull.telephony import provider
 
     fake = FakeProvider()
-    for name in ("participant_add", "participant_remove", "participant_mute", "call_redirect", "call_hangup",
-                 "call_status"):
+    for name in ("participant_add", "participant_remove", "participant_mute", "participant_hold", "call_redirect",
+                 "call_hangup", "call_status"):
         monkeypatch.setattr(provider, name, getattr(fake, name))
     return fake
 
@@ -191,3 +195,19 @@ def join_leg(client, call_id, fake_provider, label=None):
     """The provider reports the last dialled leg answered and joined the conference."""
     label = label or list(fake_provider.sids)[-1]
     return conference(client, call_id, "participant-join", label=label, sid=fake_provider.sids[label])
+
+
+LIVE_SID = "CA" + "1" * 32  # the caller's CallSid of `live_call`
+
+
+@pytest.fixture
+def live_call(client, handset_api, line, tablet, tablet_api, online, fake_provider):
+    """A call connected on the tablet (a client target), its caller's CallSid LIVE_SID."""
+    online(tablet[0])
+    call_id = report(handset_api, line).json()["call"]["id"]
+    assert tablet_api.post(f"/api/v1/calls/{call_id}/answer").status_code == 200
+    forward(client, sid=LIVE_SID)
+    join_leg(client, call_id, fake_provider)
+    assert Call.objects.get().state == "connected"
+    fake_provider.actions.clear()
+    return call_id

@@ -13,24 +13,12 @@ from django.utils import timezone
 from callpull.calls import calls_sweep
 from callpull.models import AccountSettings, Call, CallLeg
 from devices import services as device_services
-from tests.callpull.conftest import conference, forward, join_leg, leg_status, report, signed_post
-from tests.conftest import client_for, error_code, make_device, make_user
+from tests.callpull.conftest import LIVE_SID, conference, forward, join_leg, leg_status, report, signed_post
+from tests.conftest import client_for, error_code, make_device, make_user, rate_limits
 
 pytestmark = pytest.mark.django_db
-SID = "CA" + "1" * 32
+SID = LIVE_SID  # the caller of `live_call`
 
-
-@pytest.fixture
-def live_call(client, handset_api, line, tablet, tablet_api, online, fake_provider):
-    """A call connected on the tablet."""
-    online(tablet[0])
-    call_id = report(handset_api, line).json()["call"]["id"]
-    tablet_api.post(f"/api/v1/calls/{call_id}/answer")
-    forward(client, sid=SID)
-    join_leg(client, call_id, fake_provider)
-    assert Call.objects.get().state == "connected"
-    fake_provider.actions.clear()
-    return call_id
 
 
 def caller_untouched(fake_provider):
@@ -163,9 +151,16 @@ def test_only_connected_calls_move_and_only_one_pull_at_a_time(client, handset_a
 
 # Dial-in pull ------------------------------------------------------------------
 
+DIAL_IN_SID = "CA" + "4" * 32
+PIN = "97531"
+
+
 @pytest.fixture
 def dialling_phone(user):
-    """A device whose user registered the number it calls in from."""
+    """A device whose user registered the number it calls in from, and set a PIN."""
+    from django.contrib.auth.hashers import make_password
+
+    account(user, transfer_pin_hash=make_password(PIN))
     return make_device(user, kind="desktop", name="Car phone", phone_number="+15550004444")
 
 
@@ -173,15 +168,29 @@ def dial_in(client, *, sid, caller):
     return forward(client, sid=sid, caller=caller, forwarded_from=None)
 
 
-def test_dial_in_from_a_known_number_takes_the_one_live_call(client, live_call, dialling_phone, tablet,
-                                                             fake_provider):
-    root = xml(dial_in(client, sid="CA" + "4" * 32, caller="+15550004444"))
+def local(url):
+    return url.replace(settings.PUBLIC_BASE_URL, "")
+
+
+def enter_pin(client, root, *, pin=PIN, sid=DIAL_IN_SID, caller="+15550004444"):
+    """The caller keys `pin` into the PIN prompt `root`; the TwiML that follows."""
+    gather = root.find("Gather")
+    assert gather.find("Say").text.endswith("Enter your PIN, then press hash.")
+    return xml(signed_post(client, local(gather.get("action")), {"CallSid": sid, "From": caller, "Digits": pin,
+                                                                 "FinishedOnKey": "#"}))
+
+
+def test_dial_in_from_a_known_number_takes_the_one_live_call_after_the_pin(client, live_call, dialling_phone,
+                                                                           tablet, fake_provider):
+    prompt = xml(dial_in(client, sid=DIAL_IN_SID, caller="+15550004444"))
+    assert prompt.find("Dial") is None and CallLeg.objects.filter(provider_call_sid=DIAL_IN_SID).count() == 0
+    root = enter_pin(client, prompt)
     room = root.find("Dial/Conference")
     assert room.text == f"callpull-{live_call}"
     assert room.get("startConferenceOnEnter") == "true" and room.get("endConferenceOnExit") == "false"
-    leg = CallLeg.objects.get(provider_call_sid="CA" + "4" * 32)
+    leg = CallLeg.objects.get(provider_call_sid=DIAL_IN_SID)
     assert room.get("participantLabel") == str(leg.pk)
-    conference(client, live_call, "participant-join", label=str(leg.pk), sid="CA" + "4" * 32)
+    conference(client, live_call, "participant-join", label=str(leg.pk), sid=DIAL_IN_SID)
     call = Call.objects.get()
     assert call.held_by_id == dialling_phone[0].pk
     assert call.pulls.get().method == "dial_in" and call.pulls.get().state == "completed"
@@ -189,39 +198,64 @@ def test_dial_in_from_a_known_number_takes_the_one_live_call(client, live_call, 
     assert caller_untouched(fake_provider)
 
 
-def test_dial_in_with_several_live_calls_offers_a_menu(client, handset_api, line, live_call, user, dialling_phone,
-                                                       tablet_api, fake_provider):
+def test_dial_in_with_several_live_calls_offers_a_menu_after_the_pin(client, handset_api, line, live_call, user,
+                                                                     dialling_phone, tablet_api, fake_provider):
     second_line_handset = handset_api
     other = report(second_line_handset, line, caller="+15550008888").json()["call"]["id"]
     tablet_api.post(f"/api/v1/calls/{other}/answer")
     forward(client, sid="CA" + "2" * 32, caller="+15550008888")
     join_leg(client, other, fake_provider)
-    root = xml(dial_in(client, sid="CA" + "4" * 32, caller="+15550004444"))
+    prompt = xml(dial_in(client, sid=DIAL_IN_SID, caller="+15550004444"))
+    assert "8 8 8 8" not in ElementTree.tostring(prompt, encoding="unicode")
+    root = enter_pin(client, prompt)
     gather = root.find("Gather")
     assert gather.get("numDigits") == "1" and "press 2" in gather.find("Say").text
-    root = xml(signed_post(client, gather.get("action").replace("http://127.0.0.1:8000", ""),
-                           {"CallSid": "CA" + "4" * 32, "From": "+15550004444", "Digits": "2"}))
+    assert "8 8 8 8" in gather.find("Say").text
+    root = xml(signed_post(client, local(gather.get("action")),
+                           {"CallSid": DIAL_IN_SID, "From": "+15550004444", "Digits": "2"}))
     assert root.find("Dial/Conference").text == f"callpull-{other}"
 
 
-@pytest.mark.parametrize("caller", ["+15550001212", "anonymous"])
-def test_dial_in_from_an_unknown_or_withheld_number_is_a_polite_goodbye(client, live_call, caller, fake_provider):
-    root = xml(dial_in(client, sid="CA" + "4" * 32, caller=caller))
-    assert root.find("Dial") is None and root.find("Hangup") is not None
+@pytest.mark.parametrize("caller", ["+15550001212", "+15550004444"])
+def test_a_dial_in_gets_the_same_pin_prompt_whoever_it_claims_to_be(client, live_call, dialling_phone, caller):
+    prompt = dial_in(client, sid=DIAL_IN_SID, caller=caller)
+    unknown = dial_in(client, sid="CA" + "6" * 32, caller="+15550001313")
+    assert prompt.content == unknown.content  # nothing tells a registered number from another
+    assert b"Enter your PIN" in prompt.content and b"Dial" not in prompt.content
+    assert Call.objects.get().pulls.count() == 0
+
+
+def test_dial_in_from_a_withheld_number_is_a_polite_goodbye(client, live_call, dialling_phone, fake_provider):
+    root = xml(dial_in(client, sid=DIAL_IN_SID, caller="anonymous"))
+    assert root.find("Gather") is None and root.find("Dial") is None and root.find("Hangup") is not None
     assert Call.objects.get().pulls.count() == 0
 
 
 def test_dial_in_with_approval_waits_on_hold_until_the_holder_approves(client, live_call, user, dialling_phone,
-                                                                       tablet_api, fake_provider):
+                                                                       tablet, tablet_api, online, fake_provider):
     account(user, pull_requires_approval=True)
-    root = xml(dial_in(client, sid="CA" + "4" * 32, caller="+15550004444"))
+    holder = online(tablet[0])
+    root = enter_pin(client, xml(dial_in(client, sid=DIAL_IN_SID, caller="+15550004444")))
     assert root.find("Play").get("loop") == "0"
     pull = Call.objects.get().pulls.get()
+    [requested] = [f for f in holder.frames() if f["type"] == "pull.requested"]
+    assert requested["dial_in_from"] == "+15550004444" and requested["pull"]["method"] == "dial_in"
     tablet_api.post(f"/api/v1/pulls/{pull.pk}/approve")
-    assert fake_provider.actions[-1] == ("redirect", "CA" + "4" * 32,
+    assert fake_provider.actions[-1] == ("redirect", DIAL_IN_SID,
                                          f"http://127.0.0.1:8000/telephony/twilio/join?pull={pull.pk}")
-    root = xml(signed_post(client, f"/telephony/twilio/join?pull={pull.pk}", {"CallSid": "CA" + "4" * 32}))
+    root = xml(signed_post(client, f"/telephony/twilio/join?pull={pull.pk}", {"CallSid": DIAL_IN_SID}))
     assert root.find("Dial/Conference").text == f"callpull-{live_call}"
+
+
+def test_a_retried_pin_webhook_gets_the_same_answer(client, live_call, dialling_phone, fake_provider):
+    prompt = xml(dial_in(client, sid=DIAL_IN_SID, caller="+15550004444"))
+    first = enter_pin(client, prompt)
+    again = enter_pin(client, prompt)
+    assert ElementTree.tostring(first) == ElementTree.tostring(again)
+    retried_voice = xml(dial_in(client, sid=DIAL_IN_SID, caller="+15550004444"))
+    assert ElementTree.tostring(retried_voice) == ElementTree.tostring(first)
+    assert CallLeg.objects.filter(provider_call_sid=DIAL_IN_SID).count() == 1
+    assert Call.objects.get().pulls.count() == 1
 
 
 # Transfer -------------------------------------------------------------------------
@@ -255,7 +289,7 @@ def test_a_number_off_the_list_is_refused_whatever_the_pin(live_call, allowliste
     assert fake_provider.actions == []
 
 
-@override_settings(RATE_LIMITS={"transfer_pin": (3, 900)})
+@override_settings(RATE_LIMITS=rate_limits(transfer_pin=(3, 900)))
 def test_wrong_pins_are_refused_until_rate_limited(live_call, allowlisted, tablet_api, fake_provider):
     for _ in range(3):
         response = transfer(tablet_api, live_call, pin="0000")

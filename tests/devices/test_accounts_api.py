@@ -2,7 +2,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.test import override_settings
 
-from tests.conftest import PASSWORD, error_code, make_user
+from tests.conftest import PASSWORD, error_code, make_user, rate_limits
 
 pytestmark = pytest.mark.django_db
 URL = "/api/v1/accounts"
@@ -50,7 +50,7 @@ def test_signup_can_be_switched_off(api):
     assert not get_user_model().objects.exists()
 
 
-@override_settings(RATE_LIMITS={"signup": (2, 3600)})
+@override_settings(RATE_LIMITS=rate_limits(signup=(2, 3600)))
 def test_signups_from_one_address_are_rate_limited(api):
     for i in range(2):
         assert api.post(URL, {"username": f"u{i}", "password": PASSWORD}, format="json").status_code == 201

@@ -5,7 +5,7 @@ from django.utils import timezone
 
 from devices import services
 from devices.models import WsTicket
-from tests.conftest import client_for, error_code
+from tests.conftest import client_for, error_code, rate_limits
 
 pytestmark = pytest.mark.django_db
 
@@ -37,6 +37,28 @@ def test_a_device_joins_the_same_user_with_a_pairing_code(api, user, handset_api
     assert device_id in {d["id"] for d in handset_api.get("/api/v1/devices").json()}
 
 
+def test_a_handset_registers_with_the_password_never_with_a_pairing_code(api, tablet_api):
+    """A device does not declare itself a handset (which reports rings and forwarding) with a
+    code any device of the user can make (issue 12)."""
+    code = new_code(tablet_api)["code"]
+    response = api.post("/api/v1/devices", {"pairing_code": code, "device": {"name": "Fake phone", "kind": "handset",
+                                                                             "platform": "android"}}, format="json")
+    assert response.status_code == 403 and error_code(response) == "handset_requires_password"
+    assert pair(api, code).status_code == 201  # the code was not used up: a desktop may still pair with it
+
+
+@pytest.mark.parametrize("extra,field", [({"connect": {"type": "number", "address": "+19005550100"}}, "device.connect"),
+                                         ({"phone_number": "+19005550100"}, "device.phone_number")])
+def test_a_paired_device_cannot_bring_a_number_target_or_phone_number(api, tablet_api, extra, field):
+    """They need the password or PIN on PATCH /devices/me; a code a stolen device made is neither."""
+    code = new_code(tablet_api)["code"]
+    response = api.post("/api/v1/devices", {"pairing_code": code, "device": {
+        "name": "Den", "kind": "desktop", "platform": "other", **extra}}, format="json")
+    assert response.status_code == 403 and error_code(response) == "reauthentication_required"
+    assert set(response.json()["error"]["fields"]) == {field}
+    assert pair(api, code).status_code == 201
+
+
 def test_a_reused_pairing_code_is_refused(api, handset_api):
     code = new_code(handset_api)["code"]
     assert pair(api, code).status_code == 201
@@ -59,7 +81,7 @@ def test_a_code_from_a_since_revoked_device_is_refused(api, handset, handset_api
     assert pair(api, code).status_code == 400
 
 
-@override_settings(RATE_LIMITS={"pairing_failure": (3, 300)})
+@override_settings(RATE_LIMITS=rate_limits(pairing_failure=(3, 300)))
 def test_guessing_pairing_codes_is_rate_limited(api, handset_api):
     for _ in range(3):
         assert pair(api, "WRONGONE").status_code == 400
@@ -96,7 +118,7 @@ def test_a_revoked_devices_ticket_is_refused(tablet, tablet_api):
     assert services.ws_ticket_redeem(ticket=ticket, now=timezone.now()) is None
 
 
-@override_settings(RATE_LIMITS={"ws_ticket": (2, 60)})
+@override_settings(RATE_LIMITS=rate_limits(ws_ticket=(2, 60)))
 def test_ws_tickets_are_rate_limited_per_device(tablet_api, handset_api):
     assert tablet_api.post("/api/v1/ws-tickets").status_code == 201
     assert tablet_api.post("/api/v1/ws-tickets").status_code == 201

@@ -60,7 +60,9 @@ def wait_pull(server, device, pull_id, state, *, timeout=8.0):
 
 
 def settings(home, **fields):
-    return ok(call(home.server, "PATCH", "/api/v1/account", token=home.handset.token, json=fields))
+    """PATCH /account as Ana on her handset, with her password (a new PIN or allow-list needs it)."""
+    return ok(call(home.server, "PATCH", "/api/v1/account", token=home.handset.token,
+                   json={"password": home.account.password, **fields}))
 
 
 def test_pull_moves_the_call_to_another_device_and_the_caller_never_leaves(ring_server):
@@ -141,41 +143,119 @@ def test_pulls_by_another_users_device_are_404_and_by_a_deleted_device_401(ring_
     assert home.get_call(ring.id)["state"] == "connected"
 
 
+# The account's PIN, which a caller dialling in must enter (the transfer PIN).
+PIN = "97531864"
+PIN_PROMPT = "Enter your PIN, then press hash."
+
+
+def set_pin(home, pin=PIN):
+    return settings(home, transfer_pin=pin, password=home.account.password)
+
+
 def dial_in(server, caller):
     return sim(server, "POST", "/calls", 201, json={"from": caller, "to": SERVER_NUMBER})
 
 
-def test_dial_in_from_a_registered_number_takes_the_call(ring_server):
+def wait_gathering(server, sid, count=1):
+    """The dialled-in call listens for keys in its `count`th <Gather>."""
+    def check():
+        record = provider_call(server, sid)
+        gathers = [entry for entry in record["events"] if entry["event"] == "gather"]
+        assert record["activity"] == "gathering" and len(gathers) == count, (record["activity"], record["said"])
+        return record
+    return eventually(check, timeout=5)
+
+
+def enter_pin(server, sid, pin=PIN, *, attempt=1):
+    """At the `attempt`th PIN prompt, key `pin` and hash."""
+    record = wait_gathering(server, sid, attempt)
+    assert record["said"][-1].endswith(PIN_PROMPT), record["said"]
+    sim(server, "POST", f"/calls/{sid}/digits", 202, json={"digits": pin + "#"})
+
+
+def hung_up(server, sid):
+    def check():
+        record = provider_call(server, sid)
+        assert record["ended_at"] is not None, record["status"]
+        return record
+    return eventually(check, timeout=5)
+
+
+@pytest.mark.parametrize("approval", [False, True], ids=["at_once", "approved"])
+def test_dial_in_from_a_registered_number_takes_the_call_after_the_pin(ring_server, approval):
     home = household(ring_server)
     tablet = home.tablet("Tablet")
     car_number = phone_number()
     car = home.account.register("desktop", name="Car", platform="other", phone_number=car_number)
+    set_pin(home)
+    if approval:
+        settings(home, pull_requires_approval=True)
     with App(ring_server, tablet) as tablet_app:
         ring, caller_sid = connected_call(home, tablet)
         dialled = dial_in(ring_server, car_number)
+        enter_pin(ring_server, dialled["sid"])
+        if approval:
+            asked = tablet_app.wait_for("pull.requested", ring.id, timeout=8)
+            assert asked["dial_in_from"] == car_number and asked["pull"]["method"] == "dial_in"
+            ok(call(ring_server, "POST", f"/api/v1/pulls/{asked['pull']['id']}/approve", token=tablet.token))
         tablet_app.wait_for("pull.completed", ring.id, timeout=8)
     pulls = [entry for entry in home.get_call(ring.id)["timeline"] if entry["event"] == "pull_completed"]
     assert pulls and pulls[0]["device"] == car.id
-    assert provider_call(ring_server, dialled["sid"])["ended_at"] is None  # the car phone has the call
+    record = provider_call(ring_server, dialled["sid"])
+    assert record["ended_at"] is None  # the car phone has the call
+    assert record["said"] == [PIN_PROMPT]
     caller_stayed(ring_server, caller_sid, f"callpull-{ring.id}")
     home.carrier(ring.carrier_id, "hangup")
 
 
-@pytest.mark.parametrize("caller", ["unknown", "anonymous"])
-def test_dial_in_from_an_unknown_or_withheld_number_is_turned_away(ring_server, caller):
+def test_dial_in_with_two_live_calls_offers_the_menu_after_the_pin(ring_server):
+    home = household(ring_server)
+    tablet = home.tablet("Tablet")
+    car_number = phone_number()
+    car = home.account.register("desktop", name="Car", platform="other", phone_number=car_number)
+    set_pin(home)
+    with App(ring_server, tablet) as tablet_app:
+        first, first_sid = connected_call(home, tablet)
+        second, second_sid = connected_call(home, tablet)
+        dialled = dial_in(ring_server, car_number)
+        enter_pin(ring_server, dialled["sid"])
+        menu = wait_gathering(ring_server, dialled["sid"], 2)
+        assert menu["said"][0] == PIN_PROMPT and menu["said"][1].startswith("You have 2 calls.")
+        assert " ".join(second.caller[-4:]) in menu["said"][1]
+        sim(ring_server, "POST", f"/calls/{dialled['sid']}/digits", 202, json={"digits": "2"})
+        tablet_app.wait_for("pull.completed", second.id, timeout=8)
+    assert home.get_call(second.id)["held_by"] == car.id
+    assert home.get_call(first.id)["held_by"] == tablet.id
+    caller_stayed(ring_server, second_sid, f"callpull-{second.id}")
+    caller_stayed(ring_server, first_sid, f"callpull-{first.id}")
+    for ring in (first, second):
+        home.carrier(ring.carrier_id, "hangup")
+
+
+def test_dial_in_from_an_unknown_number_is_turned_away_even_with_the_accounts_pin(ring_server):
     home = household(ring_server)
     tablet = home.tablet("Tablet")
     home.account.register("desktop", name="Car", platform="other", phone_number=phone_number())
+    set_pin(home)
     with App(ring_server, tablet):
         ring, caller_sid = connected_call(home, tablet)
-        dialled = dial_in(ring_server, phone_number() if caller == "unknown" else "anonymous")
+        dialled = dial_in(ring_server, phone_number())
+        for attempt in (1, 2, 3):
+            enter_pin(ring_server, dialled["sid"], attempt=attempt)
+        record = hung_up(ring_server, dialled["sid"])
+    assert record["said"][-1] == "That PIN is not right. Goodbye."
+    assert not any(entry["event"].startswith("pull_") for entry in home.get_call(ring.id)["timeline"])
+    caller_stayed(ring_server, caller_sid, f"callpull-{ring.id}")
 
-        def turned_away():
-            record = provider_call(ring_server, dialled["sid"])
-            assert record["ended_at"] is not None, record["status"]
-            return record
-        record = eventually(turned_away, timeout=5)
-    assert record["said"] and "Goodbye" in record["said"][-1]
+
+def test_dial_in_from_a_withheld_number_is_turned_away_at_once(ring_server):
+    home = household(ring_server)
+    tablet = home.tablet("Tablet")
+    set_pin(home)
+    with App(ring_server, tablet):
+        ring, caller_sid = connected_call(home, tablet)
+        record = hung_up(ring_server, dial_in(ring_server, "anonymous")["sid"])
+    assert record["said"] and "Goodbye" in record["said"][-1] and PIN_PROMPT not in record["said"]
     assert not any(entry["event"].startswith("pull_") for entry in home.get_call(ring.id)["timeline"])
     caller_stayed(ring_server, caller_sid, f"callpull-{ring.id}")
 
@@ -189,7 +269,7 @@ def test_transfer_to_an_allowlisted_number_behind_the_pin(ring_server):
     home = household(ring_server)
     tablet = home.tablet("Tablet")
     office = phone_number()
-    settings(home, transfer_allowlist=[office], transfer_pin="2468")
+    settings(home, transfer_allowlist=[office], transfer_pin="2468", password=home.account.password)
     with App(ring_server, tablet) as tablet_app:
         ring, caller_sid = connected_call(home, tablet)
         off_list = transfer(home, tablet, ring.id, phone_number(), "2468")
@@ -208,7 +288,7 @@ def test_wrong_transfer_pins_are_refused_until_rate_limited(servers, ring_settin
     home = household(server)
     tablet = home.tablet("Tablet")
     office = phone_number()
-    settings(home, transfer_allowlist=[office], transfer_pin="2468")
+    settings(home, transfer_allowlist=[office], transfer_pin="2468", password=home.account.password)
     with App(server, tablet):
         ring, caller_sid = connected_call(home, tablet)
         for _ in range(3):

@@ -12,7 +12,7 @@ from rest_framework.test import APIClient
 from twilio.request_validator import RequestValidator
 
 from tests.callpull.conftest import forward, join_leg, report, signed_post
-from tests.conftest import client_for
+from tests.conftest import PASSWORD, client_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -95,8 +95,14 @@ def test_no_password_token_code_ticket_or_pin_reaches_the_logs(caplog, settings,
         client_for("bad-" + secrets["token"]).get("/api/v1/devices")  # a failed login logs, but not the token
         # A live call, a transfer with the PIN (wrong, then right).
         online(tablet[0])
-        assert tablet_api.patch("/api/v1/account", {"transfer_pin": pin, "transfer_allowlist": ["+15550007777"]},
-                                format="json").status_code == 200
+        # A sensitive change: first with a wrong password (refused), then with the right one.
+        secrets["account_password"], secrets["wrong_password"] = PASSWORD, "Wrong-Guess-Pony-17"
+        assert tablet_api.patch("/api/v1/account", {"transfer_pin": pin, "password": secrets["wrong_password"]},
+                                format="json").status_code == 403
+        assert tablet_api.patch("/api/v1/account", {"transfer_pin": pin, "transfer_allowlist": ["+15550007777"],
+                                                    "password": PASSWORD}, format="json").status_code == 200
+        assert tablet_api.patch("/api/v1/account", {"transfer_allowlist": ["+15550007777", "+15550008888"],
+                                                    "current_pin": pin}, format="json").status_code == 200
         call_id = report(handset_api, line).json()["call"]["id"]
         tablet_api.post(f"/api/v1/calls/{call_id}/answer")
         forward(APIClient(), sid="CA" + "9" * 32)

@@ -146,7 +146,10 @@ class Command(BaseCommand):
         if ws_ping_interval is not None and ws_ping_timeout is None:
             logging.getLogger("callpull").warning("--ws-ping-timeout 0: sockets of vanished clients are only "
                                                   "noticed by TCP, which can take hours")
+        # proxy_headers=False: uvicorn would otherwise take X-Forwarded-For (and -Proto) from any
+        # client on loopback as the client's address. The app reads X-Forwarded-For itself, and
+        # only from TRUSTED_PROXIES (devices.api.client_ip).
         uvicorn.run("callpull.asgi:application", host=host, port=port, workers=workers, lifespan="on",
-                    log_level=log_level, ws=WS_PROTOCOLS[ws],
+                    log_level=log_level, ws=WS_PROTOCOLS[ws], proxy_headers=False,
                     ws_per_message_deflate=ws_per_message_deflate, ws_ping_interval=ws_ping_interval,
                     ws_ping_timeout=ws_ping_timeout)
