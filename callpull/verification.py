@@ -33,6 +33,7 @@ from callpull.telephony import provider
 from devices import ratelimit
 from devices.errors import ApiError, conflict
 from devices.models import ConnectType, Device, NumberVerification
+from devices.services import connect_usable
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +47,8 @@ _CODE_FORMAT = re.compile(rf"[0-9]{{{CODE_DIGITS}}}")
 # The check ----------------------------------------------------------------------
 
 def target_verified(device: Device) -> bool:
-    """Whether the device's connect target may carry a call: a `client` identity
-    always; a `sip` or `number` target once proven (`connect_verified_at`)."""
-    if not device.connect_type:
-        return False
-    return device.connect_type == ConnectType.CLIENT or device.connect_verified_at is not None
+    """Whether the device's connect target may carry a call (devices.services.connect_usable)."""
+    return connect_usable(device)
 
 
 def require_verified_target(*, device: Device) -> None:

@@ -8,7 +8,7 @@ from rest_framework import serializers
 from devices.errors import ApiError
 from devices.models import ConnectType, Device, DeviceKind, Platform
 from devices.phone import to_e164
-from devices.services import sip_domain_allowed
+from devices.services import connect_usable, sip_domain_allowed
 
 CLIENT_IDENTITY = re.compile(r"^[A-Za-z0-9_.@-]{1,121}$")
 SIP_URI = re.compile(r"^sips?:[^\s<>\"]+@[^\s<>\"]+$")
@@ -89,14 +89,14 @@ class DeviceOutput(serializers.ModelSerializer):
 
     @extend_schema_field(inline_serializer("ConnectTarget", {
         "type": serializers.ChoiceField(choices=ConnectType.choices), "address": serializers.CharField(),
-        "verified": serializers.BooleanField(help_text="Proven to be the user's: a client target, a sip target "
+        "verified": serializers.BooleanField(help_text="May carry calls: a client target, a sip target "
                                                        "on SIP_DOMAINS, a number that passed verification.")},
         allow_null=True))
     def get_connect(self, device) -> dict | None:
         if not device.connect_type:
             return None
         return {"type": device.connect_type, "address": device.connect_address,
-                "verified": device.connect_verified_at is not None}
+                "verified": connect_usable(device)}
 
     def get_fcm_registered(self, device) -> bool:
         return bool(device.fcm_token)

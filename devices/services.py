@@ -82,6 +82,19 @@ def sip_domain_allowed(address: str) -> bool:
     return host is not None and host in {domain.lower().rstrip(".") for domain in settings.SIP_DOMAINS}
 
 
+def connect_usable(device: Device) -> bool:
+    """Whether the device's connect target may carry a call: a `client` identity always;
+    a `number` target once proven (`connect_verified_at`); a `sip` target once proven and
+    while its host is still on SIP_DOMAINS (a domain taken off the list carries no more calls)."""
+    if not device.connect_type:
+        return False
+    if device.connect_type == ConnectType.CLIENT:
+        return True
+    if device.connect_type == ConnectType.SIP and not sip_domain_allowed(device.connect_address):
+        return False
+    return device.connect_verified_at is not None
+
+
 def _verified_at(connect_type: str, connect_address: str, now: datetime) -> datetime | None:
     """When a newly set target counts as proven: a client identity at once (it is ours), a SIP
     address on SIP_DOMAINS at once, a number only once its verification call succeeded."""

@@ -15,34 +15,15 @@ import uuid
 import pytest
 
 from callpull.models import AccountSettings, Call, CallLeg, Pull
-from callpull.telephony import provider
 from devices.models import Device
 from tests.callpull.conftest import forward, report
-from tests.callpull.test_verification import PlacedCalls
+from tests.callpull.test_verification import CONFIRM, NUMBER, SPOKEN_CODE, START
 from tests.conftest import client_for, error_code, make_device
 from tests.e2e.conftest import environment, fake_fcm, ring_server, ring_settings  # noqa: F401 (fixtures)
 from tests.e2e.support import SERVER_NUMBER, call, eventually
 from tests.e2e.support import error_code as http_error_code
 from tests.e2e.test_moves import caller_stayed, pull, wait_pull
 from tests.e2e.test_ring_flow import App, answer, household, legs_to, ok, phone_number
-
-START = "/api/v1/devices/me/number-verification"
-CONFIRM = START + "/confirm"
-NUMBER = "+15557654321"
-SPOKEN_CODE = re.compile(r"(?<!\d)(?<!\d )\d(?: \d){5}(?! ?\d)")
-
-
-@pytest.fixture
-def placed(monkeypatch):
-    fake = PlacedCalls()
-    monkeypatch.setattr(provider, "call_place", fake)
-    return fake
-
-
-@pytest.fixture
-def phone(user):
-    """A tablet whose connect target is a phone number it has not proven."""
-    return make_device(user, kind="tablet", name="Phone", connect_type="number", connect_address=NUMBER)
 
 
 def verify(device_api, placed):
@@ -185,3 +166,15 @@ def test_a_number_target_proves_itself_by_the_code_a_call_reads_out_then_pulls_a
     home.wait_state(ring.id, "completed")
     logged = ring_server.log_path.read_text(errors="replace")
     assert not re.search(rf"(?<!\d){code}(?!\d)|{' '.join(code)}", logged), "the code reached the server's log"
+
+
+@pytest.mark.django_db
+def test_a_sip_target_whose_domain_left_sip_domains_carries_no_more_calls(live_call, user, settings):
+    """SIP_DOMAINS is checked when a target is set and again before it carries a call."""
+    desktop, token = make_device(user, kind="desktop", name="Desk", connect_type="sip",
+                                 connect_address="sip:desk@pbx.example")
+    settings.SIP_DOMAINS = ["new-pbx.example"]  # the operator moved to another PBX
+    response = client_for(token).post(f"/api/v1/calls/{live_call}/pull")
+    assert response.status_code == 409 and error_code(response) == "connect_not_verified"
+    settings.SIP_DOMAINS = ["pbx.example"]
+    assert client_for(token).post(f"/api/v1/calls/{live_call}/pull").status_code == 202

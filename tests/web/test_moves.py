@@ -150,3 +150,32 @@ def test_move_here_shows_the_progress_while_the_holder_decides(open_page, web_se
     expect(progress).to_have_text("The call is here now.")
     expect(live).to_contain_text("On this browser")
     caller_leg_alive(home, ring)
+
+
+def test_a_call_whose_holder_was_removed_waits_on_hold_and_move_here_takes_it(open_page, web_server):
+    """Revoking the device that holds a call (issue 12) puts the caller on hold: the page
+    says so, names the removed device, and "Move here" takes the call with no approval."""
+    home = household(web_server)
+    home.set_account(pull_requires_approval=True)  # nobody is left to approve: not asked
+    tablet = home.tablet("Kitchen tablet")
+    companion = open_page()
+    me = companion.join(home)
+
+    ring = home.ring(caller_name="Hedy Lamarr")
+    ok(call(web_server, "POST", f"/api/v1/calls/{ring.id}/answer", token=tablet.token))
+    home.handset_rejects(ring)
+    home.wait_state(ring.id, "connected")
+    live = companion.live(ring.id)
+    expect(live).to_contain_text("On Kitchen tablet")
+
+    ok(call(web_server, "DELETE", f"/api/v1/devices/{tablet.id}", token=home.handset.token), 204)
+    expect(live).to_contain_text("On hold")
+    expect(live).to_contain_text("Kitchen tablet was removed: the caller is on hold")
+    companion.shot("holder-removed-on-hold")
+    live.get_by_role("button", name="Move here").click()
+
+    expect(live.locator(".pull-progress")).to_have_text("The call is here now.")
+    expect(live).to_contain_text("On this browser")
+    call_now = home.get_call(ring.id)
+    assert (call_now["state"], call_now["held_by"]) == ("connected", me.id), call_now
+    caller_leg_alive(home, ring)

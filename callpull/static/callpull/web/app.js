@@ -294,6 +294,7 @@ function applyPull(entry, pull) {
   if (pull.requested_by === state.me) entry.pull = pull;
   if (pull.state === "completed") {
     entry.holder = pull.requested_by;
+    entry.onHold = false;
     if (pull.from_device === state.me) entry.note = `The call moved to ${deviceName(pull.requested_by)}.`;
   }
 }
@@ -369,8 +370,10 @@ function renderLive() {
       h("p", { class: "eyebrow" }, "Live call · line ", formatNumber(call.line)),
       h("h3", { class: "caller-name", id: titleId, text: callerLabel(call) }),
       call.caller_name ? h("p", { class: "caller-number", text: formatNumber(call.caller) }) : null,
-      h("p", { class: "holder" }, "On ", h("strong", { text: here ? "this browser" : deviceName(entry.holder) }),
-        since ? " · " : null, since),
+      entry.holder === null && entry.onHold ? h("p", { class: "holder" }, h("strong", { text: "On hold" }),
+        " · no device holds the call") :
+        h("p", { class: "holder" }, "On ", h("strong", { text: here ? "this browser" : deviceName(entry.holder) }),
+          since ? " · " : null, since),
       approval,
       entry.note ? h("p", { class: "note", role: "status", text: entry.note }) : null,
       pullProgress(entry),
@@ -672,6 +675,23 @@ function onEvent(frame) {
       state.live.delete(call.id);
       renderLive();
       refreshHistorySoon();
+      break;
+    case "call.holder_lost": {
+      // The device that held the call was removed: the caller waits on hold for another device.
+      const entry = liveEntry(call);
+      entry.holder = null;
+      entry.onHold = true;
+      entry.note = `${frame.device?.name || "The device holding the call"} was removed: the caller is on hold until a device takes the call.`;
+      renderLive();
+      break;
+    }
+    case "account.changed":
+      // A sensitive change made elsewhere (a new PIN, a device added, a target changed): say
+      // which device made it, so a change made with a stolen token does not go unseen.
+      if (frame.change.device?.id !== state.me) {
+        notify(`Account changed (${humanize(frame.change.action).toLowerCase()}) by ${frame.change.device?.name || "a removed device"}. Not you? Remove that device.`, "info");
+      }
+      if (frame.change.action.startsWith("device_")) attempt(loadDevices, "Could not load devices");
       break;
     case "call.transferred":
       state.live.delete(call.id);
