@@ -107,6 +107,10 @@ class Call(models.Model):
                                     related_name="+")
     reject_sent_at = models.DateTimeField(null=True, blank=True)
     provider_call_sid = models.CharField(max_length=64, null=True, blank=True, unique=True)
+    conference_sid = models.CharField(
+        max_length=34, blank=True, default="",
+        help_text="The provider's SID of the call's conference (CF…), learnt from its callbacks or looked up by "
+                  "friendly name: Twilio addresses participants by conference SID only.")
     held_by = models.ForeignKey("devices.Device", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
                                 help_text="The device whose leg carries the conversation now.")
     transferred_to = models.CharField(max_length=20, blank=True, default="")
