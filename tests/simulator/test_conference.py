@@ -47,6 +47,12 @@ def room(sim, key=ROOM):
     return response.json()
 
 
+def participant(sim, who, key=ROOM):
+    """A participant's REST path: Twilio names the conference by its SID there (only a create may
+    use the friendly name)."""
+    return f"{CONFERENCES}/{room(sim, key)['sid']}/Participants/{who}.json"
+
+
 def add(sim, room_key=ROOM, **form):
     data = {"From": SERVER_NUMBER, "StatusCallback": PUBLIC + DEVICE_STATUS,
             "StatusCallbackEvent": "initiated ringing answered completed"} | form
@@ -111,7 +117,7 @@ def test_the_caller_stays_while_device_legs_join_and_leave(sim):
 
     second = add(sim, To="client:phone", Label="device-2")["call_sid"]
     until(sim, second, activity="conference")
-    assert rest(sim, "DELETE", f"{CONFERENCES}/{ROOM}/Participants/device-1.json").status_code == 204
+    assert rest(sim, "DELETE", participant(sim, "device-1")).status_code == 204
 
     callbacks = expect_callbacks(sim, [
         ("participant-join", "caller"), ("participant-join", "device-1"), ("conference-start", None),
@@ -164,13 +170,13 @@ def _n(items, count):
 
 def test_muting_and_holding_a_participant(sim):
     sid, device = caller_with_device(sim)
-    path = f"{CONFERENCES}/{ROOM}/Participants/device-1.json"
+    path = participant(sim, "device-1")
 
     muted = rest(sim, "POST", path, data={"Muted": "true"})
     assert muted.status_code == 200 and muted.json()["muted"] is True
     assert rest(sim, "GET", path).json()["muted"] is True
     rest(sim, "POST", path, data={"Hold": "true", "HoldUrl": "https://assets.example.test/hold.mp3"})
-    rest(sim, "POST", f"{CONFERENCES}/{ROOM}/Participants/{device}.json", data={"Muted": "false", "Hold": "false"})
+    rest(sim, "POST", participant(sim, device), data={"Muted": "false", "Hold": "false"})
 
     callbacks = expect_callbacks(sim, [
         ("participant-join", "caller"), ("participant-join", "device-1"), ("conference-start", None),
@@ -217,7 +223,7 @@ def test_a_participant_that_does_not_answer_leaves_the_conference_going_on(sim):
     sim.http.post("/simulator/devices", json={"address": "client:away", "behaviour": "no-answer"})
     sid = caller_waiting(sim)
 
-    device = add(sim, To="client:away", Label="away", Timeout="0.3")["call_sid"]
+    device = add(sim, To="client:away", Label="away", Timeout="1")["call_sid"]
 
     until(sim, device, status="no-answer")
     assert [p["CallStatus"] for p in eventually(lambda: _n(device_progress_of(sim, device), 3))] == [
@@ -242,13 +248,13 @@ def test_a_ringing_participant_removed_by_rest_is_canceled(sim):
     caller_waiting(sim)
     device = add(sim, To="client:slow", Label="slow")["call_sid"]
     until(sim, device, status="ringing")
-    assert rest(sim, "GET", f"{CONFERENCES}/{ROOM}/Participants/slow.json").json()["status"] == "ringing"
+    assert rest(sim, "GET", participant(sim, "slow")).json()["status"] == "ringing"
 
-    assert rest(sim, "DELETE", f"{CONFERENCES}/{ROOM}/Participants/slow.json").status_code == 204
+    assert rest(sim, "DELETE", participant(sim, "slow")).status_code == 204
 
     until(sim, device, status="canceled")
     assert [p["CallStatus"] for p in eventually(lambda: _n(device_progress_of(sim, device), 3))][-1] == "canceled"
-    assert rest(sim, "GET", f"{CONFERENCES}/{ROOM}/Participants/slow.json").status_code == 404
+    assert rest(sim, "GET", participant(sim, "slow")).status_code == 404
 
 
 def test_a_rest_update_takes_the_caller_out_of_the_conference(sim):
@@ -316,7 +322,7 @@ def test_the_participants_api_creates_an_unknown_conference_and_removing_the_las
     assert record["status_callback"]["events"] == ["start", "end", "join", "leave"]
     assert [e["url"] for e in named(leg(sim, device), "wait_audio")] == [RINGBACK]
 
-    assert rest(sim, "DELETE", f"{CONFERENCES}/fresh-room/Participants/phone.json").status_code == 204
+    assert rest(sim, "DELETE", participant(sim, "phone", "fresh-room")).status_code == 204
 
     callbacks = expect_callbacks(sim, [("participant-join", "phone"), ("participant-leave", "phone"),
                                        ("conference-end", None)])
@@ -373,7 +379,7 @@ def test_conference_lists_and_filters(sim):
     assert rest(sim, "GET", f"{CONFERENCES}/CF{'0' * 32}.json").json()["code"] == 20404
     assert rest(sim, "POST", f"{CONFERENCES}/CF{'0' * 32}/Participants.json",
                 data={"From": SERVER_NUMBER, "To": "client:x"}).status_code == 404
-    assert rest(sim, "GET", f"{CONFERENCES}/{ROOM}/Participants/nobody.json").status_code == 404
+    assert rest(sim, "GET", participant(sim, "nobody")).json()["code"] == 20404
     assert sim.http.get("/simulator/conferences/nothing-here").status_code == 404
     assert [c["friendly_name"] for c in sim.http.get("/simulator/conferences").json()] == [ROOM]
 
