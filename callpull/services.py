@@ -21,17 +21,27 @@ from devices.services import reauthenticate
 log = logging.getLogger(__name__)
 
 
-def server_number_pick() -> ServerNumber:
-    """The configured server number carrying the fewest lines (spreads the pool)."""
+def server_number_pick() -> ServerNumber | None:
+    """The server number for a new line: one no line has while the pool (SERVER_NUMBERS)
+    has one, so that `To` alone tells its forwarded calls apart (docs/CALLS.md); else the
+    one carrying the fewest lines, logged at WARNING. Call it inside the transaction that
+    creates the line: it locks the pool's rows (on SQLite the IMMEDIATE transaction holds
+    the write lock), so lines registered at once do not pick the same free number."""
     ServerNumber.objects.bulk_create(
         [ServerNumber(number=number) for number in settings.SERVER_NUMBERS], ignore_conflicts=True
     )
-    return (
-        ServerNumber.objects.filter(number__in=settings.SERVER_NUMBERS, active=True)
-        .annotate(load=Count("lines"))
-        .order_by("load", "number")
-        .first()
-    )
+    pool = list(ServerNumber.objects.select_for_update().filter(number__in=settings.SERVER_NUMBERS, active=True)
+                .order_by("number"))
+    if not pool:
+        return None
+    loads = dict(Line.objects.filter(server_number__in=pool).order_by().values("server_number")
+                 .annotate(n=Count("id")).values_list("server_number", "n"))
+    picked = min(pool, key=lambda number: loads.get(number.pk, 0))  # the first of the least used, by number
+    if loads.get(picked.pk, 0):
+        log.warning("server numbers used up: a new line shares %s with %d other line(s); its forwarded calls are "
+                    "told apart by caller and ForwardedFrom only (add numbers to SERVER_NUMBERS, %d now)",
+                    picked.number, loads[picked.pk], len(pool))
+    return picked
 
 
 def line_register(*, device: Device, number: str, region: str | None, now: datetime) -> tuple[Line, bool]:
@@ -43,11 +53,11 @@ def line_register(*, device: Device, number: str, region: str | None, now: datet
         if existing.user_id != device.user_id:
             raise conflict("line_taken", "This number is registered to another account.")
         return existing, False
-    server_number = server_number_pick()
-    if server_number is None:
-        raise ApiError("no_server_number", "No server number is available.", status=503)
     try:
         with transaction.atomic():
+            server_number = server_number_pick()  # in the transaction: see its docstring
+            if server_number is None:
+                raise ApiError("no_server_number", "No server number is available.", status=503)
             line = Line.objects.create(user=device.user, number=e164, region=(region or "").upper(),
                                        server_number=server_number, registered_by=device, created_at=now)
     except IntegrityError:  # registered concurrently

@@ -5,7 +5,10 @@ import logging
 from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.db import DatabaseError, connections
+from django.db.models import Count
 
+from callpull.models import Line
 from notifications import presence
 
 log = logging.getLogger("callpull")
@@ -54,10 +57,38 @@ def background_tasks():
     return tasks
 
 
+def server_numbers() -> tuple[str, int]:
+    """The summary's line on server numbers, and how many lines share theirs with another
+    line (their forwarded calls are told apart by caller and ForwardedFrom only)."""
+    loads = list(Line.objects.order_by().values("server_number").annotate(n=Count("id")).values_list("n", flat=True))
+    sharing = sum(load for load in loads if load > 1)
+    return (f"server numbers: {sum(loads)} lines, {sharing} share a number "
+            f"({len(settings.SERVER_NUMBERS)} in SERVER_NUMBERS)"), sharing
+
+
+def announce_server_numbers() -> None:
+    """Log `server_numbers()`: at WARNING when lines share a number."""
+    try:
+        line, sharing = server_numbers()
+    except DatabaseError as exc:  # a database not migrated yet
+        log.info("  server numbers: unknown (%s)", type(exc).__name__)
+        return
+    log.log(logging.WARNING if sharing else logging.INFO, "  %s", line)
+
+
+def _announce_server_numbers_in_thread() -> None:
+    try:
+        announce_server_numbers()
+    finally:
+        connections.close_all()  # this worker thread's own
+
+
 async def warm_up() -> None:
-    """Build what the first ring would otherwise build (the FCM sender), off the loop."""
+    """Say what needs the database (lines per server number) and build what the first ring
+    would otherwise build (the FCM sender), off the loop."""
     from notifications import fcm
 
+    await asyncio.to_thread(_announce_server_numbers_in_thread)
     await asyncio.to_thread(fcm.start)
 
 
