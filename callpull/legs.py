@@ -7,10 +7,19 @@ has joined, removing (or muting) the old one. The caller's leg is never touched,
 so the caller hears nothing but the new device's voice.
 
 Provider REST calls run off the request thread (`run_provider_action`), so a
-webhook answers at once and a slow provider never holds a user's request.
+webhook answers at once and a slow provider never holds a user's request. One
+that fails for a while is tried again within its deadline, one that fails for
+good is written on the call's timeline, and one about a call already over is
+harmless (`_provider_request`; docs/MOVING.md, "Provider actions that fail").
+Participants are updated and removed under the conference's SID, which Twilio
+requires (`Call.conference_sid`, `_conference_sid`).
 """
 
+import functools
 import logging
+import re
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
@@ -51,11 +60,118 @@ def run_provider_action(fn, *args, **kwargs) -> None:
     _executor.submit(task)
 
 
+# A provider request is tried at most this many times (and only while its budget lasts).
+RETRY_ATTEMPTS = 6
+_CONFERENCE_SID = re.compile(r"CF[0-9a-fA-F]{32}")
+
+
+def _later(delay: float, fn, *args) -> None:
+    """`fn(*args)` on the provider pool after `delay` seconds, from a timer thread, so a
+    request waiting to be tried again holds no pool thread. Inline (unit tests): at once."""
+    if settings.PROVIDER_ACTIONS_INLINE:
+        fn(*args)
+        return
+    timer = threading.Timer(delay, run_provider_action, args=(fn, *args))
+    timer.daemon = True
+    timer.start()
+
+
+def _provider_request(action: str, request, *, budget: float, call_id=None, call_sid: str | None = None,
+                      moot_when_gone: bool = True, on_failure=None, tries: int = 1, started: float | None = None,
+                      waited: float = 0.0) -> None:
+    """Make one provider request, `request(elapsed, tries)`, for the call `call_id` (or the
+    call or leg whose CallSid is `call_sid`).
+
+    - A transient failure (no answer, a timeout, HTTP 5xx or 429) is tried again after a
+      backoff (PROVIDER_RETRY_BACKOFF_SECONDS, doubling), while the next try starts within
+      `budget` seconds of the first and at most RETRY_ATTEMPTS times.
+    - A request about something already over (the provider answers 404 / 20404, or 21220:
+      the call is not in progress) is moot: logged once at INFO, nothing else
+      (`moot_when_gone`).
+    - Any other failure, or the last transient one, is final: logged, written on the
+      call's timeline (`provider_action_failed {action, error, code?, attempts}`), and
+      `on_failure(error)` is called."""
+    started = time.monotonic() if started is None else started
+    elapsed = max(time.monotonic() - started, waited)
+    try:
+        request(elapsed, tries)
+        return
+    except provider.ProviderError as exc:
+        error = exc
+    if error.gone and moot_when_gone:
+        log.info("provider %s moot, the provider says it is over (call=%s sid=%s): %s",
+                 action, call_id, call_sid, error)
+        return
+    delay = settings.PROVIDER_RETRY_BACKOFF_SECONDS * 2 ** (tries - 1)
+    if error.transient and tries < RETRY_ATTEMPTS and elapsed + delay <= budget:
+        log.warning("provider %s failed (try %d), trying again in %.1f s (call=%s sid=%s): %s",
+                    action, tries, delay, call_id, call_sid, error)
+        _later(delay, functools.partial(
+            _provider_request, action, request, budget=budget, call_id=call_id, call_sid=call_sid,
+            moot_when_gone=moot_when_gone, on_failure=on_failure, tries=tries + 1, started=started,
+            waited=waited + delay))
+        return
+    log.warning("provider %s failed for good after %d tries (call=%s sid=%s): %s",
+                action, tries, call_id, call_sid, error)
+    _provider_failed(action, error, tries=tries, call_id=call_id, call_sid=call_sid)
+    if on_failure is not None:
+        on_failure(error)
+
+
+def _provider_failed(action: str, error: provider.ProviderError, *, tries: int, call_id, call_sid) -> None:
+    if call_id is None and call_sid:
+        call_id = (Call.objects.filter(provider_call_sid=call_sid).values_list("pk", flat=True).first()
+                   or CallLeg.objects.filter(provider_call_sid=call_sid).values_list("call_id", flat=True).first())
+    call = Call.objects.filter(pk=call_id).first() if call_id else None
+    if call is None:
+        return
+    detail = {"action": action, "error": error.kind, "attempts": tries}
+    if error.code:
+        detail["code"] = error.code
+    record(call, now=timezone.now(), step=Step("provider_action_failed", detail=detail))
+
+
+def conference_sid_learnt(call_id, conference_sid: str | None) -> bool:
+    """Keep the provider's SID of the call's conference (from a conference callback or a
+    participant just added), once: Twilio addresses participants only under it. True
+    when this stored it."""
+    if not conference_sid or not _CONFERENCE_SID.fullmatch(conference_sid):
+        return False
+    return bool(Call.objects.filter(pk=call_id, conference_sid="").update(conference_sid=conference_sid))
+
+
+def _conference_sid(call_id) -> str | None:
+    """The SID of the call's conference: the one learnt, else looked up by its friendly
+    name (and kept). None when the provider has no live conference of that name."""
+    call = Call.objects.filter(pk=call_id).only("id", "conference_sid").first()
+    if call is None:
+        return None
+    if call.conference_sid:
+        return call.conference_sid
+    found = provider.conference_sid_for(call.conference_name)
+    if found:
+        conference_sid_learnt(call_id, found)
+    return found
+
+
+def _participant_request(action: str, call_id, call_sid: str, update) -> None:
+    """`update(conference_sid)` on the participant `call_sid` of the call's conference."""
+    def request(elapsed: float, tries: int) -> None:
+        conference_sid = _conference_sid(call_id)
+        if conference_sid is None:
+            log.info("provider %s moot, no live conference (call=%s sid=%s)", action, call_id, call_sid)
+            return
+        update(conference_sid)
+
+    _provider_request(action, request, budget=settings.PROVIDER_RETRY_SECONDS, call_id=call_id, call_sid=call_sid)
+
+
 def _urls(call: Call, leg: CallLeg) -> dict:
     from callpull.telephony.services import webhook_url
 
     return {"status_url": webhook_url("status", call=call.pk, leg=leg.pk),
-            "conference_status_url": webhook_url("conference", call=call.pk)}
+            "conference_status_url": webhook_url("conference", call=call.pk),
+            "screen_url": webhook_url("screen", call=call.pk, leg=leg.pk)}
 
 
 # Dialling --------------------------------------------------------------------
@@ -89,43 +205,66 @@ def _dial(leg_id) -> None:
                     leg.pk, call.pk, leg.device_id)
         leg_failed(leg=leg, reason="target_not_verified", now=timezone.now())
         return
-    try:
-        sid = provider.participant_add(
-            conference=call.conference_name, kind=kind, address=address,
-            caller_id=call.line.server_number.number, label=str(leg.pk), timeout=settings.DIAL_TIMEOUT_SECONDS,
-            **_urls(call, leg))
-    except provider.ProviderError as exc:
-        log.warning("dialling leg=%s call=%s failed: %s", leg.pk, call.pk, exc)
-        leg_failed(leg=leg, reason="provider_error", now=timezone.now())
-        return
-    CallLeg.objects.filter(pk=leg.pk, provider_call_sid__isnull=True).update(provider_call_sid=sid)
+    urls = _urls(call, leg)
+
+    def request(elapsed: float, tries: int) -> None:
+        if tries > 1 and not CallLeg.objects.filter(pk=leg.pk, state=LegState.DIALING).exists():
+            return  # taken out (or failed) while it waited to be tried again
+        timeout = max(5, round(settings.DIAL_TIMEOUT_SECONDS - elapsed))  # retries ring no longer in all
+        try:
+            if kind == "number":
+                # Screened: a phone number may be answered by voicemail, which would swallow the
+                # caller. Its own call hears "press 1" (the `screen` webhook) and joins the
+                # conference only once a person pressed it (docs/MOVING.md, "Screened number legs").
+                sid = provider.call_place_url(
+                    to=address, from_=call.line.server_number.number, url=urls["screen_url"],
+                    status_url=urls["status_url"], timeout=timeout)
+            else:
+                added = provider.participant_add(
+                    conference=call.conference_name, kind=kind, address=address,
+                    caller_id=call.line.server_number.number, label=str(leg.pk), timeout=timeout,
+                    status_url=urls["status_url"], conference_status_url=urls["conference_status_url"])
+                conference_sid_learnt(call.pk, added.conference_sid)
+                sid = added.call_sid
+        except provider.ProviderError as exc:
+            if tries > 1 and exc.code == provider.LABEL_TAKEN:
+                # An earlier try got through although its answer was lost: the leg is being
+                # dialled, and its callbacks name its CallSid.
+                log.info("dialling leg=%s call=%s: an earlier try got through", leg.pk, call.pk)
+                return
+            raise
+        CallLeg.objects.filter(pk=leg.pk, provider_call_sid__isnull=True).update(provider_call_sid=sid)
+
+    _provider_request("dial", request, budget=settings.DIAL_TIMEOUT_SECONDS, call_id=call.pk, moot_when_gone=False,
+                      on_failure=lambda error: leg_failed(leg=leg, reason="provider_error", now=timezone.now()))
 
 
 def leg_remove(leg: CallLeg, *, now: datetime, reason: str) -> bool:
     """Take a leg out of the conference (its call is hung up by the provider). True when
-    this removed it (it was dialling or in the conference)."""
-    if not CallLeg.objects.filter(pk=leg.pk, state__in=[LegState.DIALING, LegState.JOINED]).update(
-            state=LegState.LEFT, ended_at=now, end_reason=reason):
+    this removed it (it was dialling or in the conference). A leg still dialling is not in
+    the conference yet (a screened number leg may be whispering to whoever picked up): its
+    call is hung up instead, so it stops ringing or whispering at once."""
+    fields = {"state": LegState.LEFT, "ended_at": now, "end_reason": reason}
+    dialling = bool(CallLeg.objects.filter(pk=leg.pk, state=LegState.DIALING).update(**fields))
+    if not dialling and not CallLeg.objects.filter(pk=leg.pk, state=LegState.JOINED).update(**fields):
         return False
     sid = CallLeg.objects.values_list("provider_call_sid", flat=True).get(pk=leg.pk)
-    if sid:
-        conference = leg.call.conference_name
-        run_provider_action(_remove, conference, sid)
+    if sid and dialling:
+        run_provider_action(_hangup, sid, leg.call_id)
+    elif sid:
+        run_provider_action(_remove, leg.call_id, sid)
     return True
 
 
-def _remove(conference: str, sid: str) -> None:
-    try:
-        provider.participant_remove(conference=conference, call_sid=sid)
-    except provider.ProviderError as exc:
-        log.warning("removing %s from %s failed: %s", sid, conference, exc)
+def _remove(call_id, sid: str) -> None:
+    """Take the participant `sid` out of the call's conference (by the conference's SID)."""
+    _participant_request("remove", call_id, sid, lambda conference_sid: provider.participant_remove(
+        conference_sid=conference_sid, call_sid=sid))
 
 
-def _mute(conference: str, sid: str) -> None:
-    try:
-        provider.participant_mute(conference=conference, call_sid=sid, muted=True)
-    except provider.ProviderError as exc:
-        log.warning("muting %s in %s failed: %s", sid, conference, exc)
+def _mute(call_id, sid: str) -> None:
+    _participant_request("mute", call_id, sid, lambda conference_sid: provider.participant_mute(
+        conference_sid=conference_sid, call_sid=sid, muted=True))
 
 
 def release_caller(call: Call, *, now: datetime, goodbye: bool = False) -> None:
@@ -156,28 +295,24 @@ def release_caller(call: Call, *, now: datetime, goodbye: bool = False) -> None:
 def hold_caller(call: Call, *, hold: bool, hold_url: str | None = None) -> None:
     """Put the caller's participant on hold (hearing `hold_url`) or take it off hold."""
     if call.provider_call_sid:
-        run_provider_action(_hold, call.conference_name, call.provider_call_sid, hold, hold_url)
+        run_provider_action(_hold, call.pk, call.provider_call_sid, hold, hold_url)
 
 
-def _hold(conference: str, sid: str, hold: bool, hold_url: str | None) -> None:
-    try:
-        provider.participant_hold(conference=conference, call_sid=sid, hold=hold, hold_url=hold_url)
-    except provider.ProviderError as exc:
-        log.warning("%s %s in %s failed: %s", "holding" if hold else "unholding", sid, conference, exc)
+def _hold(call_id, sid: str, hold: bool, hold_url: str | None) -> None:
+    _participant_request("hold" if hold else "unhold", call_id, sid, lambda conference_sid: provider.participant_hold(
+        conference_sid=conference_sid, call_sid=sid, hold=hold, hold_url=hold_url))
 
 
-def _redirect(sid: str, url: str) -> None:
-    try:
-        provider.call_redirect(sid, url)
-    except provider.ProviderError as exc:
-        log.warning("redirect of %s failed: %s", sid, exc)
+def _redirect(sid: str, url: str, call_id=None) -> None:
+    """Make the live call `sid` (a caller's, or a leg's) fetch new TwiML from `url`."""
+    _provider_request("redirect", lambda elapsed, tries: provider.call_redirect(sid, url),
+                      budget=settings.PROVIDER_RETRY_SECONDS, call_id=call_id, call_sid=sid)
 
 
-def _hangup(sid: str) -> None:
-    try:
-        provider.call_hangup(sid)
-    except provider.ProviderError as exc:
-        log.warning("hang-up of %s failed: %s", sid, exc)
+def _hangup(sid: str, call_id=None) -> None:
+    """Hang up the live call `sid`; one that already ended is no failure."""
+    _provider_request("hangup", lambda elapsed, tries: provider.call_hangup(sid),
+                      budget=settings.PROVIDER_RETRY_SECONDS, call_id=call_id, call_sid=sid)
 
 
 # What the provider tells us about legs -----------------------------------------
@@ -186,21 +321,42 @@ def _open_pull(leg: CallLeg) -> Pull | None:
     return Pull.objects.select_related("call").filter(leg=leg, state=PullState.APPROVED).first()
 
 
+def join_unheard(leg: CallLeg) -> bool:
+    """Whether a join of `leg` would still be news: it is dialling, or the call ended
+    (the caller hung up, the holder did) while it was, before its join was heard. A
+    conference cannot be joined once it ended, so such a join happened before the end."""
+    return leg.state == LegState.DIALING or (
+        leg.state == LegState.LEFT and leg.joined_at is None and leg.end_reason == "call_ended")
+
+
 def leg_joined(*, leg: CallLeg, now: datetime, call_sid: str | None = None) -> None:
+    """The leg joined the conference: its `participant-join`, or a callback that proves
+    it joined (docs/MOVING.md, "Callbacks: order, repeats, lateness"). It counts once,
+    whenever it is heard: also after the call ended under it, then only on the record
+    (its pull completed, `held_by`), nothing at the provider."""
     fields = {"state": LegState.JOINED, "joined_at": now}
     if call_sid:
         fields["provider_call_sid"] = call_sid
     if not CallLeg.objects.filter(pk=leg.pk, state=LegState.DIALING).update(**fields):
+        if CallLeg.objects.filter(pk=leg.pk, state=LegState.LEFT, end_reason="call_ended",
+                                  joined_at__isnull=True).update(joined_at=now):
+            _joined(Call.objects.select_related("line").get(pk=leg.call_id), leg, now=now)
+            return
         sid = call_sid or leg.provider_call_sid
-        if sid and CallLeg.objects.filter(pk=leg.pk, state=LegState.LEFT, joined_at__isnull=True).exists():
-            # Removed before it joined (its device was revoked, its pull timed out) and
-            # joined all the same: take it out again.
-            run_provider_action(_remove, leg.call.conference_name, sid)
+        if sid and CallLeg.objects.filter(pk=leg.pk, state__in=[LegState.LEFT, LegState.FAILED],
+                                          joined_at__isnull=True).exists():
+            # Removed (or given up on) before it joined (its device was revoked, its pull
+            # timed out, no callback came) and joined all the same: take it out again.
+            run_provider_action(_remove, leg.call_id, sid)
         return
     call = Call.objects.select_related("line").get(pk=leg.call_id)
-    if call.is_terminal:  # joined too late: nothing left to carry
+    if call.is_terminal:  # joined as the call ended: it counts, but nothing is left to carry
         leg_remove(leg, now=now, reason="call_ended")
-        return
+    _joined(call, leg, now=now)
+
+
+def _joined(call: Call, leg: CallLeg, *, now: datetime) -> None:
+    """What a leg joining does: connect a forwarded call, complete a transfer or a pull."""
     record(call, now=now, step=Step("leg_joined", leg.device_id, {"role": leg.role}))
     if leg.role == LegRole.TRANSFER:
         _transfer_completed(call, leg, now=now)
@@ -297,19 +453,59 @@ def holder_lost_expired(call: Call, *, now: datetime) -> bool:
 
 
 def leg_left(*, leg: CallLeg, now: datetime, found_by: str | None = None) -> None:
-    """A joined leg hung up on its own (a removal we asked for is already `left`).
-    `found_by` says who noticed when it was not the provider's callback."""
+    """A joined leg left the conference on its own (a removal we asked for is already
+    `left`). `found_by` says who noticed when it was not the provider's callback.
+
+    When it carried the conversation alone, either its device (or transfer target) hung
+    up, or the caller did and the conference ended and took the leg with it: the leg's
+    callbacks may come before the caller's. The provider is asked which
+    (`_last_leg_left`), unless reconciliation, which found the leg, has just seen the
+    caller's call live."""
     if not CallLeg.objects.filter(pk=leg.pk, state=LegState.JOINED).update(
             state=LegState.LEFT, ended_at=now, end_reason="hung_up"):
         return
     noticed = {"found_by": found_by} if found_by else {}
     call = Call.objects.select_related("line").get(pk=leg.call_id)
-    record(call, now=now, step=Step("leg_left", leg.device_id, {"role": leg.role, **noticed}))
-    if call.is_terminal or leg.role == LegRole.MONITOR:
+    if call.is_terminal or leg.role == LegRole.MONITOR or \
+            call.legs.filter(state=LegState.JOINED).exclude(role=LegRole.MONITOR).exists():
+        # Over already, a monitor, or someone still carries the conversation.
+        record(call, now=now, step=Step("leg_left", leg.device_id, {"role": leg.role, **noticed}))
         return
-    if call.legs.filter(state=LegState.JOINED).exclude(role=LegRole.MONITOR).exists():
-        return  # someone still carries the conversation
-    # The device (or transfer target) holding the call hung up: the call is over.
+    if found_by == "reconciliation":
+        _holder_hung_up(call, leg, now=now, noticed=noticed)
+    else:
+        run_provider_action(_last_leg_left, call.pk, leg.pk, now, found_by)
+
+
+def _last_leg_left(call_id, leg_id, now: datetime, found_by: str | None) -> None:
+    """The leg that carried the conversation alone left: is the caller's call still live?
+    If the provider says it ended (or does not know it), the caller hung up first and the
+    conference took the leg along: the call ends as the caller's own callback would end
+    it (`caller_hung_up`), with no `leg_left`. Otherwise (or when the provider cannot
+    tell) the leg's side hung up: `_holder_hung_up`."""
+    call = Call.objects.select_related("line").filter(pk=call_id).first()
+    leg = CallLeg.objects.filter(pk=leg_id).first()
+    if call is None or leg is None:
+        return
+    status = "in-progress"
+    if call.provider_call_sid and not call.is_terminal:
+        try:
+            status = provider.call_status(call.provider_call_sid)
+        except provider.ProviderError as exc:
+            log.warning("the last leg of call=%s left; the caller's status is unknown, taken as live: %s",
+                        call.pk, exc)
+    if call.is_terminal or status is None or status in provider.ENDED_STATUSES:
+        CallLeg.objects.filter(pk=leg.pk, end_reason="hung_up").update(end_reason="call_ended")
+        if not call.is_terminal:
+            caller_gone(call, status=status or "not_found", now=now, found_by=found_by)
+        return
+    _holder_hung_up(call, leg, now=now, noticed={"found_by": found_by} if found_by else {})
+
+
+def _holder_hung_up(call: Call, leg: CallLeg, *, now: datetime, noticed: dict) -> None:
+    """The device (or transfer target) holding the call hung up: the call is over, and
+    the caller, left alone in the conference, is hung up."""
+    record(call, now=now, step=Step("leg_left", leg.device_id, {"role": leg.role, **noticed}))
     if transition(call, "hung_up", now=now, step=Step("ended", leg.device_id, {"by": leg.role, **noticed}),
                   fields={"end_reason": "completed"}):
         announce_end(call, now=now, reason="completed")
@@ -346,7 +542,7 @@ def mute_as_monitor(leg: CallLeg, *, now: datetime) -> None:
     CallLeg.objects.filter(pk=leg.pk).update(role=LegRole.MONITOR)
     sid = CallLeg.objects.values_list("provider_call_sid", flat=True).get(pk=leg.pk)
     if sid:
-        run_provider_action(_mute, leg.call.conference_name, sid)
+        run_provider_action(_mute, leg.call_id, sid)
 
 
 # Reconciliation: what the provider says when its callbacks went missing ----------

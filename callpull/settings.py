@@ -334,6 +334,11 @@ HOLDER_LOST_HOLD_SECONDS = env_int("HOLDER_LOST_HOLD_SECONDS", 60, minimum=5)
 # Provider REST actions (dialling legs, hang-ups) run on a small thread pool so webhooks
 # answer at once; unit tests run them inline.
 PROVIDER_ACTIONS_INLINE = env_bool("PROVIDER_ACTIONS_INLINE", False)
+# A provider request that failed for a while (no answer, HTTP 5xx or 429) is tried again
+# after this long, then twice as long each time (inline: at once), while the next try starts
+# within PROVIDER_RETRY_SECONDS of the first (a dial: within DIAL_TIMEOUT_SECONDS).
+PROVIDER_RETRY_BACKOFF_SECONDS = env_float("PROVIDER_RETRY_BACKOFF_SECONDS", 0.5, minimum=0.05)
+PROVIDER_RETRY_SECONDS = env_float("PROVIDER_RETRY_SECONDS", 10.0, minimum=0)
 # The sweeper ends calls whose deadline passed. In-process for the embedded default;
 # with several workers run `manage.py sweep` once and set SWEEPER_IN_PROCESS=false.
 SWEEPER_IN_PROCESS = env_bool("SWEEPER_IN_PROCESS", True)

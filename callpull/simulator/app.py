@@ -17,10 +17,11 @@ import hmac
 import json
 import logging
 import re
+from collections import deque
 from collections.abc import Awaitable, Callable
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl, unquote, urlencode
 
-from callpull.simulator import twiml
+from callpull.simulator import strict, twiml
 from callpull.simulator.carrier import Carrier, check_e164
 from callpull.simulator.config import SimulatorConfig
 from callpull.simulator.outbound import Outbound
@@ -30,6 +31,9 @@ log = logging.getLogger("callpull.simulator")
 
 PREFIX = "/simulator"
 MAX_BODY = 1 << 20
+REST_LOG_SIZE = 5000  # Twilio REST requests GET /simulator/rest-log keeps (the oldest go first)
+CONFERENCE_SID = re.compile(r"CF[0-9a-fA-F]{32}")
+PAGE_SIZE = 50  # Twilio's default PageSize
 SURFACE = [
     ("GET /simulator/", "this index"),
     ("POST /simulator/2010-04-01/Accounts/{AccountSid}/Calls.json",
@@ -62,8 +66,10 @@ SURFACE = [
     ("GET /simulator/conferences", "every conference, with its participants (current and past) and events"),
     ("GET /simulator/conferences/{sid or friendly name}", "one conference"),
     ("GET /simulator/devices", "configured device behaviours"),
-    ("POST /simulator/devices", "{address, behaviour: answer|no-answer|busy|fail, answer_after?, hangup_after?}"),
+    ("POST /simulator/devices", "{address, behaviour: answer|no-answer|busy|fail, answer_after?, hangup_after?, "
+                                "press?, press_after?}"),
     ("DELETE /simulator/state", "forget every call, device and forwarding"),
+    ("GET /simulator/rest-log", "the Twilio REST requests received, oldest first: {method, path, query, status}"),
     ("POST /simulator/carrier/mmi", "{line, code}: dial **67*<number>#, *#67#, ##67#, *67#, #67#"),
     ("GET /simulator/carrier/lines/{line}", "the line's forwarding on busy"),
     ("GET /simulator/carrier/calls", "every call to a handset"),
@@ -128,6 +134,11 @@ class SimulatorApp:
         self.outbound = Outbound(config)
         self.provider = Provider(config, self.outbound)
         self.carrier = Carrier(self.provider)
+        # Every Twilio REST request and its answer's status, for tests that check what the product asked.
+        self.rest_log: deque[dict] = deque(maxlen=REST_LOG_SIZE)
+        self.spec = strict.load()
+        # (operation, parameter) of the last requests' parameters Twilio would ignore (its warning 20001).
+        self.ignored_parameters: deque[tuple[str, str]] = deque(maxlen=100)
         account = r"(?P<account>[^/]+)"
         conference = r"(?P<conference>[^/]+?)"
         self.routes: list[tuple[re.Pattern, dict[str, Handler]]] = [(re.compile(pattern + r"$"), handlers) for
@@ -152,6 +163,7 @@ class SimulatorApp:
             (r"/conferences/(?P<conference>[^/]+)", {"GET": self.conferences_detail}),
             (r"/devices", {"GET": self.devices_list, "POST": self.devices_set}),
             (r"/state", {"DELETE": self.state_reset}),
+            (r"/rest-log", {"GET": self.rest_log_list}),
             (r"/carrier/mmi", {"POST": self.carrier_mmi}),
             (r"/carrier/lines/(?P<line>[^/]+)", {"GET": self.carrier_line}),
             (r"/carrier/calls", {"GET": self.carrier_calls, "POST": self.carrier_call_create}),
@@ -185,6 +197,10 @@ class SimulatorApp:
             response = Response(413, _envelope("too_large", "The body is too large."))
         else:
             response = await self._dispatch(scope, bytes(body))
+        if scope["path"].startswith(PREFIX + "/2010-04-01/"):
+            self.rest_log.append({"method": scope["method"], "path": scope["path"][len(PREFIX):],
+                                  "query": scope.get("query_string", b"").decode("latin-1"),
+                                  "status": response.status})
         if response.body is None:  # 204
             payload, headers = b"", [(b"content-length", b"0")]
         else:
@@ -219,17 +235,35 @@ class SimulatorApp:
             if not match:
                 continue
             handler = handlers.get(scope["method"])
-            if handler is None:
+            if handler is None and not relative.startswith(strict.API_PREFIX):
                 return Response(405, _envelope("method_not_allowed", f"{scope['method']} is not allowed here."),
                                 {"Allow": ", ".join(handlers)})
             request = Request(scope, body, match)
             try:
+                if relative.startswith(strict.API_PREFIX):
+                    self._authenticate(request)
+                    self._conform(scope, relative, body)
+                if handler is None:  # described by Twilio, played by the simulator: neither
+                    raise SimulatorError(405, "20004", f"Method not allowed: {scope['method']}.",
+                                         {"Allow": ", ".join(handlers)})
                 return await handler(request)
             except SimulatorError as exc:
                 if "account" in request.args:
                     return _twilio_error(exc.status, exc.code, exc.message, exc.headers)
                 return Response(exc.status, _envelope(exc.code, exc.message), exc.headers)
+        if relative.startswith(strict.API_PREFIX):
+            error = strict.not_found(relative)
+            return _twilio_error(error.status, error.code, error.message, error.headers)
         return Response(404, _envelope("not_found", f"No simulator endpoint {path}."))
+
+    def _conform(self, scope, relative: str, body: bytes) -> None:
+        """Refuse what Twilio's API description refuses (see strict.py); note what Twilio ignores."""
+        operation, _ = self.spec.operation(scope["method"], relative)
+        ignored = self.spec.check(operation, query=scope.get("query_string", b"").decode("latin-1"), body=body)
+        for name in ignored:
+            log.warning("simulator: %s ignores the parameter %r (Twilio's warning 20001: not in its API "
+                        "description)", operation.id, name)
+            self.ignored_parameters.append((operation.id, name))
 
     # -- index -----------------------------------------------------------------------
 
@@ -241,6 +275,9 @@ class SimulatorApp:
             "server_numbers": list(self.config.server_numbers),
             "webhooks": {"voice": self.config.voice_url, "status": self.config.status_url},
             "answer_delay_seconds": self.config.answer_delay_seconds,
+            "api_description": {key: self.spec.source[key] for key in ("repository", "commit", "path")},
+            "ignored_parameters": [{"operation": operation, "parameter": name}
+                                   for operation, name in self.ignored_parameters],
             "routes": [{"route": route, "does": does} for route, does in SURFACE],
         })
 
@@ -274,40 +311,44 @@ class SimulatorApp:
     async def rest_update(self, request: Request) -> Response:
         leg = self._rest_leg(request)
         form = request.form()
+        if form.get("Twiml") and form.get("Url"):  # UpdateCall: "Twiml and url parameters are mutually exclusive"
+            raise SimulatorError(400, "21200", "Twiml and Url are mutually exclusive.")
         document = None
         if form.get("Twiml"):
             try:
                 document = twiml.parse(form["Twiml"])
             except twiml.TwiMLError as exc:
-                raise SimulatorError(400, "21220", f"Invalid Twiml: {exc}") from None
+                raise SimulatorError(400, "21200", f"Invalid Twiml: {exc}") from None
         method = (form.get("Method") or "POST").upper()
         if method not in ("GET", "POST"):
-            raise SimulatorError(400, "21207", f"Method {method!r} is not GET or POST.")
+            raise SimulatorError(400, "21209", f"Method {method!r} is not GET or POST.")
         leg = self.provider.update(leg, url=form.get("Url") or None, method=method, document=document,
                                    status=form.get("Status") or None)
         return Response(200, leg.as_resource())
 
     async def rest_list(self, request: Request) -> Response:
         self._authenticate(request)
-        calls = [leg.as_resource() for leg in reversed(self.provider.calls.values())]
-        return Response(200, {"calls": calls, "page": 0, "page_size": len(calls), "start": 0,
-                              "end": max(0, len(calls) - 1), "first_page_uri": None, "next_page_uri": None,
-                              "previous_page_uri": None, "uri": request.scope["path"][len(PREFIX):]})
+        wanted = {field: request.query[name] for name, field in (
+            ("To", "to"), ("From", "from"), ("ParentCallSid", "parent_call_sid"), ("Status", "status"))
+            if name in request.query}
+        calls = [resource for resource in (leg.as_resource() for leg in reversed(self.provider.calls.values()))
+                 if all(resource[field] == value for field, value in wanted.items())]
+        return Response(200, _page(request, "calls", calls))
 
     async def rest_create(self, request: Request) -> Response:
         self._authenticate(request)
         form = request.form()
         for name in ("To", "From"):
             if not form.get(name):
-                raise SimulatorError(400, "21201" if name == "To" else "21603", f"A '{name}' is required.")
+                raise SimulatorError(400, "21201" if name == "To" else "21213", f"A '{name}' is required.")
         if not form.get("Url") and not form.get("Twiml"):
             raise SimulatorError(400, "21205", "Url or Twiml is required.")
         document = None
-        if form.get("Twiml"):
-            try:
+        if form.get("Twiml") and not form.get("Url"):  # CreateCall's Twiml: "If both twiml and url are
+            try:                                       # provided then twiml parameter will be ignored"
                 document = twiml.parse(form["Twiml"])
             except twiml.TwiMLError as exc:
-                raise SimulatorError(400, "21220", f"Invalid Twiml: {exc}") from None
+                raise SimulatorError(400, "21200", f"Invalid Twiml: {exc}") from None
         callback = _callback(request, form, "StatusCallback", twiml.DIAL_EVENTS, ("completed",))
         timeout = _seconds(form, "Timeout", 60)
         leg = self.provider.outbound_call(from_=form["From"], to=form["To"], url=form.get("Url"),
@@ -326,6 +367,11 @@ class SimulatorApp:
                 from None
 
     def _rest_participant(self, request: Request):
+        self._authenticate(request)
+        if not CONFERENCE_SID.fullmatch(request.args["conference"]):
+            # Twilio fetches, updates and deletes a participant only under its conference's SID
+            # (ConferenceSid `^CF[0-9a-fA-F]{32}$`); under a friendly name it answers 404.
+            raise SimulatorError(404, "20404", f"The requested resource {request.scope['path']} was not found")
         room = self._rest_conference(request)
         participant = room.find(request.args["participant"])
         if participant is None:
@@ -333,9 +379,9 @@ class SimulatorApp:
         return participant
 
     def _page(self, request: Request, key: str, items: list[dict]) -> Response:
-        return Response(200, {key: items, "page": 0, "page_size": len(items), "start": 0,
-                              "end": max(0, len(items) - 1), "first_page_uri": None, "next_page_uri": None,
-                              "previous_page_uri": None, "uri": request.scope["path"][len(PREFIX):]})
+        """One page of a Twilio list: `PageSize` (default 50) items from `Page` (from 0), with the
+        page's URIs as Twilio writes them (the filters, then PageSize and Page)."""
+        return Response(200, _page(request, key, items))
 
     async def rest_conferences(self, request: Request) -> Response:
         self._authenticate(request)
@@ -351,14 +397,18 @@ class SimulatorApp:
         room = self._rest_conference(request)
         status = request.form().get("Status")
         if status not in (None, "", "completed"):
-            raise SimulatorError(400, "21218", f"Invalid Status {status!r}: only completed.")
+            raise SimulatorError(400, "16002", f"Invalid Status {status!r}: only completed.")
         if status == "completed":
             self.provider.end_conference(room)
         return Response(200, room.as_resource())
 
     async def rest_participants(self, request: Request) -> Response:
         room = self._rest_conference(request)
-        return self._page(request, "participants", [participant.as_resource() for participant in room.current()])
+        wanted = {name.lower(): request.query[name].lower() == "true" for name in ("Muted", "Hold", "Coaching")
+                  if name in request.query}
+        participants = [resource for resource in (participant.as_resource() for participant in room.current())
+                        if all(resource[field] == value for field, value in wanted.items())]
+        return self._page(request, "participants", participants)
 
     async def rest_participant(self, request: Request) -> Response:
         return Response(200, self._rest_participant(request).as_resource())
@@ -368,10 +418,10 @@ class SimulatorApp:
         form = request.form()
         for name in ("To", "From"):
             if not form.get(name):
-                raise SimulatorError(400, "21201" if name == "To" else "21603", f"A '{name}' is required.")
+                raise SimulatorError(400, "21201" if name == "To" else "21213", f"A '{name}' is required.")
         beep = form.get("Beep") or "true"
         if beep not in twiml.BEEPS:
-            raise SimulatorError(400, "21218", f"Beep must be one of {', '.join(twiml.BEEPS)}.")
+            raise SimulatorError(400, "16002", f"Beep must be one of {', '.join(twiml.BEEPS)}.")
         wait_method = (form.get("WaitMethod") or "POST").upper()
         participant = self.provider.add_participant(
             request.args["conference"], from_=form["From"], to=form["To"], label=form.get("Label") or None,
@@ -450,19 +500,30 @@ class SimulatorApp:
         if action not in BEHAVIOURS:
             raise SimulatorError(400, "invalid_input", f"behaviour must be one of {', '.join(BEHAVIOURS)}.")
         numbers = {}
-        for name in ("answer_after", "hangup_after"):
+        for name in ("answer_after", "hangup_after", "press_after"):
             value = data.get(name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
                 raise SimulatorError(400, "invalid_input", f"{name} must be a number of seconds.")
             numbers[name] = value
-        behaviour = Behaviour(action, **numbers)
+        press = data.get("press")
+        if press is not None and (not isinstance(press, str) or not press
+                                  or any(key not in twiml.DTMF_KEYS for key in press)):
+            raise SimulatorError(400, "invalid_input", "press must be keys of 0-9, * and #, e.g. \"1\".")
+        if press is not None and action != "answer":
+            raise SimulatorError(400, "invalid_input", "press needs behaviour answer: only a call answered hears "
+                                                       "a <Gather>.")
+        behaviour = Behaviour(action, press=press, **numbers)
         self.provider.set_device(address.strip(), behaviour)
         return Response(200, {"address": address.strip(), **behaviour.as_json()})
 
     async def state_reset(self, request: Request) -> Response:
         await self.provider.reset()
         self.carrier.reset()
+        self.rest_log.clear()
         return Response(200, {"reset": True})
+
+    async def rest_log_list(self, request: Request) -> Response:
+        return Response(200, list(self.rest_log))
 
     # -- control API: carrier --------------------------------------------------------------
 
@@ -497,13 +558,31 @@ class SimulatorApp:
         return Response(200, self.carrier.as_json(call))
 
 
+def _page(request: Request, key: str, items: list[dict]) -> dict:
+    size = int(request.query.get("PageSize") or PAGE_SIZE)  # strict.py checked both against the description
+    number = int(request.query.get("Page") or 0)
+    start = number * size
+    chosen = items[start:start + size]
+    path = request.scope["path"][len(PREFIX):]
+    filters = [(name, value) for name, value in parse_qsl(request.scope.get("query_string", b"").decode("latin-1"),
+                                                           keep_blank_values=True)
+               if name not in ("Page", "PageSize", "PageToken")]
+
+    def uri(page: int) -> str:
+        return f"{path}?{urlencode([*filters, ('PageSize', size), ('Page', page)])}"
+
+    return {key: chosen, "page": number, "page_size": size, "start": start, "end": start + max(len(chosen) - 1, 0),
+            "first_page_uri": uri(0), "next_page_uri": uri(number + 1) if start + size < len(items) else None,
+            "previous_page_uri": uri(number - 1) if number > 0 else None, "uri": uri(number)}
+
+
 def _flag(form: dict[str, str], name: str, default):
     """A Twilio boolean form field: true or false (any case); absent or empty: `default`."""
     value = form.get(name)
     if value is None or value == "":
         return default
     if value.lower() not in ("true", "false"):
-        raise SimulatorError(400, "21218", f"{name} must be true or false.")
+        raise SimulatorError(400, "16002", f"{name} must be true or false.")
     return value.lower() == "true"
 
 
@@ -511,9 +590,9 @@ def _seconds(form: dict[str, str], name: str, default: float) -> float:
     try:
         value = float(form.get(name) or default)
     except ValueError:
-        raise SimulatorError(400, "21207", f"{name} is not a number.") from None
+        raise SimulatorError(400, "21208", f"{name} is not a number.") from None
     if value < 0:
-        raise SimulatorError(400, "21207", f"{name} is negative.")
+        raise SimulatorError(400, "21208", f"{name} is negative.")
     return value
 
 
@@ -531,7 +610,7 @@ def _callback(request: Request, form: dict[str, str], name: str, allowed: tuple[
                              f"{name}Event {' '.join(sorted(unknown))} is not one of {' '.join(allowed)}.")
     method = (form.get(f"{name}Method") or "POST").upper()
     if method not in ("GET", "POST"):
-        raise SimulatorError(400, "21207", f"{name}Method {method!r} is not GET or POST.")
+        raise SimulatorError(400, "21209", f"{name}Method {method!r} is not GET or POST.")
     return Callback(url, method, events)
 
 

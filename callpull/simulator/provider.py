@@ -64,9 +64,12 @@ class Behaviour:
     action: str = "answer"
     answer_after: float | None = None  # None: SIMULATOR_ANSWER_DELAY_SECONDS
     hangup_after: float | None = None  # the device hangs up this long after answering
+    press: str | None = None  # keys it presses in every <Gather> it hears (None: none, like voicemail)
+    press_after: float | None = None  # seconds into the <Gather> it presses them (None: at once)
 
     def as_json(self) -> dict:
-        return {"behaviour": self.action, "answer_after": self.answer_after, "hangup_after": self.hangup_after}
+        return {"behaviour": self.action, "answer_after": self.answer_after, "hangup_after": self.hangup_after,
+                "press": self.press, "press_after": self.press_after}
 
 
 class Leg:
@@ -164,7 +167,7 @@ class Leg:
             "start_time": rfc2822(self.answered_at or self.created_at), "end_time": rfc2822(self.ended_at),
             "duration": str(self.duration) if self.ended else None,
             "forwarded_from": self.forwarded_from, "caller_name": self.caller_name,
-            "answered_by": None, "annotation": None, "api_version": API_VERSION, "group_sid": None,
+            "answered_by": None, "api_version": API_VERSION, "group_sid": None,
             "phone_number_sid": None, "price": None, "price_unit": "USD", "queue_time": "0",
             "trunk_sid": None, "uri": base + ".json", "subresource_uris": {},
         }
@@ -638,6 +641,10 @@ class Provider(ConferenceEngine):
         leg.activity = "gathering"
         leg.record("gather", input=gather.input, num_digits=gather.num_digits, timeout=gather.timeout,
                    finish_on_key=gather.finish_on_key, action=gather.action)
+        if leg.direction != "inbound":  # the device that answered this call may key something (`press`)
+            behaviour = self.behaviour_for(leg.to)
+            if behaviour.press:
+                self.spawn(self._press(leg, state, behaviour))
         try:
             digits, finished_on_key, how = await self._collect(leg, state)
         finally:
@@ -700,6 +707,12 @@ class Provider(ConferenceEngine):
                 return digits, "", "timeout"
             await wait_any([leg.wake, state.arrived], remaining)
 
+    async def _press(self, leg: Leg, state: Gathering, behaviour: Behaviour) -> None:
+        """The simulated device presses its `press` keys `press_after` seconds into the <Gather>."""
+        await asyncio.sleep(behaviour.press_after or 0)
+        if leg.gathering is state and not leg.ended:
+            self.send_digits(leg, behaviour.press)
+
     def send_digits(self, leg: Leg, digits) -> Leg:
         """The caller presses keys (DTMF) during a <Gather>."""
         if not isinstance(digits, str) or not digits or any(key not in twiml.DTMF_KEYS for key in digits):
@@ -758,7 +771,7 @@ class Provider(ConferenceEngine):
             self._hang_up(leg, "api")
             return leg
         if status:
-            raise SimulatorError(400, "21218", f"Invalid Status {status!r}: use completed or canceled.")
+            raise SimulatorError(400, "21200", f"Invalid Status {status!r}: use completed or canceled.")
         if document is not None:
             leg.record("rest update", twiml=True)
             leg.redirect = Inline(document, None)

@@ -5,8 +5,10 @@ the provider's REST API (`TWILIO_API_BASE`, the bundled simulator by default).
 
 import logging
 from functools import lru_cache
+from typing import NamedTuple
 
 from django.conf import settings
+from requests.exceptions import ReadTimeout
 from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.request_validator import RequestValidator
@@ -20,7 +22,41 @@ REST_TIMEOUT_SECONDS = 5
 
 
 class ProviderError(Exception):
-    """A live-call update the provider refused or never answered."""
+    """A live-call update the provider refused or never answered.
+
+    `status` and `code`: the provider's HTTP status and error code, when it answered.
+    `transient`: worth another try (no answer, a timeout, HTTP 5xx or 429).
+    `gone`: the call or participant is already over (404 / 20404, or 400 21220 "Call is
+    not in-progress"): the request is moot, not a failure."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: int | None = None,
+                 transient: bool = False, gone: bool = False):
+        super().__init__(message)
+        self.status, self.code, self.transient, self.gone = status, code, transient, gone
+
+    @property
+    def kind(self) -> str:
+        """A short name for the timeline: `unreachable`, `http_<status>` or `refused`."""
+        if self.status is not None:
+            return f"http_{self.status}"
+        return "unreachable" if self.transient else "refused"
+
+
+# Twilio's error codes for a request about a call that is over (https://www.twilio.com/docs/errors/20404,
+# https://www.twilio.com/docs/errors/21220), and for a participant label already in the
+# conference (https://www.twilio.com/docs/errors/16025).
+NOT_FOUND, NOT_IN_PROGRESS, LABEL_TAKEN = 20404, 21220, 16025
+
+
+def _failure(what: str, exc: Exception) -> ProviderError:
+    """`exc` (from the SDK or the network) as a ProviderError saying what it means."""
+    if isinstance(exc, TwilioRestException):
+        status, code = exc.status, exc.code
+        return ProviderError(f"{what} failed: HTTP {status} (code {code}): {exc.msg}", status=status, code=code,
+                             transient=status >= 500 or status == 429,
+                             gone=status == 404 or code == NOT_FOUND or (status == 400 and code == NOT_IN_PROGRESS))
+    # No answer: the SDK's HTTP client raises requests' ConnectionError / Timeout (OSErrors).
+    return ProviderError(f"{what} failed: {exc}", transient=isinstance(exc, OSError))
 
 
 def signature_valid(url: str, params: dict, signature: str) -> bool:
@@ -68,6 +104,19 @@ def twiml_pin(*, prompt: str, action_url: str, no_input: str, max_digits: int = 
     return str(response)
 
 
+def twiml_screen(*, prompt: str, action_url: str, timeout: int) -> str:
+    """Whisper `prompt` to whoever answered a number leg and wait `timeout` seconds for one
+    key. The action is requested with the key, and with `Digits` empty when none came
+    (`actionOnEmptyResult`); `finishOnKey=""` makes `#` a key like any other. The
+    `<Hangup/>` after the `<Gather>` is only reached if the action is not requested."""
+    response = VoiceResponse()
+    gather = response.gather(input="dtmf", num_digits=1, timeout=timeout, finish_on_key="",
+                             action_on_empty_result=True, action=action_url, method="POST")
+    gather.say(prompt)
+    response.hangup()
+    return str(response)
+
+
 def twiml_hold(*, ringback_url: str) -> str:
     """Keep the caller hearing ringback until a live-call update moves them on."""
     response = VoiceResponse()
@@ -105,16 +154,24 @@ def call_redirect(call_sid: str, url: str) -> None:
     try:
         _client().calls(call_sid).update(url=url, method="POST")
     except (TwilioException, OSError) as exc:
-        raise ProviderError(f"redirect of {call_sid} failed: {exc}") from exc
+        raise _failure(f"redirect of {call_sid}", exc) from exc
 
 
 def _to_address(kind: str, address: str) -> str:
     return f"client:{address}" if kind == "client" else address
 
 
+class Added(NamedTuple):
+    """A participant just added: its leg's CallSid and the conference's SID (CF…)."""
+
+    call_sid: str
+    conference_sid: str
+
+
 def participant_add(*, conference: str, kind: str, address: str, caller_id: str, label: str, status_url: str,
-                    conference_status_url: str, timeout: int, muted: bool = False) -> str:
-    """Dial `address` into the conference; returns the new leg's CallSid."""
+                    conference_status_url: str, timeout: int, muted: bool = False) -> Added:
+    """Dial `address` into the conference named `conference` (its friendly name: Twilio
+    creates a participant under a friendly name, and creates the conference if it is new)."""
     try:
         participant = _client().conferences(conference).participants.create(
             from_=caller_id, to=_to_address(kind, address), label=label, timeout=timeout, muted=muted,
@@ -125,40 +182,59 @@ def participant_add(*, conference: str, kind: str, address: str, caller_id: str,
             conference_status_callback_event=["start", "end", "join", "leave"],
         )
     except (TwilioException, OSError) as exc:
-        raise ProviderError(f"adding {label} to {conference} failed: {exc}") from exc
-    return participant.call_sid
+        raise _failure(f"adding {label} to {conference}", exc) from exc
+    return Added(call_sid=participant.call_sid, conference_sid=participant.conference_sid or "")
 
 
-def participant_remove(*, conference: str, call_sid: str) -> None:
+def conference_sid_for(name: str) -> str | None:
+    """The SID of the live conference named `name` (`in-progress`, else one still
+    waiting to start, `init`); None when there is none (it ended, or never began)."""
     try:
-        _client().conferences(conference).participants(call_sid).delete()
+        for status in ("in-progress", "init"):
+            found = _client().conferences.list(friendly_name=name, status=status, limit=1)
+            if found:
+                return found[0].sid
     except (TwilioException, OSError) as exc:
-        raise ProviderError(f"removing {call_sid} from {conference} failed: {exc}") from exc
+        raise _failure(f"looking up conference {name}", exc) from exc
+    return None
 
 
-def participant_mute(*, conference: str, call_sid: str, muted: bool = True) -> None:
+def _participant(conference_sid: str, call_sid: str):
+    """A participant, under its conference's SID (`CF…`): Twilio fetches, updates and
+    deletes participants only that way (twilio_api_v2010.json, ConferenceSid
+    `^CF[0-9a-fA-F]{32}$`); under a friendly name it answers 404."""
+    return _client().conferences(conference_sid).participants(call_sid)
+
+
+def participant_remove(*, conference_sid: str, call_sid: str) -> None:
     try:
-        _client().conferences(conference).participants(call_sid).update(muted=muted)
+        _participant(conference_sid, call_sid).delete()
     except (TwilioException, OSError) as exc:
-        raise ProviderError(f"muting {call_sid} in {conference} failed: {exc}") from exc
+        raise _failure(f"removing {call_sid} from {conference_sid}", exc) from exc
 
 
-def participant_hold(*, conference: str, call_sid: str, hold: bool, hold_url: str | None = None) -> None:
+def participant_mute(*, conference_sid: str, call_sid: str, muted: bool = True) -> None:
+    try:
+        _participant(conference_sid, call_sid).update(muted=muted)
+    except (TwilioException, OSError) as exc:
+        raise _failure(f"muting {call_sid} in {conference_sid}", exc) from exc
+
+
+def participant_hold(*, conference_sid: str, call_sid: str, hold: bool, hold_url: str | None = None) -> None:
     """Put a participant on hold (it hears `hold_url`, audio or TwiML, and nobody hears
     it) or take it off hold."""
     options = {"hold_url": hold_url, "hold_method": "GET"} if hold and hold_url else {}
     try:
-        _client().conferences(conference).participants(call_sid).update(hold=hold, **options)
+        _participant(conference_sid, call_sid).update(hold=hold, **options)
     except (TwilioException, OSError) as exc:
-        raise ProviderError(f"{'holding' if hold else 'unholding'} {call_sid} in {conference} failed: {exc}") \
-            from exc
+        raise _failure(f"{'holding' if hold else 'unholding'} {call_sid} in {conference_sid}", exc) from exc
 
 
 def call_hangup(call_sid: str) -> None:
     try:
         _client().calls(call_sid).update(status="completed")
     except (TwilioException, OSError) as exc:
-        raise ProviderError(f"hang-up of {call_sid} failed: {exc}") from exc
+        raise _failure(f"hang-up of {call_sid}", exc) from exc
 
 
 def call_place(*, to: str, from_: str, twiml: str, status_url: str | None = None,
@@ -174,6 +250,24 @@ def call_place(*, to: str, from_: str, twiml: str, status_url: str | None = None
         placed = _client().calls.create(to=to, from_=from_, twiml=twiml, **options)
     except (TwilioException, OSError) as exc:
         raise ProviderError(f"placing a call to {to} failed: {exc}") from exc
+    return placed.sid
+
+
+def call_place_url(*, to: str, from_: str, url: str, status_url: str, timeout: int) -> str:
+    """Place an outbound call to `to` from our number `from_`; once answered it fetches its
+    TwiML from `url` (POST). Its progress (initiated, ringing, answered, completed) goes to
+    `status_url`; unanswered after `timeout` seconds of ringing it ends `no-answer`
+    (Twilio's CreateCall with `Url`). Returns the new call's CallSid."""
+    try:
+        placed = _client().calls.create(
+            to=to, from_=from_, url=url, method="POST", timeout=timeout,
+            status_callback=status_url, status_callback_method="POST",
+            status_callback_event=["initiated", "ringing", "answered", "completed"])
+    except (TwilioException, OSError) as exc:
+        error = _failure(f"placing a call to {to}", exc)
+        if isinstance(exc, ReadTimeout):  # the request went out and may have placed the call: never twice
+            error.transient = False
+        raise error from exc
     return placed.sid
 
 

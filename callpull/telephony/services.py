@@ -17,11 +17,11 @@ from urllib.parse import urlencode
 import phonenumbers
 from django.conf import settings
 from django.core import signing
-from django.db import IntegrityError, connection
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Exists, Q
 
 from callpull import legs, moves
-from callpull.calls import announce_end
-from callpull.models import Call, CallLeg, CallState, LegRole, LegState, Line, Pull, PullState
+from callpull.models import Call, CallLeg, CallState, LegRole, LegState, Line, Pull, PullState, TimelineEntry
 from callpull.statemachine import PENDING_STATES, Step, record, transition
 from callpull.telephony import provider
 from devices.models import Device
@@ -127,12 +127,24 @@ def _spoken(number: str) -> str:
     return " ".join(number.lstrip("+")[-4:]) if number else "a withheld number"
 
 
+def _last4(number: str | None) -> str:
+    """A phone number as the logs show it: its last four digits."""
+    return f"…{number[-4:]}" if number else "withheld"
+
+
 def _unmatched(*, to: str, forwarded_from: str | None) -> str:
-    line = Line.objects.filter(number=forwarded_from).first() if forwarded_from else None
+    """A forwarded call that is no pending call's: the fallback of the line ForwardedFrom
+    names or, when it names none, of the only line on the server number `To`; else a
+    polite goodbye."""
+    line = Line.objects.filter(number=forwarded_from).only("id", "fallback_number").first() \
+        if forwarded_from else None
+    if line is None:
+        only = list(Line.objects.filter(server_number__number=to).only("id", "fallback_number")[:2]) if to else []
+        line = only[0] if len(only) == 1 else None
     if line is not None and line.fallback_number:
         log.info("forwarded call unmatched: to fallback line=%s", line.pk)
         return provider.twiml_forward(number=line.fallback_number)
-    log.info("call to %s unmatched (forwarded_from=%s): polite hang-up", to, forwarded_from)
+    log.info("call to %s unmatched (forwarded_from=%s): polite hang-up", _last4(to), _last4(forwarded_from))
     return provider.twiml_goodbye(GOODBYE)
 
 
@@ -140,39 +152,93 @@ def _unmatched(*, to: str, forwarded_from: str | None) -> str:
 
 # The query a burst of forwarded calls runs most, written as SQL: the ORM spent ~0.9 ms
 # of CPU building, compiling and hydrating it per webhook, SQLite ~0.07 ms running it.
-# It is Call.objects.filter(line__server_number__number=to, state__in=PENDING_STATES,
-# provider_call_sid__isnull=True, created_at__gte=now - window), and line__number=
-# forwarded_from when the carrier said, and Q(caller=caller) | Q(caller="") when the
-# caller is known, newest first, five at most. Only the fields a claim needs are read.
+# It is `_candidates_orm` below, newest first, _MATCH_MOST + 1 at most. Only the fields a
+# claim and the ambiguity rules need are read, with the line's user and fallback.
 # On SQLite the `+` keeps the planner off the unique provider_call_sid index: without
 # statistics it took `IS NULL` for a near-unique lookup and read every call never
 # forwarded (most of the history) instead of the line's recent pending calls through
 # the (line, state, created_at) index. PostgreSQL plans from statistics (and has no
-# unary + for text).
-_CANDIDATES = ("SELECT c.id, c.state, c.answered_by_id, c.created_at FROM callpull_call c"
+# unary + for text). The ForwardedFrom test is one unique-index probe of the lines,
+# made once per query (the subquery does not depend on the row).
+_CANDIDATES = ("SELECT c.id, c.state, c.answered_by_id, c.created_at, c.caller, l.user_id AS match_user_id,"
+               " l.fallback_number AS match_fallback FROM callpull_call c"
                " JOIN callpull_line l ON l.id = c.line_id JOIN callpull_servernumber s ON s.id = l.server_number_id"
                " WHERE s.number = %s AND c.state IN ({states}) AND {sid} IS NULL AND c.created_at >= %s")
+_BY_LINE = " AND (l.number = %s OR NOT EXISTS (SELECT 1 FROM callpull_line f WHERE f.number = %s))"
+# More pending calls than this that one forwarded call could be: it goes to none of them
+# (whose the unread ones are is unknown, and no carrier forwards that many at once).
+_MATCH_MOST = 20
 
 
 def _candidates(*, to: str, caller: str | None, forwarded_from: str | None, now: datetime) -> list[Call]:
+    """The pending calls a call to `to` from `caller` (None: withheld) may be: see
+    docs/CALLS.md, "Matching a forwarded call". `forwarded_from` narrows them to its line
+    when it names one of our lines and is ignored otherwise."""
     states = sorted(str(state) for state in PENDING_STATES)
     sid = "+c.provider_call_sid" if connection.vendor == "sqlite" else "c.provider_call_sid"
     sql = _CANDIDATES.format(states=", ".join(["%s"] * len(states)), sid=sid)
     since = connection.ops.adapt_datetimefield_value(now - timedelta(seconds=settings.CALL_MATCH_WINDOW_SECONDS))
     params = [to, *states, since]
     if forwarded_from:
-        sql += " AND l.number = %s"
-        params.append(forwarded_from)
-    if caller:
-        sql += " AND (c.caller = %s OR c.caller = '')"
+        sql += _BY_LINE
+        params += [forwarded_from, forwarded_from]
+    if caller and forwarded_from:  # a call reported without caller id, on the line ForwardedFrom names
+        sql += " AND (c.caller = %s OR (c.caller = '' AND l.number = %s))"
+        params += [caller, forwarded_from]
+    elif caller:
+        sql += " AND c.caller = %s"
         params.append(caller)
-    return list(Call.objects.raw(sql + " ORDER BY c.created_at DESC LIMIT 5", params))
+    else:
+        sql += " AND c.caller = ''"
+    return list(Call.objects.raw(sql + f" ORDER BY c.created_at DESC LIMIT {_MATCH_MOST + 1}", params))
+
+
+def _candidates_orm(*, to: str, caller: str | None, forwarded_from: str | None, now: datetime):
+    """`_candidates` in the ORM (slower; a test holds them equal), newest first."""
+    found = Call.objects.filter(line__server_number__number=to, state__in=PENDING_STATES,
+                                provider_call_sid__isnull=True,
+                                created_at__gte=now - timedelta(seconds=settings.CALL_MATCH_WINDOW_SECONDS))
+    if forwarded_from:
+        found = found.filter(Q(line__number=forwarded_from) | ~Exists(Line.objects.filter(number=forwarded_from)))
+    if caller and forwarded_from:
+        found = found.filter(Q(caller=caller) | Q(caller="", line__number=forwarded_from))
+    else:
+        found = found.filter(caller=caller or "")
+    return found.order_by("-created_at")
+
+
+def _choose(candidates: list[Call], *, caller: str | None) -> tuple[list[Call], str | None]:
+    """The calls this one may be, newest first, or (the calls it could be, why it goes to
+    none of them). Calls from `caller` come first; a call reported without a caller
+    matches only when no call from `caller` does, and only when it is the only one."""
+    if len(candidates) > _MATCH_MOST:
+        return candidates, "too_many"
+    exact = [call for call in candidates if caller and call.caller == caller]
+    if exact:
+        # One user's calls from this caller (one line, or the same user's lines): the same
+        # person reaches the same user's devices whichever is claimed, newest first.
+        return (exact, None) if len({call.match_user_id for call in exact}) == 1 else (exact, "several_users")
+    return (candidates, None) if len(candidates) <= 1 else (candidates, "several_withheld")
+
+
+def _to_nobody(calls: list[Call], *, why: str, call_sid: str, to: str, caller: str | None) -> str:
+    """A call that could be more than one user's pending call (or more than one withheld
+    caller's) goes to none of them: to their lines' fallback when they all share one,
+    else a polite goodbye. The pending calls go on as their own rules say."""
+    fallbacks = {call.match_fallback for call in calls}
+    fallback = fallbacks.pop() if len(fallbacks) == 1 else ""
+    log.warning("forwarded call sid=%s to %s from %s could be %d pending calls of %d users (%s): given to "
+                "nobody, %s", call_sid, _last4(to), _last4(caller), len(calls),
+                len({call.match_user_id for call in calls}), why, "to their fallback" if fallback else "goodbye")
+    if fallback:
+        return provider.twiml_forward(number=fallback)
+    return provider.twiml_goodbye(GOODBYE)
 
 
 def _known(call_sid: str, *, dialled_in: bool = True) -> str | None:
     """The answer already given to this CallSid, for a retried webhook. A device's leg
-    has this CallSid only when the call was dialled in (no ForwardedFrom): a forwarded
-    call's retry (`dialled_in=False`) need not look for one."""
+    has this CallSid only when the call was dialled in (no ForwardedFrom naming a line):
+    a forwarded call's retry (`dialled_in=False`) need not look for one."""
     call = Call.objects.filter(provider_call_sid=call_sid).only("id", "state").first()
     if call is not None:
         return twiml_for(call)
@@ -189,21 +255,36 @@ def _known(call_sid: str, *, dialled_in: bool = True) -> str | None:
     return None
 
 
+def _forwarded_from(raw: str | None, *, to: str) -> str | None:
+    """ForwardedFrom as a hint at the line, or None: absent, withheld, or a server number of
+    ours (some carriers put the number they forwarded to there)."""
+    number = e164_or_none(raw)
+    if number is None or number == to or number in settings.SERVER_NUMBERS:
+        return None
+    return number
+
+
 def call_arrived(*, params: dict, now: datetime) -> str:
     """A call reached a server number: the forwarded call of a pending ring, or
     a device dialling in; otherwise the line's fallback or a polite goodbye."""
     call_sid = params.get("CallSid", "")
     to = e164_or_none(params.get("To")) or ""
-    forwarded_from = e164_or_none(params.get("ForwardedFrom"))
+    forwarded_from = _forwarded_from(params.get("ForwardedFrom"), to=to)
     caller = e164_or_none(params.get("From"))
-    dialled_in = not forwarded_from
+    dialled_in = not forwarded_from  # or forwarded by a carrier that does not say from where
     if dialled_in:  # a retried dial-in must not claim a pending call: look for its leg first
         known = _known(call_sid)
         if known is not None:
             return known
+    calls, ambiguous = _choose(_candidates(to=to, caller=caller, forwarded_from=forwarded_from, now=now),
+                               caller=caller)
+    if ambiguous:
+        known = None if dialled_in else _known(call_sid, dialled_in=False)  # matched before it turned ambiguous
+        return known if known is not None else \
+            _to_nobody(calls, why=ambiguous, call_sid=call_sid, to=to, caller=caller)
     # A forwarded call's retry is found when its claim fails: the call it matched is no
     # longer pending, and claiming another one with the same CallSid breaks its uniqueness.
-    for call in _candidates(to=to, caller=caller, forwarded_from=forwarded_from, now=now):
+    for call in calls:
         if _claim(call, call_sid=call_sid, forwarded_from=forwarded_from, now=now):
             return caller_twiml(call)
         known = _known(call_sid, dialled_in=dialled_in)
@@ -294,6 +375,77 @@ def join_after_approval(*, pull_id: str, params: dict) -> str:
     return join_twiml(pull)
 
 
+# Screened number legs (docs/MOVING.md) --------------------------------------------
+
+# The key that takes the call, and how long after the whisper the person has to press it.
+SCREEN_KEY = "1"
+SCREEN_KEY_TIMEOUT_SECONDS = 8
+SCREEN_PROMPT = "Call for {line}. Press 1 to take it."
+SCREEN_TOO_LATE = "This call is no longer waiting. Goodbye."
+
+
+def _screened_leg(call_id, leg_id, call_sid: str | None) -> CallLeg | None:
+    """The leg `leg_id` of call `call_id` whose own call is `call_sid`. The provider may
+    fetch the screen before the create request's answer gave the leg its CallSid: then
+    the first CallSid asking for a leg that has none is its (only the provider, signing
+    with our token, reaches this URL, and only through the call placed for that leg)."""
+    try:
+        call_id, leg_id = uuid.UUID(str(call_id)), uuid.UUID(str(leg_id))
+    except ValueError:
+        return None
+    leg = CallLeg.objects.select_related("call__line").filter(pk=leg_id, call_id=call_id).first()
+    if leg is None or not call_sid:
+        return None
+    if leg.provider_call_sid is None:
+        try:
+            with transaction.atomic():
+                CallLeg.objects.filter(pk=leg.pk, provider_call_sid__isnull=True).update(provider_call_sid=call_sid)
+        except IntegrityError:  # a CallSid some other leg has: not this leg's call
+            return None
+        leg.provider_call_sid = CallLeg.objects.values_list("provider_call_sid", flat=True).get(pk=leg.pk)
+    return leg if leg.provider_call_sid == call_sid else None
+
+
+def screen_answered(*, call_id: str | None, leg_id: str | None, params: dict, now: datetime) -> str:
+    """A number leg's call was answered, by a person or by voicemail: say whom the call is
+    for and wait for the key. A retried request gets the same answer and changes nothing."""
+    leg = _screened_leg(call_id, leg_id, params.get("CallSid"))
+    if leg is None:
+        log.warning("screen refused: no such leg for this call call=%s leg=%s sid=%s", call_id, leg_id,
+                    params.get("CallSid"))
+        return provider.twiml_goodbye()
+    if leg.state != LegState.DIALING or leg.call.is_terminal:  # removed while it rang, or the caller left
+        return provider.twiml_goodbye(SCREEN_TOO_LATE)
+    line = " ".join(leg.call.line.number.lstrip("+"))
+    return provider.twiml_screen(prompt=SCREEN_PROMPT.format(line=line),
+                                 action_url=webhook_url("screen", call=leg.call_id, leg=leg.pk, step="key"),
+                                 timeout=SCREEN_KEY_TIMEOUT_SECONDS)
+
+
+def screen_key(*, call_id: str | None, leg_id: str | None, params: dict, now: datetime) -> str:
+    """The key pressed after the whisper (`Digits`, empty when none came in time). SCREEN_KEY
+    joins the call's conference (the leg's `participant-join` then completes the pull or
+    transfer, or connects the call); no key counts as not answered (`no-answer`), another
+    key as refused (`not_accepted`): the leg fails and the call stays where it was. A
+    retried request gets the same answer, and a leg fails once."""
+    leg = _screened_leg(call_id, leg_id, params.get("CallSid"))
+    if leg is None:
+        log.warning("screen key refused: no such leg for this call call=%s leg=%s sid=%s", call_id, leg_id,
+                    params.get("CallSid"))
+        return provider.twiml_goodbye()
+    digits = params.get("Digits") or ""
+    if digits != SCREEN_KEY:
+        log.info("number leg not taken leg=%s call=%s: %s", leg.pk, leg.call_id, "wrong key" if digits else "no key")
+        legs.leg_failed(leg=leg, reason="not_accepted" if digits else "no-answer", now=now)
+        return provider.twiml_goodbye()
+    if leg.state not in (LegState.DIALING, LegState.JOINED) or leg.call.is_terminal:
+        return provider.twiml_goodbye(SCREEN_TOO_LATE)
+    log.info("number leg taken leg=%s call=%s: joining", leg.pk, leg.call_id)
+    return provider.twiml_conference(
+        name=leg.call.conference_name, start_on_enter=True, end_on_exit=False, label=str(leg.pk),
+        status_url=webhook_url("conference", call=leg.call_id))
+
+
 def fallback_twiml(*, call_id: str, params: dict) -> str:
     call = _call_for_callback(call_id, params)
     if call is not None and call.line.fallback_number:
@@ -314,19 +466,21 @@ def _call_for_callback(call_id: str | None, params: dict) -> Call | None:
     return call
 
 
-def dial_finished(*, call_id: str, params: dict, now: datetime) -> str:
-    """The caller's `<Dial><Conference>` ended: the conference is over."""
-    call = _call_for_callback(call_id, params)
-    if call is not None and call.state == CallState.CONNECTED:
-        if transition(call, "hung_up", now=now, step=Step("ended", call.held_by_id,
-                                                          {"dial_status": params.get("DialCallStatus")}),
-                      fields={"end_reason": "completed"}):
-            announce_end(call, now=now, reason="completed")
-    return provider.twiml_goodbye()
-
-
 LEG_FAILED = {"busy", "no-answer", "failed", "canceled"}
 PARENT_ENDED = {"completed", "busy", "failed", "no-answer", "canceled"}
+# A participant-leave with one of these ParticipantCallStatus was answered: it had joined.
+ANSWERED = {"in-progress", "completed"}
+
+
+def dial_finished(*, call_id: str, params: dict, now: datetime) -> str:
+    """The caller's `<Dial><Conference>` ended: the caller left the conference (hung up,
+    or was hung up), which ended with it. The same news as the caller's status callback
+    or the conference's end, whichever of them comes first; the answer hangs up."""
+    call = _call_for_callback(call_id, params)
+    if call is not None and not call.is_terminal:
+        status = params.get("CallStatus")
+        legs.caller_gone(call, status=status if status in PARENT_ENDED else "completed", now=now)
+    return provider.twiml_goodbye()
 
 
 def _leg(call_id, leg_ref: str | None, call_sid: str | None) -> CallLeg | None:
@@ -336,6 +490,41 @@ def _leg(call_id, leg_ref: str | None, call_sid: str | None) -> CallLeg | None:
     except ValueError:
         by_ref = None
     return by_ref or (legs_of_call.filter(provider_call_sid=call_sid).first() if call_sid else None)
+
+
+def _joins_on_answer(leg: CallLeg) -> bool:
+    """Whether the provider puts the leg into the conference as soon as it answers: a
+    device's `client` or `sip` target, added through the Participants API. A number leg
+    first hears a screening prompt (and may never join), a dial-in first proves itself:
+    for them an answered call proves no join."""
+    device = leg.device
+    return leg.role != LegRole.TRANSFER and device is not None and device.connect_type in ("client", "sip")
+
+
+def _leg_completed(leg: CallLeg, *, call_sid: str | None, now: datetime) -> None:
+    """A leg's call ended after it was answered (`completed`; an unanswered one ends
+    `no-answer`, `busy`, `failed` or `canceled`). It may come before the leg's
+    participant-join: a leg that joins when it answers joined then, whenever its join
+    is heard; any other leg not heard joining failed (`ended_before_joining`)."""
+    if leg.state == LegState.JOINED:
+        legs.leg_left(leg=leg, now=now)
+    elif legs.join_unheard(leg) and _joins_on_answer(leg):
+        legs.leg_joined(leg=leg, now=now, call_sid=call_sid)
+        legs.leg_left(leg=leg, now=now)
+    elif leg.state == LegState.DIALING:
+        legs.leg_failed(leg=leg, reason="ended_before_joining", now=now)
+
+
+def _leg_progress(leg: CallLeg, *, status: str, now: datetime) -> None:
+    """`leg_initiated` / `leg_ringing`, once per leg however often (and late) the callback
+    comes. The leg's row lock (on SQLite the transaction's write lock) orders a callback
+    and its retry, so the second finds the first's entry."""
+    event = f"leg_{status}"
+    with transaction.atomic():
+        list(CallLeg.objects.select_for_update().filter(pk=leg.pk).values_list("pk", flat=True))
+        if TimelineEntry.objects.filter(call_id=leg.call_id, event=event, detail__leg=str(leg.pk)).exists():
+            return
+        record(leg.call, now=now, step=Step(event, leg.device_id, {"role": leg.role, "leg": str(leg.pk)}))
 
 
 def status_changed(*, call_id: str | None, leg: str | None, params: dict, now: datetime) -> None:
@@ -352,12 +541,9 @@ def status_changed(*, call_id: str | None, leg: str | None, params: dict, now: d
         if status in LEG_FAILED:
             legs.leg_failed(leg=found, reason=status, now=now)
         elif status == "completed":
-            if found.state == LegState.DIALING:
-                legs.leg_failed(leg=found, reason="ended_before_joining", now=now)
-            else:
-                legs.leg_left(leg=found, now=now)
+            _leg_completed(found, call_sid=params.get("CallSid") or None, now=now)
         elif status in ("initiated", "ringing") and found.role != LegRole.MONITOR:
-            record(found.call, now=now, step=Step(f"leg_{status}", found.device_id, {"role": found.role}))
+            _leg_progress(found, status=status, now=now)
         return
     sid = params.get("CallSid")
     call = Call.objects.select_related("line").filter(provider_call_sid=sid).first()
@@ -380,9 +566,21 @@ def conference_event(*, call_id: str | None, params: dict, now: datetime) -> Non
         call_id = uuid.UUID(str(call_id))
     except ValueError:
         return
+    # Twilio updates and removes participants only under the conference's SID: keep it (once).
+    legs.conference_sid_learnt(call_id, params.get("ConferenceSid"))
     event = params.get("StatusCallbackEvent", "")
     found = _leg(call_id, params.get("ParticipantLabel"), params.get("CallSid"))
     if event == "participant-join" and found is not None:
         legs.leg_joined(leg=found, now=now, call_sid=params.get("CallSid"))
     elif event == "participant-leave" and found is not None:
+        # A leave heard before the join: the participant was answered, so it had joined.
+        if legs.join_unheard(found) and params.get("ParticipantCallStatus") in ANSWERED:
+            legs.leg_joined(leg=found, now=now, call_sid=params.get("CallSid"))
         legs.leg_left(leg=found, now=now)
+    elif event in ("participant-leave", "conference-end"):
+        # The caller left the conference (and, having endConferenceOnExit, ended it): the
+        # caller's end, whether or not its own status callback came yet.
+        call = Call.objects.select_related("line").filter(pk=call_id).first()
+        who = params.get("CallSid") if event == "participant-leave" else params.get("CallSidEndingConference")
+        if call is not None and call.provider_call_sid and who == call.provider_call_sid and not call.is_terminal:
+            legs.caller_gone(call, status="completed", now=now)

@@ -115,6 +115,13 @@ def join(request, params, now):
     return services.join_after_approval(pull_id=request.GET.get("pull"), params=params)
 
 
+@twiml_webhook
+def screen(request, params, now):
+    # A number leg's own call: answered (the whisper), then `step=key` (the key pressed).
+    handler = services.screen_key if request.GET.get("step") == "key" else services.screen_answered
+    return handler(call_id=request.GET.get("call"), leg_id=request.GET.get("leg"), params=params, now=now)
+
+
 @state_callback
 def conference(request, params, now):
     services.conference_event(call_id=request.GET.get("call"), params=params, now=now)

@@ -2,8 +2,10 @@
 channel-layer channel we can read frames from, and signed webhook posts."""
 
 import asyncio
+import hashlib
 import json
 import uuid
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -110,44 +112,81 @@ def signed_post(client, path: str, params: dict, *, token: str | None = None):
     return client.post(path, params, HTTP_X_TWILIO_SIGNATURE=signature)
 
 
+def conference_sid(call_id) -> str:
+    """The SID the fake provider (and the `conference` callbacks below) give the call's conference."""
+    return "CF" + hashlib.md5(f"callpull-{call_id}".encode()).hexdigest()
+
+
 class FakeProvider:
     """Stands in for callpull.telephony.provider's REST side (the one module unit
-    tests may patch) and records what the backend asked the provider to do."""
+    tests may patch) and records what the backend asked the provider to do.
+
+    `fail(kind, *errors)`: the next requests of that kind ("add", "remove", "mute",
+    "hold", "unhold", "redirect", "hangup", "lookup", "place") raise these ProviderErrors, in order."""
 
     def __init__(self):
         self.actions = []
         self.refuse = False
         self.sids = {}  # leg label → CallSid
         self.statuses = {}  # CallSid → what call_status answers (unknown sids: in-progress)
+        self.ended_conferences = set()  # friendly names conference_sid_for finds no live conference for
+        self.failures = {}  # kind → ProviderErrors still to raise
+        self.placed = []  # every call_place_url's arguments
 
     def _maybe_refuse(self, what):
         if self.refuse:
             from callpull.telephony.provider import ProviderError
             raise ProviderError(f"{what}: 503")
 
+    def fail(self, kind, *errors):
+        self.failures.setdefault(kind, []).extend(errors)
+
+    def _maybe_fail(self, kind, action):
+        self.actions.append(action)
+        if self.failures.get(kind):
+            raise self.failures[kind].pop(0)
+
     def participant_add(self, *, conference, kind, address, caller_id, label, status_url, conference_status_url,
                         timeout, muted=False):
+        from callpull.telephony.provider import Added
+
         self._maybe_refuse("add")
+        self._maybe_fail("add", ("add", conference, f"{kind}:{address}", label))
         sid = "CA" + uuid.uuid4().hex
         self.sids[label] = sid
-        self.actions.append(("add", conference, f"{kind}:{address}", label))
+        return Added(call_sid=sid, conference_sid="CF" + hashlib.md5(conference.encode()).hexdigest())
+
+    def call_place_url(self, *, to, from_, url, status_url, timeout):
+        """A screened number leg's own call (legs._dial): recorded as ("place", its screen
+        URL, "number:<to>", the leg's id), its CallSid kept under the leg's id like a label."""
+        self._maybe_refuse("place")
+        label = parse_qs(urlsplit(url).query)["leg"][0]
+        self._maybe_fail("place", ("place", url, f"number:{to}", label))
+        self.placed.append({"to": to, "from_": from_, "url": url, "status_url": status_url, "timeout": timeout})
+        sid = "CA" + uuid.uuid4().hex
+        self.sids[label] = sid
         return sid
 
-    def participant_remove(self, *, conference, call_sid):
-        self.actions.append(("remove", conference, call_sid))
+    def conference_sid_for(self, name):
+        self._maybe_fail("lookup", ("lookup", name))
+        return None if name in self.ended_conferences else "CF" + hashlib.md5(name.encode()).hexdigest()
 
-    def participant_mute(self, *, conference, call_sid, muted=True):
-        self.actions.append(("mute", conference, call_sid))
+    def participant_remove(self, *, conference_sid, call_sid):
+        self._maybe_fail("remove", ("remove", conference_sid, call_sid))
 
-    def participant_hold(self, *, conference, call_sid, hold, hold_url=None):
-        self.actions.append(("hold" if hold else "unhold", conference, call_sid))
+    def participant_mute(self, *, conference_sid, call_sid, muted=True):
+        self._maybe_fail("mute", ("mute", conference_sid, call_sid))
+
+    def participant_hold(self, *, conference_sid, call_sid, hold, hold_url=None):
+        kind = "hold" if hold else "unhold"
+        self._maybe_fail(kind, (kind, conference_sid, call_sid))
 
     def call_redirect(self, call_sid, url):
         self._maybe_refuse("redirect")
-        self.actions.append(("redirect", call_sid, url))
+        self._maybe_fail("redirect", ("redirect", call_sid, url))
 
     def call_hangup(self, call_sid):
-        self.actions.append(("hangup", call_sid))
+        self._maybe_fail("hangup", ("hangup", call_sid))
 
     def call_status(self, call_sid):
         self._maybe_refuse("status")
@@ -164,7 +203,7 @@ def fake_provider(monkeypatch):
 
     fake = FakeProvider()
     for name in ("participant_add", "participant_remove", "participant_mute", "participant_hold", "call_redirect",
-                 "call_hangup", "call_status"):
+                 "call_hangup", "call_status", "conference_sid_for", "call_place_url"):
         monkeypatch.setattr(provider, name, getattr(fake, name))
     return fake
 
@@ -180,7 +219,7 @@ def forward(client, *, sid, to="+15555550100", caller="+15550009999", forwarded_
 
 def conference(client, call_id, event, *, label="", sid=""):
     params = {"StatusCallbackEvent": event, "CallSid": sid, "FriendlyName": f"callpull-{call_id}",
-              "ConferenceSid": "CF" + "0" * 32}
+              "ConferenceSid": conference_sid(call_id)}
     if label:
         params["ParticipantLabel"] = label
     return signed_post(client, f"/telephony/twilio/conference?call={call_id}", params)

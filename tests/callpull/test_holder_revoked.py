@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from callpull.calls import calls_sweep
 from callpull.models import AccountSettings, Call, CallLeg, Pull
-from tests.callpull.conftest import LIVE_SID, forward, join_leg, report, signed_post
+from tests.callpull.conftest import LIVE_SID, conference_sid, forward, join_leg, report, signed_post
 from tests.conftest import make_device
 
 pytestmark = pytest.mark.django_db
@@ -52,8 +52,8 @@ def test_revoking_the_holder_removes_its_leg_and_puts_the_caller_on_hold(live_ca
     desk_socket = online(desktop[0])
     tablet_leg = CallLeg.objects.get(device=tablet[0])
     revoke(tablet[0])
-    assert ("remove", conf(live_call), tablet_leg.provider_call_sid) in fake_provider.actions
-    assert ("hold", conf(live_call), SID) in fake_provider.actions
+    assert ("remove", conference_sid(live_call), tablet_leg.provider_call_sid) in fake_provider.actions
+    assert ("hold", conference_sid(live_call), SID) in fake_provider.actions
     assert not {"redirect", "hangup"} & set(fake_provider.kinds())  # the caller stays in the call
     tablet_leg.refresh_from_db()
     assert (tablet_leg.state, tablet_leg.end_reason) == ("left", "device_revoked")
@@ -78,7 +78,7 @@ def test_another_device_takes_the_call_on_hold_without_approval(client, live_cal
     assert (pull["state"], pull["from_device"]) == ("approved", None)
     assert fake_provider.actions[0][:3] == ("add", conf(live_call), "sip:sip:desk@pbx.example")
     join_leg(client, live_call, fake_provider)
-    assert ("unhold", conf(live_call), SID) in fake_provider.actions
+    assert ("unhold", conference_sid(live_call), SID) in fake_provider.actions
     call = Call.objects.get()
     assert (call.state, call.held_by_id, call.expires_at) == ("connected", desktop[0].pk, None)
     assert Pull.objects.get().state == "completed"
@@ -100,7 +100,7 @@ def test_a_pull_awaiting_the_revoked_holders_approval_is_approved_at_once(client
     assert [a[:3] for a in fake_provider.actions if a[0] == "add"] == [
         ("add", conf(live_call), "sip:sip:desk@pbx.example")]
     join_leg(client, live_call, fake_provider)
-    assert ("unhold", conf(live_call), SID) in fake_provider.actions
+    assert ("unhold", conference_sid(live_call), SID) in fake_provider.actions
     assert Call.objects.get().held_by_id == desktop[0].pk
 
 
@@ -144,7 +144,7 @@ def test_a_revoked_monitor_leg_is_removed_and_the_holder_keeps_the_call(client, 
     assert (monitor.role, monitor.state) == ("monitor", "joined")
     fake_provider.actions.clear()
     revoke(tablet[0])
-    assert fake_provider.actions == [("remove", conf(live_call), monitor.provider_call_sid)]
+    assert fake_provider.actions == [("remove", conference_sid(live_call), monitor.provider_call_sid)]
     monitor.refresh_from_db()
     assert (monitor.state, monitor.end_reason) == ("left", "device_revoked")
     call = Call.objects.get()
@@ -160,13 +160,14 @@ def test_a_revoked_device_being_dialled_for_a_pull_is_removed_and_its_pull_fails
     fake_provider.actions.clear()
     with django_capture_on_commit_callbacks(execute=True):  # the holder deletes the desktop
         assert tablet_api.delete(f"/api/v1/devices/{desktop[0].pk}").status_code == 204
-    assert fake_provider.actions == [("remove", conf(live_call), dialling.provider_call_sid)]
+    # Still ringing, it is in no conference yet: its call is hung up, so it stops ringing.
+    assert fake_provider.actions == [("hangup", dialling.provider_call_sid)]
     body = tablet_api.get(f"/api/v1/pulls/{pull['id']}").json()["pull"]
     assert (body["state"], body["reason"]) == ("failed", "device_revoked")
     # It answers all the same: it is taken out again and takes nothing.
     fake_provider.actions.clear()
     join_leg(client, live_call, fake_provider)
-    assert fake_provider.actions == [("remove", conf(live_call), dialling.provider_call_sid)]
+    assert fake_provider.actions == [("remove", conference_sid(live_call), dialling.provider_call_sid)]
     call = Call.objects.get()
     assert (call.state, call.held_by_id) == ("connected", tablet[0].pk)
 
@@ -180,7 +181,7 @@ def test_a_forwarded_call_whose_dialled_device_is_revoked_goes_to_the_fallback(
     dialling = CallLeg.objects.get(device=tablet[0])
     fake_provider.actions.clear()
     revoke(tablet[0])
-    assert ("remove", conf(call_id), dialling.provider_call_sid) in fake_provider.actions
+    assert ("hangup", dialling.provider_call_sid) in fake_provider.actions  # still ringing: its call ends
     call = Call.objects.get()
     assert (call.state, call.end_reason) == ("failed", "device_revoked")
     assert ("hangup", SID) in fake_provider.actions  # no fallback on this line: a polite hang-up

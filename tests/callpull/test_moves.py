@@ -13,7 +13,16 @@ from django.utils import timezone
 from callpull.calls import calls_sweep
 from callpull.models import AccountSettings, Call, CallLeg
 from devices import services as device_services
-from tests.callpull.conftest import LIVE_SID, conference, forward, join_leg, leg_status, report, signed_post
+from tests.callpull.conftest import (
+    LIVE_SID,
+    conference,
+    conference_sid,
+    forward,
+    join_leg,
+    leg_status,
+    report,
+    signed_post,
+)
 from tests.conftest import client_for, error_code, make_device, make_user, rate_limits
 
 pytestmark = pytest.mark.django_db
@@ -49,7 +58,7 @@ def test_pull_moves_the_call_without_the_caller_noticing(client, live_call, desk
     assert (call.state, call.held_by_id) == ("connected", desktop[0].pk)
     assert desktop_api.get(f"/api/v1/calls/{live_call}").json()["held_by"] == str(desktop[0].pk)
     tablet_leg = CallLeg.objects.get(device=tablet[0])
-    assert ("remove", f"callpull-{live_call}", tablet_leg.provider_call_sid) in fake_provider.actions
+    assert ("remove", conference_sid(live_call), tablet_leg.provider_call_sid) in fake_provider.actions
     assert tablet_leg.state == "left" and tablet_leg.end_reason == "switched"
     assert caller_untouched(fake_provider)
     assert [t for t in tablet_socket.types() if t.startswith("pull.")] == ["pull.requested", "pull.completed"]
@@ -84,7 +93,7 @@ def test_monitor_after_switch_keeps_the_old_device_as_a_muted_listener(client, l
     join_leg(client, live_call, fake_provider)
     old = CallLeg.objects.get(device=tablet[0])
     assert (old.role, old.state) == ("monitor", "joined")
-    assert ("mute", f"callpull-{live_call}", old.provider_call_sid) in fake_provider.actions
+    assert ("mute", conference_sid(live_call), old.provider_call_sid) in fake_provider.actions
     assert "remove" not in fake_provider.kinds()
 
 
@@ -275,7 +284,7 @@ def test_transfer_to_an_allowlisted_number_hands_the_call_over(client, live_call
                                                                fake_provider):
     response = transfer(tablet_api, live_call)
     assert response.status_code == 202
-    assert fake_provider.actions[0][:3] == ("add", f"callpull-{live_call}", "number:+15550002222")
+    assert fake_provider.actions[0][0::2] == ("place", "number:+15550002222")  # screened (test_screening.py)
     join_leg(client, live_call, fake_provider)
     call = Call.objects.get()
     assert (call.state, call.transferred_to, call.held_by_id) == ("connected", "+15550002222", None)

@@ -433,13 +433,11 @@ def test_served_from_asgi_an_unknown_webhook_path_is_djangos_404(client):
     assert (status, headers["content-type"], body) == (404, django["Content-Type"], django.content)
 
 
-@pytest.mark.parametrize("forwarded_from", ["+15551234567", None])
+@pytest.mark.parametrize("forwarded_from", ["+15551234567", "+15550000000", None])
 @pytest.mark.parametrize("caller", ["+15550009999", None])
-def test_the_pending_call_query_picks_what_its_orm_form_picks(handset_api, line, caller, forwarded_from):
-    from django.db.models import Q
-
-    from callpull.statemachine import PENDING_STATES
-    from callpull.telephony.services import _candidates
+def test_the_pending_call_query_picks_what_its_orm_form_picks(handset_api, line, stranger, caller, forwarded_from):
+    from callpull import services as line_services
+    from callpull.telephony.services import _candidates, _candidates_orm
 
     now = timezone.now()
     ids = [report(handset_api, line, caller=number).json()["call"]["id"]
@@ -450,15 +448,15 @@ def test_the_pending_call_query_picks_what_its_orm_form_picks(handset_api, line,
     Call.objects.filter(pk=ids[4]).update(provider_call_sid="CA" + "4" * 32)
     Call.objects.filter(pk=ids[5]).update(created_at=now - timedelta(minutes=10))
     Call.objects.filter(pk=ids[0]).update(created_at=now - timedelta(seconds=5))
-    expected = Call.objects.filter(line__server_number__number="+15555550100", state__in=PENDING_STATES,
-                                   provider_call_sid__isnull=True, created_at__gte=now - timedelta(seconds=120))
-    if forwarded_from:
-        expected = expected.filter(line__number=forwarded_from)
-    if caller:
-        expected = expected.filter(Q(caller=caller) | Q(caller=""))
+    # Another user's line on the same server number, with a call from the same caller and a withheld one.
+    other, _ = line_services.line_register(device=stranger[0], number="+15557654321", region=None, now=now)
+    assert other.server_number_id == line.server_number_id
+    for number in ["+15550009999", ""]:
+        assert report(stranger[1], other, caller=number).status_code == 201
     picked = _candidates(to="+15555550100", caller=caller, forwarded_from=forwarded_from, now=now)
-    assert [call.pk for call in picked] == list(expected.order_by("-created_at").values_list("pk", flat=True)[:5])
-    assert len(picked) >= 2
+    expected = _candidates_orm(to="+15555550100", caller=caller, forwarded_from=forwarded_from, now=now)
+    assert [call.pk for call in picked] == list(expected.values_list("pk", flat=True)[:21])
+    assert picked
     assert _candidates(to="+15555550199", caller=caller, forwarded_from=forwarded_from, now=now) == []
 
 

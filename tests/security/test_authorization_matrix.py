@@ -126,6 +126,7 @@ MATRIX = {
     ("POST", "telephony/twilio/dial-in-pin"): _r("none", "/telephony/twilio/dial-in-pin", {}, *UNSIGNED),
     ("POST", "telephony/twilio/dial-in-choice"): _r("none", "/telephony/twilio/dial-in-choice", {}, *UNSIGNED),
     ("POST", "telephony/twilio/join"): _r("none", "/telephony/twilio/join", {}, *UNSIGNED),
+    ("POST", "telephony/twilio/screen"): _r("none", "/telephony/twilio/screen", {}, *UNSIGNED),
     ("POST", "telephony/twilio/fallback"): _r("none", "/telephony/twilio/fallback", {}, *UNSIGNED),
     ("POST", "telephony/twilio/dial-status"): _r("none", "/telephony/twilio/dial-status", {}, *UNSIGNED),
     ("POST", "telephony/twilio/status"): _r("none", "/telephony/twilio/status", {}, *UNSIGNED),
