@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.core.cache import cache
 from django.db import close_old_connections
-from django.db.models import Max
+from django.db.models import Max, Q
 from django.utils import timezone
 
 from callpull.calls import all_devices, announce_end, notify
@@ -529,10 +529,29 @@ def caller_gone(call: Call, *, status: str, now: datetime, found_by: str | None 
     return True
 
 
+# A screened number leg (docs/MOVING.md) rings for DIAL_TIMEOUT_SECONDS like any other,
+# then whispers "Call for …, press 1" (a few seconds) and waits for the key
+# (telephony.services.SCREEN_KEY_TIMEOUT_SECONDS, 8 s): the deadlines of what waits for it
+# (a pull, the dial of an answered call, a leg's silence) allow this much more.
+SCREENING_SECONDS = 15
+
+
+def screened(device: Device | None) -> bool:
+    """Whether a leg to `device` (None: a transfer to a number) is screened with a key press."""
+    return device is None or device.connect_type == "number"
+
+
+def dial_allowance(device: Device | None) -> int:
+    """How long a leg to `device` may take from dialling to joining, screening included."""
+    return settings.DIAL_TIMEOUT_SECONDS + (SCREENING_SECONDS if screened(device) else 0)
+
+
 def legs_dialing_expired(*, now: datetime) -> int:
     """Legs the provider never reported on (lost callbacks): fail them."""
     cutoff = now - timedelta(seconds=settings.DIAL_TIMEOUT_SECONDS + 15)
-    stale = list(CallLeg.objects.filter(state=LegState.DIALING, created_at__lt=cutoff))
+    screened_legs = Q(device__isnull=True) | Q(device__connect_type="number")
+    stale = list(CallLeg.objects.filter(state=LegState.DIALING, created_at__lt=cutoff).filter(
+        ~screened_legs | Q(created_at__lt=cutoff - timedelta(seconds=SCREENING_SECONDS))))
     for leg in stale:
         leg_failed(leg=leg, reason="no_callback", now=now)
     return len(stale)

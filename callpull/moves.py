@@ -80,7 +80,7 @@ def _open(call: Call, *, device: Device, method: str, now: datetime, leg: CallLe
           dial_in_from: str | None = None) -> Pull:
     # With no holder (it was revoked) there is nobody to approve.
     approval = call.held_by_id is not None and _approval_required(call)
-    wait = settings.PULL_APPROVAL_SECONDS if approval else settings.DIAL_TIMEOUT_SECONDS + 10
+    wait = settings.PULL_APPROVAL_SECONDS if approval else legs.dial_allowance(device) + 10
     try:
         with transaction.atomic():
             pull = Pull.objects.create(
@@ -152,7 +152,7 @@ def _decide(pull: Pull, *, approve: bool, now: datetime, step: Step) -> bool:
     new_state = PullState.APPROVED if approve else PullState.DENIED
     fields = {"state": new_state, "decided_at": now}
     if approve:
-        fields["expires_at"] = now + timedelta(seconds=settings.DIAL_TIMEOUT_SECONDS + 10)
+        fields["expires_at"] = now + timedelta(seconds=legs.dial_allowance(pull.requested_by) + 10)
     else:
         fields.update(expires_at=None, ended_at=now, reason="denied")
     if not Pull.objects.filter(pk=pull.pk, state=PullState.AWAITING_APPROVAL).update(**fields):

@@ -302,8 +302,9 @@ def call_arrived(*, params: dict, now: datetime) -> str:
 
 def _claim(call: Call, *, call_sid: str, forwarded_from: str | None, now: datetime) -> bool:
     held_until = max(call.created_at + timedelta(seconds=settings.CALL_RING_SECONDS), now + timedelta(seconds=5))
-    dialing_until = now + timedelta(seconds=settings.DIAL_TIMEOUT_SECONDS + 5)
     answered = call.answered_by_id is not None
+    dialing_until = now + timedelta(seconds=(legs.dial_allowance(call.answered_by) if answered
+                                             else settings.DIAL_TIMEOUT_SECONDS) + 5)
     try:
         # A caller nobody answered yet is held: that entry is written with the transition's.
         won = transition(call, "forwarded_call_arrived", now=now,
@@ -537,6 +538,12 @@ def status_changed(*, call_id: str | None, leg: str | None, params: dict, now: d
             return
         found = _leg(call_id, leg, None)
         if found is None:
+            return
+        sid = params.get("CallSid")
+        if found.provider_call_sid and sid and sid != found.provider_call_sid:
+            # Another call's news under this leg's URL (a second placed call for the leg, should
+            # a retried create have gone through after all): not this leg's to change.
+            log.info("status callback ignored: CallSid is not the leg's leg=%s", found.pk)
             return
         if status in LEG_FAILED:
             legs.leg_failed(leg=found, reason=status, now=now)

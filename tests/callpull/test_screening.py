@@ -14,6 +14,7 @@ from django.contrib.auth.hashers import make_password
 from django.utils import timezone
 
 from callpull.calls import calls_sweep
+from callpull.legs import SCREENING_SECONDS, legs_dialing_expired
 from callpull.models import AccountSettings, Call, CallLeg, Pull
 from callpull.telephony.services import SCREEN_TOO_LATE
 from tests.callpull.conftest import LIVE_SID, conference, forward, leg_status, report, signed_post
@@ -201,7 +202,11 @@ def test_a_key_pressed_after_the_pull_timed_out_joins_nothing(client, live_call,
     client_for(desk_phone[1]).post(f"/api/v1/calls/{live_call}/pull")
     leg, _ = placed_leg(fake_provider)
     xml(answered(client, leg))
+    # Screening gets its own time on top of the ring (legs.SCREENING_SECONDS): not over yet …
     calls_sweep(now=timezone.now() + timedelta(seconds=settings.DIAL_TIMEOUT_SECONDS + 11))
+    assert Pull.objects.get().state == "approved"
+    # … and then it is.
+    calls_sweep(now=timezone.now() + timedelta(seconds=settings.DIAL_TIMEOUT_SECONDS + SCREENING_SECONDS + 11))
     assert (Pull.objects.get().state, Pull.objects.get().reason) == ("failed", "timeout")
     root = xml(pressed(client, leg, "1"))
     assert root.find("Dial") is None and root.find("Say").text == SCREEN_TOO_LATE
@@ -220,3 +225,29 @@ def test_a_forwarded_call_whose_number_target_answers_with_voicemail_is_missed(c
     call = Call.objects.get()
     assert (call.state, call.end_reason) == ("missed", "device_no_answer")
     assert ("hangup", LIVE_SID) in fake_provider.actions  # the caller is let go (no fallback number)
+
+
+def test_a_silent_screened_leg_is_given_up_only_after_its_screening_time(live_call, tablet, desk_phone,
+                                                                          fake_provider):
+    """A leg the provider never reports on fails (no_callback), but a screened one only after its
+    ring, its whisper and its wait for the key (legs.SCREENING_SECONDS more than other legs)."""
+    client_for(desk_phone[1]).post(f"/api/v1/calls/{live_call}/pull")
+    leg, _ = placed_leg(fake_provider)
+    created = CallLeg.objects.get(pk=leg.pk).created_at
+    legs_dialing_expired(now=created + timedelta(seconds=settings.DIAL_TIMEOUT_SECONDS + 16))
+    assert CallLeg.objects.get(pk=leg.pk).state == "dialing"
+    legs_dialing_expired(now=created + timedelta(seconds=settings.DIAL_TIMEOUT_SECONDS + SCREENING_SECONDS + 16))
+    assert (CallLeg.objects.get(pk=leg.pk).state, CallLeg.objects.get(pk=leg.pk).end_reason) == \
+        ("failed", "no_callback")
+
+
+def test_a_status_callback_from_another_call_under_the_legs_url_changes_nothing(client, live_call, desk_phone,
+                                                                                fake_provider):
+    """Should a retried create have placed a second call for the leg, that call's callbacks (under
+    the same leg URL, with its own CallSid) must not fail the leg the first call carries."""
+    client_for(desk_phone[1]).post(f"/api/v1/calls/{live_call}/pull")
+    leg, _ = placed_leg(fake_provider)
+    leg_status(client, live_call, leg.pk, "no-answer", sid="CA" + "9" * 32)
+    assert CallLeg.objects.get(pk=leg.pk).state == "dialing"
+    leg_status(client, live_call, leg.pk, "no-answer", sid=leg.provider_call_sid)
+    assert CallLeg.objects.get(pk=leg.pk).state == "failed"
