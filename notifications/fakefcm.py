@@ -23,7 +23,8 @@ when run as `python manage.py fakefcm`:
     GET    /_fake/messages   accepted messages      DELETE /_fake/messages  forget them
     GET    /_fake/requests   every send request     DELETE /_fake           reset everything
     GET    /_fake/rules      scripted rules         DELETE /_fake/rules     drop them
-    POST   /_fake/rules      {"fail": "unavailable", "token": "…", "times": 2, "retry_after": 1}
+    POST   /_fake/rules      {"fail": "unavailable", "token": "…", "times": 2, "retry_after": 1,
+                              "event": "call.ringing"}   (event: only messages of that data type)
                              {"delay_ms": 500, "token": "…"}
     PUT    /_fake/latency    {"ms": 20}
 
@@ -153,13 +154,15 @@ def write_service_account(path: str | Path, *, token_uri: str, project_id: str =
 @dataclass
 class Rule:
     """A scripted behaviour: fail with `fail`, or add `delay_ms`, for `token` (None: every
-    token), for the next `times` matching requests (None: for ever)."""
+    token) and for messages whose data `type` is `event` (None: every message), for the
+    next `times` matching requests (None: for ever)."""
 
     fail: str | None = None
     delay_ms: float = 0
     token: str | None = None
     times: int | None = None
     retry_after: float | None = None
+    event: str | None = None
     id: int = 0
 
     def __post_init__(self):
@@ -170,8 +173,8 @@ class Rule:
         if self.times is not None and self.times < 1:
             raise ValueError("times must be at least 1")
 
-    def matches(self, token: str | None) -> bool:
-        return self.token is None or self.token == token
+    def matches(self, token: str | None, event: str | None = None) -> bool:
+        return (self.token is None or self.token == token) and (self.event is None or self.event == event)
 
 
 @dataclass(frozen=True)
@@ -303,13 +306,14 @@ class FakeFCM:
     # --- scripting ---------------------------------------------------------------------
 
     def fail(self, kind: str, *, token: str | None = None, times: int | None = None,
-             retry_after: float | None = None) -> Rule:
+             retry_after: float | None = None, event: str | None = None) -> Rule:
         """Answer matching send requests with the failure `kind` (see FAILURES)."""
-        return self.add_rule(Rule(fail=kind, token=token, times=times, retry_after=retry_after))
+        return self.add_rule(Rule(fail=kind, token=token, times=times, retry_after=retry_after, event=event))
 
-    def delay(self, ms: float, *, token: str | None = None, times: int | None = None) -> Rule:
+    def delay(self, ms: float, *, token: str | None = None, times: int | None = None,
+              event: str | None = None) -> Rule:
         """Add `ms` of latency to matching send requests, on top of `latency_ms`."""
-        return self.add_rule(Rule(delay_ms=ms, token=token, times=times))
+        return self.add_rule(Rule(delay_ms=ms, token=token, times=times, event=event))
 
     def add_rule(self, rule: Rule) -> Rule:
         with self._lock:
@@ -399,13 +403,13 @@ class FakeFCM:
             self._token_grants += 1
         return 200, {"access_token": token, "expires_in": TOKEN_LIFETIME_SECONDS, "token_type": "Bearer"}, {}
 
-    def _pick(self, token: str | None) -> tuple[Rule | None, float]:
+    def _pick(self, token: str | None, event: str | None = None) -> tuple[Rule | None, float]:
         """The failure rule that applies to this request (consuming one of its times) and
         the extra delay of the delay rules that apply."""
         failure, delay_ms = None, 0.0
         with self._lock:
             for rule in list(self._rules):
-                if not rule.matches(token):
+                if not rule.matches(token, event):
                     continue
                 if rule.fail is None:
                     delay_ms += rule.delay_ms
@@ -454,7 +458,8 @@ class FakeFCM:
                 payload = fcm_error_body(400, "INVALID_ARGUMENT", problem[1], "INVALID_ARGUMENT",
                                          [{"field": problem[0], "description": problem[1]}])
 
-        rule, delay_ms = self._pick(token) if status == 200 else (None, 0.0)
+        data = message.get("data") if isinstance(message.get("data"), dict) else {}
+        rule, delay_ms = self._pick(token, data.get("type")) if status == 200 else (None, 0.0)
         if rule is not None:
             error = rule.fail
             if rule.fail == "timeout":  # answered only if the client is still waiting after the hang
@@ -531,7 +536,7 @@ class FakeFCM:
                     rule = self.add_rule(Rule(
                         fail=payload.get("fail"), delay_ms=float(payload.get("delay_ms", 0)),
                         token=payload.get("token"), times=payload.get("times"),
-                        retry_after=payload.get("retry_after")))
+                        retry_after=payload.get("retry_after"), event=payload.get("event")))
                 except (ValueError, TypeError) as error:
                     return 400, {"error": str(error)}, {}
                 return 201, {"rule": asdict(rule)}, {}

@@ -53,13 +53,22 @@ def test_the_devices_panel_follows_presence_and_renames_silences_and_removes_dev
     assert desktop.id not in home.devices()
     assert call(web_server, "GET", "/api/v1/devices", token=desktop.token).status_code == 401
 
-    # An error from the API is shown with the envelope's message: the tablet was removed
-    # elsewhere, and this page still lists it.
+    # A device removed elsewhere leaves the list at once, and the page says which device removed
+    # it (account.changed: a removal made with a stolen token does not go unseen).
     ok(call(web_server, "DELETE", f"/api/v1/devices/{tablet.id}", token=home.handset.token), 204)
-    gone = call(web_server, "GET", f"/api/v1/devices/{tablet.id}", token=home.handset.token)
-    message = gone.json()["error"]["message"]
-    ring.check()
-    expect(page.locator(".notice")).to_contain_text(f"Could not change ringing: {message}")
+    expect(row).to_have_count(0)
+    expect(page.locator(".notice-info")).to_contain_text("Account changed (device revoked) by Pixel")
+
+    # An error from the API is shown with the envelope's message: the account made all the
+    # pairing codes it may make this hour (RATE_LIMIT_PAIRING_CODE) from the handset.
+    for _ in range(50):
+        refused = call(web_server, "POST", "/api/v1/pairing-codes", token=home.handset.token)
+        if refused.status_code != 201:
+            break
+    assert refused.status_code == 429, refused.text
+    page.get_by_role("button", name="Add a device").click()
+    expect(page.locator(".notice-error")).to_contain_text(
+        f"Could not make a pairing code: {refused.json()['error']['message']}")
     companion.shot("devices-error")
 
 
