@@ -25,7 +25,9 @@ migrate: install
 run: migrate
 	PUBLIC_BASE_URL=$${PUBLIC_BASE_URL:-http://$(HOST):$(PORT)} $(PY) manage.py serve --host $(HOST) --port $(PORT)
 
+# The import rules first (.importlinter: layers, one module per outside SDK), then the suite.
 test: install-dev browser
+	$(VENV)/bin/lint-imports --config .importlinter
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The browser tests (tests/web) drive Debian's Chromium with the pinned Playwright package
