@@ -33,8 +33,8 @@ from callpull.calls import all_devices, announce_end, notify
 from callpull.models import Call, CallLeg, CallState, LegRole, LegState, Pull, PullState
 from callpull.statemachine import Step, record, transition
 from callpull.telephony import provider
-from callpull.verification import target_verified
 from devices.models import Device
+from devices.services import connect_usable
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ def _dial(leg_id) -> None:
     leg = CallLeg.objects.select_related("call__line__server_number", "device").get(pk=leg_id)
     call = leg.call
     kind, address = (leg.device.connect_type, leg.device.connect_address) if leg.device else ("number", leg.number)
-    if leg.device and not target_verified(leg.device):  # the target changed (or lost its proof) since
+    if leg.device and not connect_usable(leg.device):  # the target changed (or lost its proof) since
         log.warning("not dialling leg=%s call=%s: device=%s has no verified connect target",
                     leg.pk, call.pk, leg.device_id)
         leg_failed(leg=leg, reason="target_not_verified", now=timezone.now())

@@ -46,14 +46,9 @@ _CODE_FORMAT = re.compile(rf"[0-9]{{{CODE_DIGITS}}}")
 
 # The check ----------------------------------------------------------------------
 
-def target_verified(device: Device) -> bool:
-    """Whether the device's connect target may carry a call (devices.services.connect_usable)."""
-    return connect_usable(device)
-
-
 def require_verified_target(*, device: Device) -> None:
     """409 `connect_not_verified` for a device whose connect target is set but not proven."""
-    if device.connect_type and not target_verified(device):
+    if device.connect_type and not connect_usable(device):
         raise conflict(
             "connect_not_verified",
             "This device's connect target is not verified. For a number: POST "
@@ -67,13 +62,8 @@ def _digest(verification_id, number: str, code: str) -> str:
     return salted_hmac(_DIGEST_SALT, f"{verification_id}|{number}|{code}", algorithm="sha256").hexdigest()
 
 
-def _spoken(code: str) -> str:
-    """Digits one by one ("1 2 3 4 5 6"), so the voice reads them slowly and singly."""
-    return " ".join(code)
-
-
 def _announcement(code: str) -> str:
-    spoken = _spoken(code)
+    spoken = provider.digits_aloud(code)
     return (f"This is callpull with your verification code. Your code is: {spoken}. "
             f"Once more, your code is: {spoken}. Goodbye.")
 

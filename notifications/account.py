@@ -36,12 +36,9 @@ def on_account_changed(sender, entry: AuditEntry, **kwargs) -> None:
     the change is written whatever happens here."""
     now = timezone.now()
     change = change_of(entry)
-    devices = list(Device.objects.filter(user_id=entry.user_id))
-    for device in devices:
-        if device.pk == entry.device_id:
-            device.fcm_token = ""  # this copy only (never saved): no push to the actor
     try:
-        fanout(event_type=EVENT, payload={"change": change}, devices=devices,
+        fanout(event_type=EVENT, payload={"change": change}, devices=list(Device.objects.filter(user_id=entry.user_id)),
+               no_push=frozenset({entry.device_id}),
                ref=uuid.uuid5(_REF_NAMESPACE, str(entry.pk)), now=now,
                fcm_data={"action": entry.action, "audit_id": str(entry.pk),
                          "device_id": change["device"]["id"] if change["device"] else ""},

@@ -136,7 +136,8 @@ class Outgoing:
 def fanout_prepare(*, event_type: str, payload: dict, devices: Sequence[Device], ref, now: datetime,
                    fcm_data: dict[str, str] | None = None, deadline: datetime | None = None,
                    collapse_key: str = "", online: set | None = None,
-                   on_fcm_accepted: Callable[[object], None] | None = None) -> Outgoing:
+                   on_fcm_accepted: Callable[[object], None] | None = None,
+                   no_push: frozenset = frozenset()) -> Outgoing:
     """Write the delivery records of an event (inside the caller's transaction, if
     any); nothing leaves the process until `fanout_send`. Records first, frames
     second: a fast client's ack must find its delivery row."""
@@ -156,10 +157,10 @@ def fanout_prepare(*, event_type: str, payload: dict, devices: Sequence[Device],
         expires = (deadline or now + timedelta(seconds=30)).timestamp()
         data = {**fcm_data, "type": event_type, "id": event_id}
         for device in devices:
-            if device.fcm_token:
+            if device.fcm_token and device.pk not in no_push:
                 pushes.append(fcm.Push(device_id=str(device.pk), token=device.fcm_token, data=data,
                                        collapse_key=collapse_key or str(ref), deadline=expires))
-        result.fcm = [device.pk for device in devices if device.fcm_token]
+        result.fcm = [device.pk for device in devices if device.fcm_token and device.pk not in no_push]
 
     sent_at = timezone.now()
     deliveries = Delivery.objects.bulk_create(
@@ -194,7 +195,7 @@ def fanout(*, wait_ack: float = 0, **event) -> FanoutResult:
     """Send an event to devices: `fanout_prepare(**event)`, then `fanout_send`.
 
     `event`: `event_type`, `payload`, `devices`, `ref`, `now`, and optionally
-    `fcm_data` (FCM only when given), `deadline`, `collapse_key`, `online`
+    `fcm_data` (FCM only when given, and never to the devices in `no_push`), `deadline`, `collapse_key`, `online`
     (presence the caller already looked up) and `on_fcm_accepted` (called from a
     background thread with the device id of each push FCM accepted).
     """

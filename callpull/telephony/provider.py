@@ -65,6 +65,11 @@ def signature_valid(url: str, params: dict, signature: str) -> bool:
 
 # TwiML ---------------------------------------------------------------------
 
+def digits_aloud(digits: str) -> str:
+    """Digits one by one ("1 5 5 5"), for <Say>: read slowly and singly, never as a number."""
+    return " ".join(digits.lstrip("+"))
+
+
 def twiml_conference(*, name: str, start_on_enter: bool, end_on_exit: bool, status_url: str,
                      wait_url: str | None = None, action_url: str | None = None, label: str | None = None,
                      muted: bool = False) -> str:

@@ -124,7 +124,7 @@ def _dial_in_twiml(outcome: str, detail, *, call_sid: str, now: datetime) -> str
 
 
 def _spoken(number: str) -> str:
-    return " ".join(number.lstrip("+")[-4:]) if number else "a withheld number"
+    return provider.digits_aloud(number[-4:]) if number else "a withheld number"
 
 
 def _last4(number: str | None) -> str:
@@ -417,7 +417,7 @@ def screen_answered(*, call_id: str | None, leg_id: str | None, params: dict, no
         return provider.twiml_goodbye()
     if leg.state != LegState.DIALING or leg.call.is_terminal:  # removed while it rang, or the caller left
         return provider.twiml_goodbye(SCREEN_TOO_LATE)
-    line = " ".join(leg.call.line.number.lstrip("+"))
+    line = provider.digits_aloud(leg.call.line.number)
     return provider.twiml_screen(prompt=SCREEN_PROMPT.format(line=line),
                                  action_url=webhook_url("screen", call=leg.call_id, leg=leg.pk, step="key"),
                                  timeout=SCREEN_KEY_TIMEOUT_SECONDS)
