@@ -1,7 +1,7 @@
 """FCM fan-out: notifications.fcm (ours) vs fcm-django vs a loop of messaging.send.
 
 Run by `python -m bench run` as a subprocess pinned to the client core, while
-`manage.py fakefcm --latency-ms 20` (notifications.fakefcm.FakeFCM) runs in another
+`manage.py fakefcm --latency-ms 20` (simulators.fcm.FakeFCM) runs in another
 process on the server core. All three use real firebase-admin.
 
 - ours: notifications.fcm.send_many (its own thread pool); first/last = when FCM

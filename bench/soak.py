@@ -5,7 +5,7 @@
 
 One real server (uvicorn on callpull.asgi, its in-process sweeper and embedded
 carrier/provider simulator, real firebase-admin against the fake FCM of
-notifications.fakefcm). Several users, each with a handset (WebSocket), two tablets
+simulators.fcm). Several users, each with a handset (WebSocket), two tablets
 (WebSocket, reached by the provider as soft-phone clients), a desktop reached by FCM
 only, and for every other user a desktop whose token the fake reports unregistered.
 Every app acks every frame and reconnects when its socket drops
@@ -49,7 +49,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from notifications.fakefcm import FakeFCM
+from simulators.fcm import FakeFCM
 from tests.e2e.support import (
     SERVER_NUMBER,
     Companion,

@@ -69,7 +69,7 @@ def http_app():
     webhooks = WebhookHandler()
     simulator = None
     if settings.SIMULATOR_ENABLED:
-        from callpull.simulator.app import application as simulator
+        from simulators.telephony.app import application as simulator
 
     async def route(scope, receive, send):
         path = scope.get("path", "")

@@ -120,6 +120,7 @@ INSTALLED_APPS = [
     "devices",
     "notifications",
     "callpull",
+    "simulators",
 ]
 
 MIDDLEWARE = [

@@ -98,7 +98,7 @@ async def shutdown() -> None:
     from notifications import fcm, push_results
 
     if settings.SIMULATOR_ENABLED:
-        from callpull.simulator.app import application as simulator
+        from simulators.telephony.app import application as simulator
 
         await simulator.aclose()
     fcm.shutdown(timeout=2.0)

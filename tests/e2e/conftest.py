@@ -8,7 +8,7 @@
   database (`servers.database()` then `servers.start(db)` twice); all stopped
   (SIGTERM, then SIGKILL) and their databases dropped when the test ends.
 
-- `fake_fcm` (session): notifications.fakefcm.FakeFCM in this process, with a
+- `fake_fcm` (session): simulators.fcm.FakeFCM in this process, with a
   service-account file (`fake_fcm.credentials_file`) whose token_uri is the fake.
 - `ring_settings` (session): what a server needs to take calls end to end: the
   embedded simulator's REST base on the server's own port, a short simulated answer
@@ -23,7 +23,7 @@ import time
 
 import pytest
 
-from notifications.fakefcm import FakeFCM
+from simulators.fcm import FakeFCM
 from tests.e2e.support import Environment, Server, Servers, simulator_api_base
 
 

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from notifications.fakefcm import FakeFCM
+from simulators.fcm import FakeFCM
 from tests.e2e.support import (
     Companion,
     PrivateRedis,

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from notifications import fcm
-from notifications.fakefcm import FakeFCM
+from simulators.fcm import FakeFCM
 
 
 @pytest.fixture(scope="session")

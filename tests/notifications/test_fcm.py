@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 
 from notifications import fcm
-from notifications.fakefcm import FakeFCM
+from simulators.fcm import FakeFCM
 from tests.notifications.conftest import Results, make_push, wait_until
 
 # --- what a delivered push looks like ----------------------------------------------------

@@ -2,7 +2,7 @@
 
 import pytest
 
-from callpull.simulator.app import create_app
+from simulators.telephony.app import create_app
 from tests.simulator.support import AUTH_TOKEN, PUBLIC_URL, FakeBackend, Mounted, Stack, make_config
 
 

@@ -21,8 +21,8 @@ import httpx
 import uvicorn
 from twilio.request_validator import RequestValidator
 
-from callpull.simulator.app import SimulatorApp
-from callpull.simulator.config import SimulatorConfig
+from simulators.telephony.app import SimulatorApp
+from simulators.telephony.config import SimulatorConfig
 
 ACCOUNT_SID = "AC" + "1" * 32
 AUTH_TOKEN = "test-auth-token"

@@ -6,7 +6,7 @@ import ast
 import re
 from pathlib import Path
 
-from callpull.simulator import strict
+from simulators.telephony import strict
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "PROVIDER.md"

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
-from callpull.simulator import strict
+from simulators.telephony import strict
 from tests.simulator.support import ACCOUNT_SID, AUTH_TOKEN, CALLER, PUBLIC_URL, SERVER_NUMBER, until
 
 VOICE = "/telephony/twilio/voice"

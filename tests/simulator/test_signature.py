@@ -3,7 +3,7 @@
 import pytest
 from twilio.request_validator import RequestValidator
 
-from callpull.simulator.signature import is_valid, signature
+from simulators.telephony.signature import is_valid, signature
 
 CASES = [
     ("https://callpull.example.test/telephony/twilio/voice",

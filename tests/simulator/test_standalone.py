@@ -6,7 +6,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from callpull.simulator.app import create_app
+from simulators.telephony.app import create_app
 from tests.simulator.support import (
     AUTH_TOKEN,
     CALLER,

@@ -6,7 +6,7 @@ missing required parameters, values outside an enum or a type: each is refused w
 Twilio's error body. What the description does not list is ignored, and said so.
 """
 
-from callpull.simulator.app import create_app
+from simulators.telephony.app import create_app
 from tests.simulator.support import (
     ACCOUNT_SID,
     AUTH_TOKEN,

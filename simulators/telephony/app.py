@@ -21,13 +21,13 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qsl, unquote, urlencode
 
-from callpull.simulator import strict, twiml
-from callpull.simulator.carrier import Carrier, check_e164
-from callpull.simulator.config import SimulatorConfig
-from callpull.simulator.outbound import Outbound
-from callpull.simulator.provider import BEHAVIOURS, WITHHELD, Behaviour, Callback, Provider, SimulatorError
+from simulators.telephony import strict, twiml
+from simulators.telephony.carrier import Carrier, check_e164
+from simulators.telephony.config import SimulatorConfig
+from simulators.telephony.outbound import Outbound
+from simulators.telephony.provider import BEHAVIOURS, WITHHELD, Behaviour, Callback, Provider, SimulatorError
 
-log = logging.getLogger("callpull.simulator")
+log = logging.getLogger("simulators.telephony")
 
 PREFIX = "/simulator"
 MAX_BODY = 1 << 20

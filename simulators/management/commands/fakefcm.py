@@ -8,7 +8,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from notifications.fakefcm import DEFAULT_PROJECT, FakeFCM
+from simulators.fcm import DEFAULT_PROJECT, FakeFCM
 
 
 class Command(BaseCommand):

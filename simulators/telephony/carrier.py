@@ -23,7 +23,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from callpull.simulator.provider import MAX_CALLS, Provider, SimulatorError, iso
+from simulators.telephony.provider import MAX_CALLS, Provider, SimulatorError, iso
 
 E164 = re.compile(r"^\+[1-9][0-9]{5,14}$")
 _MMI = re.compile(r"^(?P<procedure>\*\*|\*#|##|\*|#)(?P<code>[0-9]+)(?:\*(?P<number>[^*#]*))?(?:\*[0-9]*)*#$")

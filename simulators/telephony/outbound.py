@@ -27,10 +27,10 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import httpx
 
-from callpull.simulator.config import SimulatorConfig
-from callpull.simulator.signature import HEADER, signature
+from simulators.telephony.config import SimulatorConfig
+from simulators.telephony.signature import HEADER, signature
 
-log = logging.getLogger("callpull.simulator")
+log = logging.getLogger("simulators.telephony")
 
 USER_AGENT = "TwilioProxy/1.1 (callpull simulator)"
 

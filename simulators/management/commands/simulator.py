@@ -10,8 +10,8 @@ import uvicorn
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from callpull.simulator.app import create_app
-from callpull.simulator.config import SimulatorConfig
+from simulators.telephony.app import create_app
+from simulators.telephony.config import SimulatorConfig
 
 
 class Command(BaseCommand):

@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from callpull.simulator import twiml
+from simulators.telephony import twiml
 
 API_VERSION = "2010-04-01"
 

@@ -33,7 +33,7 @@ from functools import cache
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from callpull.simulator.common import SimulatorError
+from simulators.telephony.common import SimulatorError
 
 SUBSET = Path(__file__).resolve().parent / "spec" / "twilio_api_v2010.subset.json"
 API_PREFIX = "/2010-04-01/"

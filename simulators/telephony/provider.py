@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import urljoin
 
-from callpull.simulator import twiml
-from callpull.simulator.common import (  # noqa: F401 (re-exported for app and carrier)
+from simulators.telephony import twiml
+from simulators.telephony.common import (  # noqa: F401 (re-exported for app and carrier)
     API_VERSION,
     CONTINUE,
     STOP,
@@ -44,11 +44,11 @@ from callpull.simulator.common import (  # noqa: F401 (re-exported for app and c
     rfc2822,
     wait_any,
 )
-from callpull.simulator.conference import ConferenceEngine
-from callpull.simulator.config import SimulatorConfig
-from callpull.simulator.outbound import Outbound, Sent
+from simulators.telephony.conference import ConferenceEngine
+from simulators.telephony.config import SimulatorConfig
+from simulators.telephony.outbound import Outbound, Sent
 
-log = logging.getLogger("callpull.simulator")
+log = logging.getLogger("simulators.telephony")
 
 ENDED = ("completed", "busy", "no-answer", "failed", "canceled")
 BEHAVIOURS = ("answer", "no-answer", "busy", "fail")

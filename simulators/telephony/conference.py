@@ -32,8 +32,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from callpull.simulator import twiml
-from callpull.simulator.common import (
+from simulators.telephony import twiml
+from simulators.telephony.common import (
     API_VERSION,
     CONTINUE,
     STOP,
@@ -48,7 +48,7 @@ from callpull.simulator.common import (
 )
 
 if TYPE_CHECKING:
-    from callpull.simulator.provider import Leg
+    from simulators.telephony.provider import Leg
 
 # Twilio's default wait music (a TwiML playlist); the simulator never fetches it.
 DEFAULT_WAIT_URL = "https://twimlets.com/holdmusic?Bucket=com.twilio.music.classical"

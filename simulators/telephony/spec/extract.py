@@ -1,6 +1,6 @@
 """Extract the simulator's part of Twilio's API description.
 
-    python -m callpull.simulator.spec.extract /path/to/twilio_api_v2010.json \
+    python -m simulators.telephony.spec.extract /path/to/twilio_api_v2010.json \
         --git-dir /path/to/twilio-oai/.git
 
 reads the OpenAPI description of Twilio's 2010-04-01 REST API (the file
@@ -190,7 +190,7 @@ def extract(spec: dict, source: dict) -> dict:
             }
     return {
         "about": "Twilio's API description (OpenAPI), reduced to the operations the callpull simulator serves. "
-                 "Written by `python -m callpull.simulator.spec.extract`; do not edit by hand.",
+                 "Written by `python -m simulators.telephony.spec.extract`; do not edit by hand.",
         "source": source,
         "operations": operations,
         "schemas": dict(sorted(schemas.items())),
