@@ -24,7 +24,7 @@ from callpull.models import Call, CallState, ForwardingState, Line, Policy, Time
 from callpull.representations import call_timeline, call_to_dict
 from callpull.statemachine import PENDING_STATES, Step, record, transition
 from callpull.verification import require_verified_target
-from devices.errors import ApiError, conflict, not_found, one_or_404
+from devices.errors import ServiceError, not_found, one_or_not_found
 from devices.models import Device, DeviceKind
 from devices.phone import to_e164
 from notifications import fcm
@@ -104,7 +104,7 @@ def _line_for(*, user_id, ref: str) -> Line:
     if not found:
         try:
             found = list(lines.filter(number=to_e164(str(ref), field="line")))
-        except ApiError:
+        except ServiceError:
             found = []
     if not found:
         raise not_found("line")
@@ -112,7 +112,7 @@ def _line_for(*, user_id, ref: str) -> Line:
 
 
 def call_for_user(*, user, call_id) -> Call:
-    return one_or_404(Call.objects.select_related("line").filter(user=user), call_id, "call")
+    return one_or_not_found(Call.objects.select_related("line").filter(user=user), call_id, "call")
 
 
 def instruction_of(call: Call) -> Instruction:
@@ -149,7 +149,7 @@ def call_report(*, device: Device, report_id, line: str, caller: str | None, cal
     try:
         line_obj = _line_for(user_id=device.user_id, ref=line)
         caller_e164 = to_e164(caller, line_obj.region or None, field="caller") if caller else ""
-    except ApiError:
+    except ServiceError:
         existing = _reported(device=device, report_id=report_id)
         if existing is None:
             raise
@@ -332,10 +332,11 @@ def on_deliveries_acked(sender, receipts, **kwargs) -> None:
 def call_answer(*, call: Call, device: Device, now: datetime) -> Call:
     """`device` takes the call. Exactly one device wins; the others get 409."""
     if not device.connect_type:
-        raise conflict("no_connect_target", "This device has no connect target: set `connect` on it first.")
+        raise ServiceError("no_connect_target", "This device has no connect target: set `connect` on it first.")
     require_verified_target(device=device)
     if call.keep_ringing_reason == "forwarding_not_active":
-        raise conflict("forwarding_not_active", "Forwarding is not active on this line: take the call on the handset.")
+        raise ServiceError("forwarding_not_active",
+                           "Forwarding is not active on this line: take the call on the handset.")
     held = call.state == CallState.FORWARDED
     wait = settings.DIAL_TIMEOUT_SECONDS + 5 if held else settings.CALL_FORWARD_WAIT_SECONDS
     won = transition(call, "answer", now=now, step=Step("answered", device.pk),
@@ -344,8 +345,8 @@ def call_answer(*, call: Call, device: Device, now: datetime) -> Call:
     if not won:
         call.refresh_from_db()
         if call.answered_by_id is not None:
-            raise conflict("already_answered", "Another device already answered this call.")
-        raise conflict("call_not_ringing", f"The call is {call.state}; it cannot be answered.")
+            raise ServiceError("already_answered", "Another device already answered this call.")
+        raise ServiceError("call_not_ringing", f"The call is {call.state}; it cannot be answered.")
     log.info("call answered call=%s device=%s held=%s", call.pk, device.pk, held)
     others = [d for d in ring_targets(call) if d.pk != device.pk]
     notify(call, "call.answered_elsewhere", others, now=now,
@@ -365,13 +366,13 @@ DECLINE_SCOPES = ("device", "everywhere")
 def call_decline(*, call: Call, device: Device, scope: str, now: datetime) -> Call:
     if scope == "device":
         if call.is_terminal:
-            raise conflict("call_ended", "The call has ended.")
+            raise ServiceError("call_ended", "The call has ended.")
         record(call, now=now, step=Step("declined_on_device", device.pk))
         return call
     was_held = call.state == CallState.FORWARDED
     if not transition(call, "declined", now=now, step=Step("declined", device.pk), guard={"answered_by": None}):
         call.refresh_from_db()
-        raise conflict("call_not_ringing", f"The call is {call.state}; it cannot be declined.")
+        raise ServiceError("call_not_ringing", f"The call is {call.state}; it cannot be declined.")
     announce_end(call, now=now, reason="declined")
     if was_held:
         from callpull import legs
@@ -390,7 +391,7 @@ HANDSET_EVENTS = ("rejected", "answered", "caller_hung_up", "reject_failed")
 def call_handset_event(*, call: Call, device: Device, event: str, now: datetime) -> Call:
     if event == "rejected":
         if call.is_terminal:
-            raise conflict("call_ended", "The call has ended.")
+            raise ServiceError("call_ended", "The call has ended.")
         record(call, now=now, step=Step("handset_rejected", device.pk))
         # From now on the forwarded call should arrive within the forward wait.
         Call.objects.filter(pk=call.pk, state__in=PENDING_STATES, provider_call_sid__isnull=True).update(
@@ -401,7 +402,7 @@ def call_handset_event(*, call: Call, device: Device, event: str, now: datetime)
                    "reject_failed": "reject_failed"}
     if not transition(call, transitions[event], now=now, step=Step(f"handset_{event}", device.pk)):
         call.refresh_from_db()
-        raise conflict("invalid_state", f"The call is {call.state}; '{event}' does not apply.")
+        raise ServiceError("invalid_state", f"The call is {call.state}; '{event}' does not apply.")
     if event == "answered":
         notify(call, "call.answered_elsewhere", [d for d in ring_targets(call)], now=now,
                device={"id": str(device.pk), "name": device.name, "kind": device.kind})

@@ -15,7 +15,6 @@ from django.conf import settings
 from django.contrib.auth.hashers import check_password, make_password
 from django.db import IntegrityError, transaction
 from django.db.models import Q
-from rest_framework import status
 
 from callpull import legs
 from callpull.calls import all_devices, notify
@@ -33,7 +32,7 @@ from callpull.models import (
 from callpull.statemachine import Step, record, transition
 from callpull.verification import require_verified_target
 from devices import ratelimit
-from devices.errors import ApiError, conflict, forbidden, one_or_404
+from devices.errors import ServiceError, one_or_not_found
 from devices.models import Device
 from devices.phone import to_e164
 
@@ -88,7 +87,7 @@ def _open(call: Call, *, device: Device, method: str, now: datetime, leg: CallLe
                 state=PullState.AWAITING_APPROVAL if approval else PullState.APPROVED,
                 created_at=now, expires_at=now + timedelta(seconds=wait))
     except IntegrityError:
-        raise conflict("pull_in_progress", "Another pull of this call is in progress.") from None
+        raise ServiceError("pull_in_progress", "Another pull of this call is in progress.") from None
     pull.call = call
     # A dial-in names the number it came from, so the holder knows who asks.
     extra = {"dial_in_from": dial_in_from} if dial_in_from else {}
@@ -104,11 +103,11 @@ def _open(call: Call, *, device: Device, method: str, now: datetime, leg: CallLe
 def pull_request(*, call: Call, device: Device, now: datetime) -> Pull:
     """`device` asks for the live call to move to it."""
     if not _movable(call):
-        raise conflict("call_not_movable", f"The call is {call.state}; only a connected call can be moved.")
+        raise ServiceError("call_not_movable", f"The call is {call.state}; only a connected call can be moved.")
     if call.held_by_id == device.pk:
-        raise conflict("already_here", "This device already holds the call.")
+        raise ServiceError("already_here", "This device already holds the call.")
     if not device.connect_type:
-        raise conflict("no_connect_target", "This device has no connect target: set `connect` on it first.")
+        raise ServiceError("no_connect_target", "This device has no connect target: set `connect` on it first.")
     require_verified_target(device=device)
     pull = _open(call, device=device, method="app", now=now)
     if pull.state == PullState.APPROVED:
@@ -117,17 +116,17 @@ def pull_request(*, call: Call, device: Device, now: datetime) -> Pull:
 
 
 def pull_for_user(*, user, pull_id) -> Pull:
-    return one_or_404(Pull.objects.select_related("call__line").filter(call__user=user), pull_id, "pull")
+    return one_or_not_found(Pull.objects.select_related("call__line").filter(call__user=user), pull_id, "pull")
 
 
 def pull_decide(*, pull: Pull, device: Device, approve: bool, now: datetime) -> Pull:
     """The holding device approves or denies (CN110996358B)."""
     if pull.from_device_id != device.pk:
-        raise forbidden("not_holder", "Only the device holding the call decides on a pull.")
+        raise ServiceError("not_holder", "Only the device holding the call decides on a pull.")
     if not _decide(pull, approve=approve, now=now, step=Step("pull_approved" if approve else "pull_denied",
                                                             device.pk, {"pull": str(pull.pk)})):
         pull.refresh_from_db()
-        raise conflict("pull_not_pending", f"The pull is {pull.state}.")
+        raise ServiceError("pull_not_pending", f"The pull is {pull.state}.")
     return pull
 
 
@@ -263,7 +262,7 @@ def dial_in_arrive(*, caller: str, pin: str, call_sid: str, now: datetime) -> tu
     keys = [f"number:{caller}"] + ([f"user:{device.user_id}"] if device is not None else [])
     try:
         ratelimit.check("dial_in_pin", *keys)
-    except ApiError:
+    except ServiceError:
         log.warning("dial-in refused: too many wrong PINs sid=%s device=%s", call_sid,
                     device.pk if device else None)
         return "limited", None
@@ -317,9 +316,9 @@ def call_transfer(*, call: Call, device: Device, number: str, pin: str, now: dat
     account = AccountSettings.objects.filter(user_id=call.user_id).first()
     if account is None or target not in account.transfer_allowlist:
         log.warning("transfer refused: number not on the allow-list call=%s device=%s", call.pk, device.pk)
-        raise forbidden("number_not_allowed", "That number is not on your transfer allow-list.")
+        raise ServiceError("number_not_allowed", "That number is not on your transfer allow-list.")
     if not account.transfer_pin_hash:
-        raise forbidden("transfer_pin_not_set", "Set a transfer PIN in your account first.")
+        raise ServiceError("transfer_pin_not_set", "Set a transfer PIN in your account first.")
     # Per call and calling device: wrong PINs from a stolen token do not lock the owner
     # out on another device, and a device cannot probe the PIN beyond the limit per call.
     key = f"call:{call.pk}:device:{device.pk}"
@@ -331,11 +330,11 @@ def call_transfer(*, call: Call, device: Device, number: str, pin: str, now: dat
         ratelimit.hit("transfer_pin", key)
         ratelimit.hit("pin_failure_user", f"user:{call.user_id}")
         log.warning("transfer refused: wrong PIN call=%s device=%s", call.pk, device.pk)
-        raise ApiError("wrong_pin", "The transfer PIN is wrong.", status=status.HTTP_403_FORBIDDEN)
+        raise ServiceError("wrong_pin", "The transfer PIN is wrong.")
     if not _movable(call):
-        raise conflict("call_not_movable", f"The call is {call.state}; only a connected call can be transferred.")
+        raise ServiceError("call_not_movable", f"The call is {call.state}; only a connected call can be transferred.")
     if call.legs.filter(role=LegRole.TRANSFER, state=LegState.DIALING).exists():
-        raise conflict("transfer_in_progress", "A transfer of this call is in progress.")
+        raise ServiceError("transfer_in_progress", "A transfer of this call is in progress.")
     record(call, now=now, step=Step("transfer_requested", device.pk, {"number": target}))
     log.info("transfer call=%s to an allow-listed number by device=%s", call.pk, device.pk)
     return legs.leg_dial(call=call, now=now, role=LegRole.TRANSFER, number=target)

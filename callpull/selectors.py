@@ -1,7 +1,7 @@
 """Reads of the call workflow, always scoped to the asking user."""
 
 from callpull.models import Line
-from devices.errors import one_or_404
+from devices.errors import one_or_not_found
 
 
 def lines_for_user(*, user):
@@ -9,4 +9,4 @@ def lines_for_user(*, user):
 
 
 def line_for_user(*, user, line_id) -> Line:
-    return one_or_404(lines_for_user(user=user), line_id, "line")
+    return one_or_not_found(lines_for_user(user=user), line_id, "line")

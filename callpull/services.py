@@ -13,7 +13,7 @@ from django.db.models import Count
 
 from callpull.models import AccountSettings, ForwardingState, Line, ServerNumber
 from devices import audit
-from devices.errors import ApiError, conflict
+from devices.errors import ServiceError
 from devices.models import Device
 from devices.phone import to_e164
 from devices.services import reauthenticate
@@ -51,13 +51,13 @@ def line_register(*, device: Device, number: str, region: str | None, now: datet
     existing = Line.objects.filter(number=e164).select_related("server_number").first()
     if existing is not None:
         if existing.user_id != device.user_id:
-            raise conflict("line_taken", "This number is registered to another account.")
+            raise ServiceError("line_taken", "This number is registered to another account.")
         return existing, False
     try:
         with transaction.atomic():
             server_number = server_number_pick()  # in the transaction: see its docstring
             if server_number is None:
-                raise ApiError("no_server_number", "No server number is available.", status=503)
+                raise ServiceError("no_server_number", "No server number is available.")
             line = Line.objects.create(user=device.user, number=e164, region=(region or "").upper(),
                                        server_number=server_number, registered_by=device, created_at=now)
     except IntegrityError:  # registered concurrently
@@ -88,7 +88,7 @@ def line_forwarding_confirm(*, line: Line, state: str, target: str | None, now: 
     target_e164 = to_e164(target, line.region or None, field="target") if target else ""
     if state == ForwardingState.ACTIVE:
         if not target_e164:
-            raise ApiError("invalid_input", "target is required when state is active.",
+            raise ServiceError("invalid_input", "target is required when state is active.",
                            fields={"target": ["Required when state is active."]})
         new_state = ForwardingState.ACTIVE if target_e164 == line.server_number.number else ForwardingState.MISMATCH
     else:

@@ -26,12 +26,11 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 from django.utils.crypto import constant_time_compare, salted_hmac
-from rest_framework import status
 
 from callpull.models import Line
 from callpull.telephony import provider
 from devices import ratelimit
-from devices.errors import ApiError, conflict
+from devices.errors import ServiceError
 from devices.models import ConnectType, Device, NumberVerification
 from devices.services import connect_usable
 
@@ -49,7 +48,7 @@ _CODE_FORMAT = re.compile(rf"[0-9]{{{CODE_DIGITS}}}")
 def require_verified_target(*, device: Device) -> None:
     """409 `connect_not_verified` for a device whose connect target is set but not proven."""
     if device.connect_type and not connect_usable(device):
-        raise conflict(
+        raise ServiceError(
             "connect_not_verified",
             "This device's connect target is not verified. For a number: POST "
             f"{START_PATH}, then send the code the call reads out to {START_PATH}/confirm. "
@@ -77,10 +76,10 @@ def _caller_id(device: Device) -> str:
 
 def _require_unverified_number(device: Device) -> None:
     if device.connect_type != ConnectType.NUMBER:
-        raise conflict("no_number_target", "This device's connect target is not a number: there is nothing to "
+        raise ServiceError("no_number_target", "This device's connect target is not a number: there is nothing to "
                                            "verify by phone.")
     if device.connect_verified_at is not None:
-        raise conflict("already_verified", "This device's number is already verified.")
+        raise ServiceError("already_verified", "This device's number is already verified.")
 
 
 _NEVER_CALLED = frozenset({phonenumbers.PhoneNumberType.PREMIUM_RATE, phonenumbers.PhoneNumberType.SHARED_COST})
@@ -93,7 +92,7 @@ def _require_callable(number: str) -> None:
     except phonenumbers.NumberParseException:
         kind = None
     if kind in _NEVER_CALLED:
-        raise conflict("number_not_callable", "We do not call premium-rate or shared-cost numbers: "
+        raise ServiceError("number_not_callable", "We do not call premium-rate or shared-cost numbers: "
                                               "set another number as this device's target.")
 
 
@@ -124,8 +123,8 @@ def verification_start(*, device: Device, now: datetime) -> NumberVerification:
     except provider.ProviderError as exc:
         log.warning("number verification call not placed device=%s verification=%s: %s",
                     device.pk, verification.pk, exc)
-        raise ApiError("provider_unavailable", "The call to your number could not be placed. Try again later.",
-                       status=status.HTTP_502_BAD_GATEWAY) from None
+        raise ServiceError("provider_unavailable",
+                           "The call to your number could not be placed. Try again later.") from None
     verification.provider_call_sid = sid or ""
     with transaction.atomic():
         NumberVerification.objects.filter(device=device, verified_at__isnull=True, expires_at__gt=now).update(
@@ -135,8 +134,8 @@ def verification_start(*, device: Device, now: datetime) -> NumberVerification:
     return verification
 
 
-def _start_again(reason: str) -> ApiError:
-    return conflict("verification_expired", f"{reason} Start again with POST {START_PATH}.")
+def _start_again(reason: str) -> ServiceError:
+    return ServiceError("verification_expired", f"{reason} Start again with POST {START_PATH}.")
 
 
 def normalize_code(code: str) -> str | None:
@@ -169,7 +168,7 @@ def verification_confirm(*, device: Device, code: str, now: datetime) -> Device:
                     device.pk, verification.pk, left)
         message = (f"That code is wrong; {left} attempt{'s' if left != 1 else ''} left." if left
                    else f"That code is wrong and no attempts are left. Start again with POST {START_PATH}.")
-        raise ApiError("wrong_code", message, fields={"code": [message]})
+        raise ServiceError("wrong_code", message, fields={"code": [message]})
     with transaction.atomic():
         # Guarded: a target changed since the code was read out is not marked.
         if not Device.objects.filter(pk=device.pk, connect_type=ConnectType.NUMBER,

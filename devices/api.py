@@ -16,7 +16,7 @@ from rest_framework.views import APIView
 
 from devices import audit, selectors, services
 from devices.auth import IsDevice
-from devices.errors import ApiError
+from devices.errors import ServiceError
 from devices.serializers import DeviceInput, DeviceOutput, DeviceUpdateInput, device_fields
 
 
@@ -152,7 +152,7 @@ class DeviceDetailApi(APIView):
         serializer = validated(DeviceUpdateInput, request.data, partial=True)
         unknown = set(request.data) - set(serializer.fields) if isinstance(request.data, dict) else set()
         if unknown:
-            raise ApiError("unknown_fields", "These fields cannot be changed: " + ", ".join(sorted(unknown)),
+            raise ServiceError("unknown_fields", "These fields cannot be changed: " + ", ".join(sorted(unknown)),
                            fields={name: ["Not editable."] for name in sorted(unknown)})
         data = dict(serializer.validated_data)
         password, current_pin = data.pop("password", None), data.pop("current_pin", None)

@@ -9,7 +9,7 @@ from django.utils import timezone
 from rest_framework import authentication, permissions
 from rest_framework.exceptions import AuthenticationFailed
 
-from devices.errors import forbidden
+from devices.errors import ServiceError
 from devices.models import Device
 from devices.secrets import digest
 
@@ -72,7 +72,7 @@ class IsHandset(IsDevice):
         if not super().has_permission(request, view):
             return False
         if request.auth.is_secondary:
-            raise forbidden("handset_only", "Only a handset may do this.")
+            raise ServiceError("handset_only", "Only a handset may do this.")
         return True
 
 
@@ -81,5 +81,5 @@ class IsSecondary(IsDevice):
         if not super().has_permission(request, view):
             return False
         if not request.auth.is_secondary:
-            raise forbidden("secondary_only", "Only a secondary device (not the handset) may do this.")
+            raise ServiceError("secondary_only", "Only a secondary device (not the handset) may do this.")
         return True

@@ -8,14 +8,14 @@ of whether a number exists.
 
 import phonenumbers
 
-from devices.errors import ApiError
+from devices.errors import ServiceError
 
 
 def to_e164(raw: str, region: str | None = None, *, field: str = "number") -> str:
     if not isinstance(raw, str) or not raw.strip():
         raise _invalid(field, "A phone number is required.")
     if region is not None and (not isinstance(region, str) or len(region) != 2 or not region.isalpha()):
-        raise ApiError("invalid_region", "region must be a two-letter ISO country code.",
+        raise ServiceError("invalid_region", "region must be a two-letter ISO country code.",
                        fields={"region": ["Not an ISO 3166-1 alpha-2 code."]})
     try:
         parsed = phonenumbers.parse(raw, region.upper() if region else None)
@@ -27,5 +27,5 @@ def to_e164(raw: str, region: str | None = None, *, field: str = "number") -> st
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 
-def _invalid(field: str, message: str) -> ApiError:
-    return ApiError("invalid_phone_number", message, fields={field: [message]})
+def _invalid(field: str, message: str) -> ServiceError:
+    return ServiceError("invalid_phone_number", message, fields={field: [message]})

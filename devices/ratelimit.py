@@ -11,9 +11,8 @@ import time
 
 from django.conf import settings
 from django.core.cache import cache
-from rest_framework import status
 
-from devices.errors import ApiError
+from devices.errors import ServiceError
 
 clock = time.time
 
@@ -36,10 +35,9 @@ def check(scope: str, *keys: str) -> None:
     for key in keys:
         if (cache.get(_key(scope, key, window)) or 0) >= limit:
             retry_after = max(1, math.ceil((window + 1) * period - now))
-            raise ApiError(
+            raise ServiceError(
                 "rate_limited",
                 "Too many attempts. Try again later.",
-                status=status.HTTP_429_TOO_MANY_REQUESTS,
                 retry_after=retry_after,
             )
 

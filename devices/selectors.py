@@ -6,7 +6,7 @@ from django.conf import settings
 from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
 
-from devices.errors import one_or_404
+from devices.errors import one_or_not_found
 from devices.models import Device, DeviceConnection
 
 
@@ -23,7 +23,7 @@ def devices_for_user(*, user, now=None) -> QuerySet:
 
 def device_for_user(*, user, device_id, now=None) -> Device:
     """The user's active device, or 404 (for other users' devices too)."""
-    return one_or_404(devices_for_user(user=user, now=now), device_id, "device")
+    return one_or_not_found(devices_for_user(user=user, now=now), device_id, "device")
 
 
 def device_is_online(*, device_id, now=None) -> bool:

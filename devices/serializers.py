@@ -5,7 +5,7 @@ import re
 from drf_spectacular.utils import extend_schema_field, inline_serializer
 from rest_framework import serializers
 
-from devices.errors import ApiError
+from devices.errors import ServiceError
 from devices.models import ConnectType, Device, DeviceKind, Platform
 from devices.phone import to_e164
 from devices.services import connect_usable, sip_domain_allowed
@@ -30,7 +30,7 @@ class ConnectSerializer(serializers.Serializer):
             raise serializers.ValidationError({"address": "A SIP address looks like sip:user@host."})
         if kind == ConnectType.SIP and not sip_domain_allowed(address):
             message = "SIP targets must be on one of this server's SIP domains (SIP_DOMAINS)."
-            raise ApiError("sip_domain_not_allowed", message, fields={"connect.address": [message]})
+            raise ServiceError("sip_domain_not_allowed", message, fields={"connect.address": [message]})
         if kind == ConnectType.NUMBER:
             address = to_e164(address, field="connect.address")
         return {"type": kind, "address": address}

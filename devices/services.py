@@ -14,10 +14,9 @@ from django.contrib.auth import authenticate, get_user_model
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, transaction
-from rest_framework import status
 
 from devices import audit, ratelimit
-from devices.errors import ApiError, conflict, forbidden
+from devices.errors import ServiceError
 from devices.models import ConnectType, Device, DeviceConnection, DeviceKind, PairingCode, WsTicket
 from devices.secrets import (
     digest,
@@ -43,12 +42,12 @@ class Registration:
 
 def user_signup(*, username: str, password: str, client_ip: str) -> "User":
     if not settings.ALLOW_SIGNUP:
-        raise forbidden("signup_disabled", "Sign-up is disabled on this server.")
+        raise ServiceError("signup_disabled", "Sign-up is disabled on this server.")
     ratelimit.check_and_hit("signup", client_ip)
     try:
         validate_password(password, user=User(username=username))
     except DjangoValidationError as exc:
-        raise ApiError("invalid_password", "The password is too weak.",
+        raise ServiceError("invalid_password", "The password is too weak.",
                        fields={"password": list(exc.messages)}) from None
     try:
         with transaction.atomic():
@@ -56,7 +55,7 @@ def user_signup(*, username: str, password: str, client_ip: str) -> "User":
                 raise IntegrityError
             user = User.objects.create_user(username=username, password=password)
     except IntegrityError:
-        raise conflict("username_taken", "That username is taken.") from None
+        raise ServiceError("username_taken", "That username is taken.") from None
     log.info("user signed up user=%s", user.pk)
     return user
 
@@ -150,7 +149,7 @@ def reauthenticate(*, user, device: Device, password: str | None, current_pin: s
         which += " or your current transfer PIN (`current_pin`)"
     message = f"This change needs {which} in the same request."
     fields = {"password": [message]} | ({"current_pin": [message]} if pin_set else {})
-    raise ApiError("reauthentication_required", message, status=status.HTTP_403_FORBIDDEN, fields=fields)
+    raise ServiceError("reauthentication_required", message, fields=fields)
 
 
 # Registration -----------------------------------------------------------------
@@ -190,8 +189,7 @@ def device_register_with_password(*, username: str, password: str, data: dict, c
         ratelimit.hit("login_failure", user_key)
         ratelimit.hit("login_failure_address", address_key)
         log.info("device registration refused: bad credentials ip=%s", client_ip)
-        raise ApiError("invalid_credentials", "Wrong username or password.",
-                       status=status.HTTP_401_UNAUTHORIZED)
+        raise ServiceError("invalid_credentials", "Wrong username or password.")
     with transaction.atomic():
         registration = _create_device(user=user, data=data, now=now)
         _audit_registration(registration.device, method="password", client_ip=client_ip, now=now)
@@ -202,7 +200,7 @@ def device_register_with_pairing_code(*, code: str, data: dict, client_ip: str, 
     if data.get("kind") == DeviceKind.HANDSET:
         # A handset reports rings and forwarding for a line: that takes the password, not a
         # code any device of the user can make.
-        raise forbidden("handset_requires_password",
+        raise ServiceError("handset_requires_password",
                         "A handset registers with the account's username and password, not a pairing code.")
     # What PATCH /devices/me asks the password or PIN for, a pairing code (which a stolen
     # device can make) does not give either.
@@ -211,7 +209,7 @@ def device_register_with_pairing_code(*, code: str, data: dict, client_ip: str, 
     if any(needs_secret.values()):
         message = ("A device registered with a pairing code cannot bring a `number` target or a phone number: "
                    "register with the password, or set them afterwards with the password (PATCH /devices/me).")
-        raise ApiError("reauthentication_required", message, status=status.HTTP_403_FORBIDDEN,
+        raise ServiceError("reauthentication_required", message,
                        fields={name: [message] for name, needed in needs_secret.items() if needed})
     ratelimit.check("pairing_failure", f"ip:{client_ip}")
     with transaction.atomic():
@@ -239,7 +237,7 @@ def device_register_with_pairing_code(*, code: str, data: dict, client_ip: str, 
                 return registration
             transaction.set_rollback(True)
     ratelimit.hit("pairing_failure", f"ip:{client_ip}")
-    raise ApiError("invalid_pairing_code", "The pairing code is wrong, expired or already used.",
+    raise ServiceError("invalid_pairing_code", "The pairing code is wrong, expired or already used.",
                    fields={"pairing_code": ["Not a usable code."]})
 
 
@@ -295,7 +293,7 @@ def device_update(*, device: Device, data: dict, by: Device, now: datetime, pass
     PIN (`reauthenticate`). A new target is unverified until proven (`_verified_at`).
     Target and phone number changes are written to the audit log."""
     if by.pk != device.pk and any(field in data for field in OWN_DEVICE_FIELDS):
-        raise forbidden("own_device_only", "Only a device itself may change its connect target, phone number "
+        raise ServiceError("own_device_only", "Only a device itself may change its connect target, phone number "
                                            "or FCM token; other devices may rename it, turn its ringing on or "
                                            "off, or remove it.")
     changed = [field for field in DEVICE_FIELDS if field in data and getattr(device, field) != data[field]]

@@ -17,11 +17,13 @@ from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
 from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpResponse, JsonResponse
-from django.views.defaults import bad_request
-from rest_framework import exceptions, status
+from django.views.defaults import bad_request, page_not_found, server_error
+from rest_framework import exceptions
+from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
+from rest_framework.views import set_rollback
 
-from devices.errors import ApiError
+from devices.errors import ServiceError
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,49 @@ CODE_FOR = {
     "throttled": "rate_limited",
     "parse_error": "malformed_json",
 }
+
+
+# The one place a service's refusal (devices.errors.ServiceError, by its code) becomes an
+# HTTP status. A code missing here is a bug: tests/callpull/test_error_codes.py finds every
+# code the product raises and fails if one is absent.
+STATUS_FOR_CODE = {
+    # 400: the request itself is wrong
+    "invalid_input": 400, "invalid_password": 400, "invalid_phone_number": 400, "invalid_region": 400,
+    "invalid_pairing_code": 400, "json_too_deep": 400, "sip_domain_not_allowed": 400, "unknown_fields": 400,
+    "wrong_code": 400,
+    # 401: who you are could not be established
+    "invalid_credentials": 401,
+    # 403: known, but not allowed
+    "handset_only": 403, "handset_requires_password": 403, "not_holder": 403, "number_not_allowed": 403,
+    "own_device_only": 403, "reauthentication_required": 403, "secondary_only": 403, "signup_disabled": 403,
+    "transfer_pin_not_set": 403, "wrong_pin": 403,
+    # 404: absent, or another user's
+    "not_found": 404,
+    # 409: not in a state that allows it
+    "already_answered": 409, "already_here": 409, "already_verified": 409, "call_ended": 409,
+    "call_not_movable": 409, "call_not_ringing": 409, "connect_not_verified": 409, "forwarding_not_active": 409,
+    "invalid_state": 409, "line_taken": 409, "no_connect_target": 409, "no_number_target": 409,
+    "number_not_callable": 409, "pull_in_progress": 409, "pull_not_pending": 409, "transfer_in_progress": 409,
+    "username_taken": 409, "verification_expired": 409,
+    # 413, 429: too much
+    "request_too_large": 413, "rate_limited": 429,
+    # 502, 503: someone else is failing
+    "provider_unavailable": 502, "no_server_number": 503, "service_unavailable": 503,
+}
+
+
+def status_for(error: ServiceError) -> int:
+    try:
+        return STATUS_FOR_CODE[error.code]
+    except KeyError:
+        log.error("error code %r has no HTTP status in STATUS_FOR_CODE: answering 500", error.code)
+        return 500
+
+
+def service_error_response(error: ServiceError) -> Response:
+    set_rollback()  # as DRF does for its own exceptions (ATOMIC_REQUESTS)
+    headers = {"Retry-After": str(error.retry_after)} if error.retry_after is not None else None
+    return Response(envelope(error.code, error.message, error.fields), status=status_for(error), headers=headers)
 
 
 def envelope(code: str, message: str, fields: dict | None = None) -> dict:
@@ -57,7 +102,7 @@ def _flatten(detail, prefix: str = "") -> dict:
     return {prefix or "non_field_errors": messages}
 
 
-def _unavailable(exc) -> bool:
+def unavailable(exc) -> bool:
     """The database or Redis is briefly out of reach: the client should retry."""
     if isinstance(exc, (OperationalError, InterfaceError)):
         return True
@@ -70,25 +115,23 @@ def _unavailable(exc) -> bool:
 
 
 def exception_handler(exc, context):
-    if _unavailable(exc):
+    if unavailable(exc):
         # Every write runs in a transaction, so nothing half-written stays behind.
         log.warning("service unavailable: %s: %s", type(exc).__name__, exc)
-        exc = ApiError("service_unavailable", "The service is briefly unavailable. Try again in a moment.",
-                       status=status.HTTP_503_SERVICE_UNAVAILABLE, retry_after=1)
+        exc = ServiceError("service_unavailable", "The service is briefly unavailable. Try again in a moment.",
+                           retry_after=1)
     elif isinstance(exc, Http404):
-        exc = ApiError("not_found", "Not found.", status=status.HTTP_404_NOT_FOUND)
-    elif isinstance(exc, DjangoPermissionDenied):
+        exc = ServiceError("not_found", "Not found.")
+    if isinstance(exc, ServiceError):
+        return service_error_response(exc)
+    if isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()
     elif isinstance(exc, RequestDataTooBig):  # a view read a body over the limit (not under callpull.http)
         exc = too_large_error(settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
     response = drf_exception_handler(exc, context)
     if response is None:
         return None
-    if isinstance(exc, ApiError):
-        response.data = envelope(exc.code, exc.message, exc.fields)
-        if exc.retry_after is not None:
-            response["Retry-After"] = str(exc.retry_after)
-    elif isinstance(exc, exceptions.ValidationError):
+    if isinstance(exc, exceptions.ValidationError):
         fields = _flatten(exc.detail)
         general = fields.pop("non_field_errors", None)
         message = general[0] if general else "The request has invalid fields: " + ", ".join(sorted(fields)) + "."
@@ -108,9 +151,8 @@ def _wants_api_error(request) -> bool:
     return is_api_path(request.path)
 
 
-def too_large_error(limit: int) -> ApiError:
-    return ApiError("request_too_large", f"The request body is larger than {limit} bytes.",
-                    status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
+def too_large_error(limit: int) -> ServiceError:
+    return ServiceError("request_too_large", f"The request body is larger than {limit} bytes.")
 
 
 def request_too_large(path: str, limit: int) -> HttpResponse:
@@ -135,8 +177,6 @@ def handler400(request, exception=None):
 def handler404(request, exception=None):
     if _wants_api_error(request):
         return JsonResponse(envelope("not_found", "No such endpoint."), status=404)
-    from django.views.defaults import page_not_found
-
     return page_not_found(request, exception)
 
 
@@ -144,8 +184,6 @@ def handler500(request):
     log.error("unhandled error on %s %s", request.method, request.path)
     if _wants_api_error(request):
         return JsonResponse(envelope("server_error", "Something went wrong on our side."), status=500)
-    from django.views.defaults import server_error
-
     return server_error(request)
 
 

@@ -18,7 +18,7 @@ from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser, get_encoding
 from rest_framework.utils import json as drf_json
 
-from devices.errors import ApiError
+from devices.errors import ServiceError
 
 # A JSON string (skipped: brackets inside it are text), its closing quote optional so that a
 # string that never ends is read once to the end rather than retried from each quote inside
@@ -44,8 +44,8 @@ def too_deep(text: str, limit: int) -> bool:
     return False
 
 
-def json_too_deep(limit: int) -> ApiError:
-    return ApiError("json_too_deep", f"The JSON body is nested more than {limit} levels deep.")
+def json_too_deep(limit: int) -> ServiceError:
+    return ServiceError("json_too_deep", f"The JSON body is nested more than {limit} levels deep.")
 
 
 class BoundedJSONParser(JSONParser):

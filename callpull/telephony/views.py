@@ -25,7 +25,7 @@ from django.utils.log import log_response
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from callpull.api.errors import _unavailable as unavailable
+from callpull.api.errors import unavailable
 from callpull.telephony import provider, services
 
 log = logging.getLogger(__name__)

@@ -11,10 +11,11 @@ from django.db import connections
 from django.utils import timezone
 
 from callpull import calls
+from callpull.api.errors import status_for
 from callpull import services as line_services
 from callpull.calls import calls_sweep
 from callpull.models import Call
-from devices.errors import ApiError
+from devices.errors import ServiceError
 from tests.conftest import make_device, make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -27,7 +28,7 @@ def run_together(functions):
         barrier.wait()
         try:
             return fn()
-        except ApiError as exc:
+        except ServiceError as exc:
             return exc
         finally:
             connections.close_all()
@@ -58,10 +59,10 @@ def test_eight_devices_answering_at_once_yield_one_winner(setup):
                                          now=timezone.now())
 
     results = run_together([answer(device) for device in tablets])
-    winners = [r for r in results if not isinstance(r, ApiError)]
-    losers = [r for r in results if isinstance(r, ApiError)]
+    winners = [r for r in results if not isinstance(r, ServiceError)]
+    losers = [r for r in results if isinstance(r, ServiceError)]
     assert len(winners) == 1
-    assert {(e.status_code, e.code) for e in losers} == {(409, "already_answered")}
+    assert {(status_for(e), e.code) for e in losers} == {(409, "already_answered")}
     stored = Call.objects.get()
     assert stored.answered_by_id == winners[0].answered_by_id
     assert stored.timeline.filter(event="answered").count() == 1
