@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 from urllib.parse import urlsplit
 
-import phonenumbers
 from django.core.exceptions import ImproperlyConfigured
+
+from devices.phone import parse_e164
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -84,13 +85,10 @@ def env_list(name: str, default: list[str]) -> list[str]:
 def env_e164_list(name: str, default: list[str]) -> list[str]:
     numbers = []
     for raw in env_list(name, default):
-        try:
-            parsed = phonenumbers.parse(raw, None)
-        except phonenumbers.NumberParseException:
-            parsed = None
-        if parsed is None or not phonenumbers.is_possible_number(parsed):
+        number = parse_e164(raw)
+        if number is None:
             raise ImproperlyConfigured(f"{name}: {raw!r} is not an E.164 phone number")
-        numbers.append(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
+        numbers.append(number)
     if not numbers:
         raise ImproperlyConfigured(f"{name} is set but names no number")
     return numbers

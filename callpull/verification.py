@@ -21,7 +21,6 @@ import re
 import secrets
 from datetime import datetime, timedelta
 
-import phonenumbers
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F
@@ -32,6 +31,7 @@ from callpull.telephony import provider
 from devices import ratelimit
 from devices.errors import ServiceError
 from devices.models import ConnectType, Device, NumberVerification
+from devices.phone import pays_the_callee
 from devices.services import connect_usable
 
 log = logging.getLogger(__name__)
@@ -82,16 +82,9 @@ def _require_unverified_number(device: Device) -> None:
         raise ServiceError("already_verified", "This device's number is already verified.")
 
 
-_NEVER_CALLED = frozenset({phonenumbers.PhoneNumberType.PREMIUM_RATE, phonenumbers.PhoneNumberType.SHARED_COST})
-
-
 def _require_callable(number: str) -> None:
     """Premium-rate and shared-cost numbers are never called: a call there pays whoever owns them."""
-    try:
-        kind = phonenumbers.number_type(phonenumbers.parse(number))
-    except phonenumbers.NumberParseException:
-        kind = None
-    if kind in _NEVER_CALLED:
+    if pays_the_callee(number):
         raise ServiceError("number_not_callable", "We do not call premium-rate or shared-cost numbers: "
                                               "set another number as this device's target.")
 

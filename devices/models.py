@@ -6,6 +6,7 @@ database leak does not hand out working credentials.
 """
 
 import uuid
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import models
@@ -103,6 +104,21 @@ class WsTicket(models.Model):
     used_at = models.DateTimeField(null=True, blank=True)
 
 
+def live_after(now):
+    """The one definition of "online": a device is online while it has a connection whose
+    worker refreshed it after this instant (PRESENCE_STALE_SECONDS before `now`)."""
+    return now - timedelta(seconds=settings.PRESENCE_STALE_SECONDS)
+
+
+class DeviceConnectionQuerySet(models.QuerySet):
+    def live(self, now):
+        """The connections that still count (see `live_after`)."""
+        return self.filter(seen_at__gt=live_after(now))
+
+    def stale(self, now):
+        return self.filter(seen_at__lte=live_after(now))
+
+
 class DeviceConnection(models.Model):
     """One live WebSocket of a device, kept by the worker that holds it.
 
@@ -116,6 +132,8 @@ class DeviceConnection(models.Model):
     worker = models.CharField(max_length=64, db_index=True)
     connected_at = models.DateTimeField()
     seen_at = models.DateTimeField()
+
+    objects = DeviceConnectionQuerySet.as_manager()
 
     class Meta:
         indexes = [models.Index(fields=["device", "seen_at"])]

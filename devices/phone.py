@@ -4,11 +4,39 @@ Inputs are E.164 or a national number with an ISO `region`. We require a
 *possible* number (right length for its country), not a *valid* one: test and
 newly allocated ranges (e.g. +1 555 …) must work, and the carrier is the judge
 of whether a number exists.
+
+The one module that parses phone numbers (settings, the API, the provider's webhooks
+all come here); nothing else imports `phonenumbers`.
 """
 
 import phonenumbers
 
 from devices.errors import ServiceError
+
+
+def parse_e164(raw: str | None, region: str | None = None) -> str | None:
+    """`raw` as E.164, or None when it is not a possible phone number (what a caller id
+    the network withheld or garbled, or a setting, is checked with)."""
+    if not isinstance(raw, str) or not raw.strip():
+        return None
+    try:
+        parsed = phonenumbers.parse(raw, region.upper() if region else None)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_possible_number(parsed):
+        return None
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+_PAYS_THE_CALLEE = frozenset({phonenumbers.PhoneNumberType.PREMIUM_RATE, phonenumbers.PhoneNumberType.SHARED_COST})
+
+
+def pays_the_callee(number: str) -> bool:
+    """A premium-rate or shared-cost number: a call there pays whoever owns it (toll fraud)."""
+    try:
+        return phonenumbers.number_type(phonenumbers.parse(number)) in _PAYS_THE_CALLEE
+    except phonenumbers.NumberParseException:
+        return False
 
 
 def to_e164(raw: str, region: str | None = None, *, field: str = "number") -> str:

@@ -1,8 +1,6 @@
 """Reads of devices, scoped to their user."""
 
-from datetime import timedelta
 
-from django.conf import settings
 from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
 
@@ -11,10 +9,7 @@ from devices.models import Device, DeviceConnection
 
 
 def _with_online(queryset: QuerySet, now) -> QuerySet:
-    fresh = now - timedelta(seconds=settings.PRESENCE_STALE_SECONDS)
-    return queryset.annotate(
-        online=Exists(DeviceConnection.objects.filter(device_id=OuterRef("pk"), seen_at__gt=fresh))
-    )
+    return queryset.annotate(online=Exists(DeviceConnection.objects.live(now).filter(device_id=OuterRef("pk"))))
 
 
 def devices_for_user(*, user, now=None) -> QuerySet:
@@ -24,9 +19,3 @@ def devices_for_user(*, user, now=None) -> QuerySet:
 def device_for_user(*, user, device_id, now=None) -> Device:
     """The user's active device, or 404 (for other users' devices too)."""
     return one_or_not_found(devices_for_user(user=user, now=now), device_id, "device")
-
-
-def device_is_online(*, device_id, now=None) -> bool:
-    now = now or timezone.now()
-    fresh = now - timedelta(seconds=settings.PRESENCE_STALE_SECONDS)
-    return DeviceConnection.objects.filter(device_id=device_id, seen_at__gt=fresh).exists()

@@ -341,18 +341,10 @@ def device_revoke(*, device: Device, now: datetime, by: Device | None = None, cl
 
 # Presence -----------------------------------------------------------------
 
-def _stale_before(now: datetime) -> datetime:
-    return now - timedelta(seconds=settings.PRESENCE_STALE_SECONDS)
-
-
-def _live_connections(device_id, now: datetime):
-    return DeviceConnection.objects.filter(device_id=device_id, seen_at__gt=_stale_before(now))
-
-
 def connection_open(*, device: Device, channel_name: str, worker: str, now: datetime) -> bool:
     """Record a live WebSocket. True when the device just came online."""
     with transaction.atomic():
-        was_online = _live_connections(device.pk, now).exists()
+        was_online = DeviceConnection.objects.live(now).filter(device_id=device.pk).exists()
         DeviceConnection.objects.create(device=device, channel_name=channel_name, worker=worker,
                                         connected_at=now, seen_at=now)
         Device.all_objects.filter(pk=device.pk).update(last_seen_at=now)
@@ -367,7 +359,7 @@ def connection_close(*, channel_name: str, now: datetime) -> Device | None:
             return None
         connection.delete()
         Device.all_objects.filter(pk=connection.device_id).update(last_seen_at=now)
-        still_online = _live_connections(connection.device_id, now).exists()
+        still_online = DeviceConnection.objects.live(now).filter(device_id=connection.device_id).exists()
     return None if still_online else connection.device
 
 
@@ -395,7 +387,7 @@ def _drop_connections(connections, now: datetime) -> list[Device]:
         DeviceConnection.objects.filter(pk__in=[pk for pk, _ in rows]).delete()
         device_ids = {device_id for _, device_id in rows}
         online = set(
-            DeviceConnection.objects.filter(device_id__in=device_ids, seen_at__gt=_stale_before(now))
+            DeviceConnection.objects.live(now).filter(device_id__in=device_ids)
             .values_list("device_id", flat=True)
         )
         Device.all_objects.filter(pk__in=device_ids).update(last_seen_at=now)
@@ -404,7 +396,7 @@ def _drop_connections(connections, now: datetime) -> list[Device]:
 
 def connections_prune(*, now: datetime) -> list[Device]:
     """Forget connections of workers that stopped refreshing them (killed, crashed)."""
-    return _drop_connections(DeviceConnection.objects.filter(seen_at__lte=_stale_before(now)), now)
+    return _drop_connections(DeviceConnection.objects.stale(now), now)
 
 
 def connections_forget_worker(*, worker: str, now: datetime) -> list[Device]:

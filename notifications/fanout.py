@@ -25,13 +25,12 @@ from datetime import datetime, timedelta
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
-from django.conf import settings
 from django.db import DatabaseError
 from django.db.models import Case, DateTimeField, F, FilteredRelation, Q, QuerySet, Value, When
 from django.utils import timezone
 from redis.exceptions import RedisError
 
-from devices.models import Device, DeviceConnection
+from devices.models import Device, DeviceConnection, live_after
 from notifications import fcm, push_results
 from notifications.events import FRAME_MESSAGE, frame
 from notifications.layers import send_many
@@ -56,9 +55,8 @@ class FanoutResult:
 def online_device_ids(device_ids, now: datetime) -> dict:
     """The devices among `device_ids` with a live socket: device id → its sockets'
     channel names (a device may hold several). Usable as a set of device ids."""
-    fresh = now - timedelta(seconds=settings.PRESENCE_STALE_SECONDS)
     online: dict = {}
-    for device_id, channel in (DeviceConnection.objects.filter(device_id__in=list(device_ids), seen_at__gt=fresh)
+    for device_id, channel in (DeviceConnection.objects.live(now).filter(device_id__in=list(device_ids))
                                .values_list("device_id", "channel_name")):
         online.setdefault(device_id, []).append(channel)
     return online
@@ -67,8 +65,7 @@ def online_device_ids(device_ids, now: datetime) -> dict:
 def with_sockets(devices: QuerySet[Device], now: datetime) -> tuple[list[Device], dict]:
     """The devices of a query and, in the same query, their live sockets: (devices,
     device id → channel names) as `online_device_ids` gives them."""
-    fresh = now - timedelta(seconds=settings.PRESENCE_STALE_SECONDS)
-    rows = devices.annotate(live=FilteredRelation("connections", condition=Q(connections__seen_at__gt=fresh)),
+    rows = devices.annotate(live=FilteredRelation("connections", condition=Q(connections__seen_at__gt=live_after(now))),
                             live_channel=F("live__channel_name"))
     found: dict = {}
     online: dict = {}

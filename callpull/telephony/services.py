@@ -12,19 +12,19 @@ else, whoever its caller id claims to be.
 import logging
 import uuid
 from datetime import datetime, timedelta
-from urllib.parse import urlencode
 
-import phonenumbers
 from django.conf import settings
 from django.core import signing
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Exists, Q
 
-from callpull import legs, moves
+from callpull import actions, joins, legs, moves
 from callpull.models import Call, CallLeg, CallState, LegRole, LegState, Line, Pull, PullState, TimelineEntry
 from callpull.statemachine import PENDING_STATES, Step, record, transition
 from callpull.telephony import provider
+from callpull.telephony.callbacks import ringback_url, webhook_url
 from devices.models import Device
+from devices.phone import parse_e164
 
 log = logging.getLogger(__name__)
 
@@ -42,25 +42,10 @@ _PROOF_SALT = "callpull.telephony.dial-in"
 WITHHELD = {"", "anonymous", "restricted", "unknown", "private", "unavailable", "+266696687", "+86282452253"}
 
 
-def webhook_url(name: str, **query) -> str:
-    url = f"{settings.PUBLIC_BASE_URL}/telephony/twilio/{name}"
-    return f"{url}?{urlencode(query)}" if query else url
-
-
-def ringback_url() -> str:
-    static = settings.STATIC_URL if "://" in settings.STATIC_URL else \
-        f"{settings.PUBLIC_BASE_URL}/{settings.STATIC_URL.strip('/')}/"
-    return f"{static}callpull/ringback.wav"
-
-
 def e164_or_none(raw: str | None) -> str | None:
     if raw is None or raw.strip().lower() in WITHHELD:
         return None
-    try:
-        parsed = phonenumbers.parse(raw, None)
-    except phonenumbers.NumberParseException:
-        return None
-    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    return parse_e164(raw)
 
 
 # TwiML ---------------------------------------------------------------------------
@@ -467,8 +452,6 @@ def _call_for_callback(call_id: str | None, params: dict) -> Call | None:
     return call
 
 
-LEG_FAILED = {"busy", "no-answer", "failed", "canceled"}
-PARENT_ENDED = {"completed", "busy", "failed", "no-answer", "canceled"}
 # A participant-leave with one of these ParticipantCallStatus was answered: it had joined.
 ANSWERED = {"in-progress", "completed"}
 
@@ -480,7 +463,7 @@ def dial_finished(*, call_id: str, params: dict, now: datetime) -> str:
     call = _call_for_callback(call_id, params)
     if call is not None and not call.is_terminal:
         status = params.get("CallStatus")
-        legs.caller_gone(call, status=status if status in PARENT_ENDED else "completed", now=now)
+        legs.caller_gone(call, status=status if status in provider.ENDED_STATUSES else "completed", now=now)
     return provider.twiml_goodbye()
 
 
@@ -510,7 +493,7 @@ def _leg_completed(leg: CallLeg, *, call_sid: str | None, now: datetime) -> None
     if leg.state == LegState.JOINED:
         legs.leg_left(leg=leg, now=now)
     elif legs.join_unheard(leg) and _joins_on_answer(leg):
-        legs.leg_joined(leg=leg, now=now, call_sid=call_sid)
+        joins.leg_joined(leg=leg, now=now, call_sid=call_sid)
         legs.leg_left(leg=leg, now=now)
     elif leg.state == LegState.DIALING:
         legs.leg_failed(leg=leg, reason="ended_before_joining", now=now)
@@ -545,7 +528,7 @@ def status_changed(*, call_id: str | None, leg: str | None, params: dict, now: d
             # a retried create have gone through after all): not this leg's to change.
             log.info("status callback ignored: CallSid is not the leg's leg=%s", found.pk)
             return
-        if status in LEG_FAILED:
+        if status in provider.UNANSWERED_STATUSES:
             legs.leg_failed(leg=found, reason=status, now=now)
         elif status == "completed":
             _leg_completed(found, call_sid=params.get("CallSid") or None, now=now)
@@ -556,13 +539,13 @@ def status_changed(*, call_id: str | None, leg: str | None, params: dict, now: d
     call = Call.objects.select_related("line").filter(provider_call_sid=sid).first()
     if call is None:
         dial_in = CallLeg.objects.select_related("call").filter(provider_call_sid=sid).first()
-        if dial_in is not None and status in PARENT_ENDED:  # a device that dialled in hung up
+        if dial_in is not None and status in provider.ENDED_STATUSES:  # a device that dialled in hung up
             if dial_in.state == LegState.DIALING:
                 legs.leg_failed(leg=dial_in, reason="hung_up", now=now)
             else:
                 legs.leg_left(leg=dial_in, now=now)
         return
-    if status not in PARENT_ENDED or call.is_terminal:
+    if status not in provider.ENDED_STATUSES or call.is_terminal:
         return
     legs.caller_gone(call, status=status, now=now)
 
@@ -574,15 +557,15 @@ def conference_event(*, call_id: str | None, params: dict, now: datetime) -> Non
     except ValueError:
         return
     # Twilio updates and removes participants only under the conference's SID: keep it (once).
-    legs.conference_sid_learnt(call_id, params.get("ConferenceSid"))
+    actions.conference_sid_learnt(call_id, params.get("ConferenceSid"))
     event = params.get("StatusCallbackEvent", "")
     found = _leg(call_id, params.get("ParticipantLabel"), params.get("CallSid"))
     if event == "participant-join" and found is not None:
-        legs.leg_joined(leg=found, now=now, call_sid=params.get("CallSid"))
+        joins.leg_joined(leg=found, now=now, call_sid=params.get("CallSid"))
     elif event == "participant-leave" and found is not None:
         # A leave heard before the join: the participant was answered, so it had joined.
         if legs.join_unheard(found) and params.get("ParticipantCallStatus") in ANSWERED:
-            legs.leg_joined(leg=found, now=now, call_sid=params.get("CallSid"))
+            joins.leg_joined(leg=found, now=now, call_sid=params.get("CallSid"))
         legs.leg_left(leg=found, now=now)
     elif event in ("participant-leave", "conference-end"):
         # The caller left the conference (and, having endConferenceOnExit, ended it): the
