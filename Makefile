@@ -22,6 +22,8 @@ install-dev: $(VENV)/.dev
 migrate: install
 	$(PY) manage.py migrate --no-input
 
+# With no Twilio credentials (the embedded default) `manage.py serve` runs the development entry
+# point settings name (simulators.asgi: the product with the simulator at /simulator/).
 run: migrate
 	PUBLIC_BASE_URL=$${PUBLIC_BASE_URL:-http://$(HOST):$(PORT)} $(PY) manage.py serve --host $(HOST) --port $(PORT)
 

@@ -27,6 +27,8 @@ REDIS_BASE = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
 _SCRUB = ("DATABASE_URL", "REDIS_URL", "FCM_CREDENTIALS_FILE", "FCM_ENDPOINT", "TWILIO_API_BASE",
           "PUBLIC_BASE_URL", "SERVER_NUMBERS", "DEBUG", "LOG_LEVEL", "SECRET_KEY", "ALLOWED_HOSTS",
           "TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN")
+# What server_env(production=True) adds that takes the stand-ins away (settings.SIMULATOR_ENABLED).
+_PRODUCTION = ("DEBUG", "SECRET_KEY", "TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_API_BASE")
 NCPU = os.cpu_count() or 1
 SERVER_CORES = {0}
 CLIENT_CORES = {1} if NCPU > 1 else {0}
@@ -138,9 +140,12 @@ def seed(env: dict, users: int, secondaries: int, policy: str, out: Path, prefix
 def start_fake_fcm(tmp: Path, env: dict, *, latency_ms: int = 20,
                    pin: set | None = None) -> tuple[subprocess.Popen, str, Path]:
     """`manage.py fakefcm` in its own process; returns (process, its URL, the
-    service-account file that points firebase-admin at it)."""
+    service-account file that points firebase-admin at it). The command exists in the
+    embedded default only (the `simulators` app), so it runs without the production
+    variables a server's `env` may hold."""
     port = free_port()
     creds = tmp / "fake-fcm-service-account.json"
+    env = {key: value for key, value in env.items() if key not in _PRODUCTION}
     with open(tmp / "fakefcm.log", "ab") as log_file:
         fake = subprocess.Popen([sys.executable, "manage.py", "fakefcm", "--port", str(port), "--latency-ms",
                                  str(latency_ms), "--credentials-out", str(creds)], cwd=ROOT, env=env,
@@ -169,7 +174,9 @@ def stop_process(process: subprocess.Popen) -> None:
 
 
 class Server:
-    """The product (`manage.py serve`) or the floor (uvicorn on bench.floor.app:application)."""
+    """The product (`manage.py serve`: the application settings.ASGI_APPLICATION names, so the
+    development entry point simulators.asgi in the embedded default, callpull.asgi alone with
+    the provider's credentials) or the floor (uvicorn on bench.floor.app:application)."""
 
     def __init__(self, app: str, env: dict, log_path: Path, *, workers: int = 1, deflate: bool = False,
                  pin: bool = True):

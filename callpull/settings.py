@@ -1,13 +1,14 @@
 """Settings for callpull, read from the environment (see docs/CONFIGURATION in README).
 
 The defaults run everything in one process with no services: a SQLite file, the
-in-memory channel layer, FCM off and the bundled carrier/provider simulator.
+in-memory channel layer, FCM off and, with no Twilio credentials (DEBUG only), the
+bundled carrier/provider simulator mounted by the development entry point
+(`simulators.asgi`, see SIMULATOR_ENABLED below). The simulator's own variables
+are read by `simulators.telephony.config`, not here.
 Every variable is validated here so a typo stops the server at start-up.
 """
 
 import ipaddress
-import os
-import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -79,8 +80,11 @@ SIP_DOMAINS = [domain.lower().rstrip(".") for domain in env_list("SIP_DOMAINS", 
 ALLOW_SIGNUP = env_bool("ALLOW_SIGNUP", True)
 SERVER_NUMBERS = env_e164_list("SERVER_NUMBERS", ["+15555550100"])
 
-# Voice provider: Twilio (or any TwiML provider) when credentials are set; otherwise the
-# bundled carrier/provider simulator, mounted at /simulator/ and speaking real HTTP.
+# Voice provider: Twilio (or any TwiML provider) when credentials are set. Without them
+# (the embedded default, DEBUG only) the server runs the development entry point
+# (ASGI_APPLICATION below), which mounts the bundled carrier/provider simulator at
+# /simulator/; the product talks to it over real HTTP with a development account that
+# is no secret (like the development SECRET_KEY above).
 TWILIO_ACCOUNT_SID = env_str("TWILIO_ACCOUNT_SID")
 TWILIO_AUTH_TOKEN = env_str("TWILIO_AUTH_TOKEN")
 if bool(TWILIO_ACCOUNT_SID) != bool(TWILIO_AUTH_TOKEN):
@@ -93,8 +97,6 @@ if SIMULATOR_ENABLED:
     TWILIO_AUTH_TOKEN = "simulator-auth-token"
 TWILIO_API_BASE = env_url("TWILIO_API_BASE", PUBLIC_BASE_URL + "/simulator" if SIMULATOR_ENABLED
                           else "https://api.twilio.com", schemes=("http", "https"))
-# How long the simulated provider lets a dialled device ring before it answers.
-SIMULATOR_ANSWER_DELAY_SECONDS = env_float("SIMULATOR_ANSWER_DELAY_SECONDS", 1.0, minimum=0.0)
 
 FCM_CREDENTIALS_FILE = env_file("FCM_CREDENTIALS_FILE")
 FCM_ENDPOINT = env_url("FCM_ENDPOINT", "https://fcm.googleapis.com", schemes=("http", "https"))
@@ -120,8 +122,10 @@ INSTALLED_APPS = [
     "devices",
     "notifications",
     "callpull",
-    "simulators",
 ]
+if SIMULATOR_ENABLED:
+    # The stand-ins' management commands (`manage.py simulator`, `manage.py fakefcm`).
+    INSTALLED_APPS.append("simulators")
 
 MIDDLEWARE = [
     # Outermost: any error Django itself answers under /api/ (a bad Host, a CSRF refusal, its
@@ -137,7 +141,9 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "callpull.urls"
-ASGI_APPLICATION = "callpull.asgi.application"
+# The product alone, or (embedded default) the development entry point: the product with the
+# simulator mounted at /simulator/. `manage.py serve` serves this one.
+ASGI_APPLICATION = "simulators.asgi.application" if SIMULATOR_ENABLED else "callpull.asgi.application"
 
 TEMPLATES = [
     {
@@ -176,18 +182,14 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Django's backend, keeping one idle connection to the file open (callpull/sqlite3/base.py).
-    DATABASES["default"]["ENGINE"] = "callpull.sqlite3"
+    DATABASES["default"].update(ENGINE="callpull.sqlite3", CONN_MAX_AGE=None)  # persistent: callpull/http.py
     # WAL and a busy timeout let the sweeper, HTTP and WebSocket threads share the file.
     DATABASES["default"]["OPTIONS"] = {
         "timeout": 20,
         "transaction_mode": "IMMEDIATE",
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
-    # Tests use a file, not shared-cache memory: concurrent connections there fail with
-    # "table is locked" instead of waiting, and the race tests need real concurrency.
-    DATABASES["default"]["TEST"] = {
-        "NAME": env_str("SQLITE_TEST_NAME", os.path.join(tempfile.gettempdir(), f"callpull-test-{os.getpid()}.sqlite3"))
-    }
+    # (The tests' database is named by tests/conftest.py: a file, not shared-cache memory.)
 
 # The API and the pages run on a thread pool (callpull/http.py), one thread per request from
 # start to end. A ring report with policy immediate holds its thread while it waits up to
@@ -205,12 +207,10 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            # channels_redis, with a capacity per worker and a blocking pool (notifications/layers.py).
+            # Our Redis layer: the ASGI channel layer spec on redis-py (notifications/layers.py).
             "BACKEND": "notifications.layers.RedisChannelLayer",
-            # channels_redis waits for messages with blocking 5 s BZPOPMINs and relies on
-            # cancelling them; redis-py >= 6 puts a 5 s socket timeout on every read, which
-            # kills idle sockets' consumers and can swallow that cancellation (a refused
-            # socket's receive loop then polls Redis forever). Blocking reads get none.
+            # It waits for messages with blocking 5 s BLPOPs; redis-py >= 6 puts a 5 s socket
+            # timeout on every read, which would cut them at the edge. Blocking reads get none.
             "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": None}], "capacity": 1000,
                        "expiry": 30},
         }
@@ -223,7 +223,7 @@ if REDIS_URL:
         }
     }
 else:
-    # Channels' in-memory layer, without its per-message sweep (notifications/layers.py).
+    # Our in-memory layer, one process (notifications/layers.py).
     CHANNEL_LAYERS = {"default": {"BACKEND": "notifications.layers.InMemoryChannelLayer"}}
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 

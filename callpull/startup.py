@@ -9,7 +9,8 @@ from django.db import DatabaseError, connections
 from django.db.models import Count
 
 from callpull.models import Line
-from notifications import presence
+from callpull.sweeper import sweep_loop
+from notifications import fcm, presence, push_results
 
 log = logging.getLogger("callpull")
 
@@ -27,8 +28,8 @@ def describe() -> list[str]:
         layer = "in-memory: one process only (set REDIS_URL for several workers)"
     fcm = (f"on ({settings.FCM_ENDPOINT})" if settings.FCM_CREDENTIALS_FILE
            else "off: no FCM_CREDENTIALS_FILE, devices are reached over WebSocket only")
-    if settings.SIMULATOR_ENABLED:
-        provider = f"the bundled carrier/provider simulator at {settings.PUBLIC_BASE_URL}/simulator/"
+    if settings.SIMULATOR_ENABLED:  # no TWILIO_ACCOUNT_SID: the development account
+        provider = f"the bundled carrier/provider simulator at {settings.TWILIO_API_BASE}/"
     else:
         provider = f"Twilio-compatible at {settings.TWILIO_API_BASE}"
     return [
@@ -49,8 +50,6 @@ def announce() -> None:
 
 
 def background_tasks():
-    from callpull.sweeper import sweep_loop
-
     tasks = [presence.heartbeat_loop()]
     if settings.SWEEPER_IN_PROCESS:
         tasks.append(sweep_loop())
@@ -86,20 +85,12 @@ def _announce_server_numbers_in_thread() -> None:
 async def warm_up() -> None:
     """Say what needs the database (lines per server number) and build what the first ring
     would otherwise build (the FCM sender), off the loop."""
-    from notifications import fcm
-
     await asyncio.to_thread(_announce_server_numbers_in_thread)
     await asyncio.to_thread(fcm.start)
 
 
 async def shutdown() -> None:
-    """Let in-process helpers finish cleanly (the simulator's pending requests, FCM
-    sends, then the recording of their results)."""
-    from notifications import fcm, push_results
-
-    if settings.SIMULATOR_ENABLED:
-        from simulators.telephony.app import application as simulator
-
-        await simulator.aclose()
+    """Let in-process helpers finish cleanly (FCM sends, then the recording of their
+    results). The development entry point closes the simulator after this."""
     fcm.shutdown(timeout=2.0)
     await asyncio.to_thread(push_results.RECORDER.flush, 2.0)

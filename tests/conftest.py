@@ -1,8 +1,11 @@
-"""Fixtures shared by every test package: an API client and small factories."""
+"""Fixtures shared by every test package: the test database, an API client and small factories."""
 
 import itertools
+import os
+import tempfile
 
 import pytest
+from django.conf import settings as django_settings
 from django.core.cache import cache
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -13,6 +16,18 @@ from devices.models import Device
 PASSWORD = "correct horse battery staple"
 _names = itertools.count(1)
 _unset = object()
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
+    """On SQLite the test database is a file (SQLITE_TEST_NAME, default a per-process file in
+    the temp dir), not shared-cache memory: concurrent connections there fail with "table is
+    locked" instead of waiting, and the race tests need real concurrency."""
+    database = django_settings.DATABASES["default"]
+    if database["ENGINE"] == "callpull.sqlite3":
+        name = os.environ.get("SQLITE_TEST_NAME", "").strip()
+        database.setdefault("TEST", {})["NAME"] = name or os.path.join(
+            tempfile.gettempdir(), f"callpull-test-{os.getpid()}.sqlite3")
 
 
 @pytest.fixture(autouse=True)

@@ -1,9 +1,8 @@
 """The simulator's ASGI application: every path under /simulator/.
 
-`application` is built from Django settings on its first request and is meant
-to be mounted inside the backend's ASGI router (embedded default: same process,
-same event loop). `create_app(config)` builds one for tests and for the
-standalone server (`manage.py simulator`).
+`create_app(config)` builds one: embedded in the backend's server by the
+development entry point (`simulators.asgi`: same process, same event loop), for
+the standalone server (`manage.py simulator`) and for tests.
 
 Its HTTP surface is `SURFACE` below, also served at GET /simulator/; the
 requests and answers are described in docs/SIMULATOR.md.
@@ -620,22 +619,3 @@ def _envelope(code: str, message: str) -> dict:
 
 def create_app(config: SimulatorConfig, *, embedded: bool = False) -> SimulatorApp:
     return SimulatorApp(config, embedded=embedded)
-
-
-class _FromSettings:
-    """The embedded simulator, configured from Django settings on first use."""
-
-    def __init__(self):
-        self.app: SimulatorApp | None = None
-
-    async def __call__(self, scope, receive, send):
-        if self.app is None:
-            self.app = create_app(SimulatorConfig.from_settings(), embedded=True)
-        await self.app(scope, receive, send)
-
-    async def aclose(self) -> None:
-        if self.app is not None:
-            await self.app.aclose()
-
-
-application = _FromSettings()

@@ -1,8 +1,19 @@
-"""What the simulator needs to know, read once from Django settings or given by tests."""
+"""What the simulator needs to know: the product's account, public URL and server numbers
+from Django settings, its own knobs from its own environment variables (or given by tests).
+
+- `SIMULATOR_ANSWER_DELAY_SECONDS` (default 1): how long a dialled device rings before it answers.
+- `SIMULATOR_BACKEND_URL` (default none): where webhooks are sent, when not to the server
+  the simulator is mounted in (see `outbound.Outbound`).
+"""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
 
 @dataclass(frozen=True)
@@ -43,15 +54,43 @@ class SimulatorConfig:
 
     @classmethod
     def from_settings(cls, **overrides) -> SimulatorConfig:
-        from django.conf import settings
-
+        """The product's account and addresses from Django settings; the simulator's own
+        variables from the environment (a bad value raises ImproperlyConfigured)."""
         values = dict(
             account_sid=settings.TWILIO_ACCOUNT_SID,
             auth_token=settings.TWILIO_AUTH_TOKEN,
             public_base_url=settings.PUBLIC_BASE_URL.rstrip("/"),
             server_numbers=tuple(settings.SERVER_NUMBERS),
-            answer_delay_seconds=settings.SIMULATOR_ANSWER_DELAY_SECONDS,
-            backend_url=getattr(settings, "SIMULATOR_BACKEND_URL", None),
+            answer_delay_seconds=_seconds("SIMULATOR_ANSWER_DELAY_SECONDS", 1.0),
+            backend_url=_url("SIMULATOR_BACKEND_URL"),
         )
         values.update(overrides)
         return cls(**values)
+
+
+def _variable(name: str) -> str | None:
+    value = os.environ.get(name, "").strip()
+    return value or None
+
+
+def _seconds(name: str, default: float) -> float:
+    value = _variable(name)
+    if value is None:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={value!r} is not a number") from None
+    if not seconds >= 0:
+        raise ImproperlyConfigured(f"{name}={value!r} must be 0 or more")
+    return seconds
+
+
+def _url(name: str) -> str | None:
+    value = _variable(name)
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ImproperlyConfigured(f"{name}={value!r} is not an http:// or https:// URL")
+    return value.rstrip("/")

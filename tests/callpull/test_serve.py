@@ -31,7 +31,7 @@ def uvicorn_run(monkeypatch):
 def test_serve_uses_the_device_protocol_without_deflate_by_default(uvicorn_run):
     call_command("serve")
     (app, options), = uvicorn_run
-    assert app == "callpull.asgi:application"
+    assert app == "simulators.asgi:application"  # settings.ASGI_APPLICATION of the embedded default
     assert options["ws"] == "callpull.management.commands.serve:DeviceWebSocketProtocol"
     assert options["ws_per_message_deflate"] is False
     assert (options["ws_ping_interval"], options["ws_ping_timeout"]) == (20.0, 20.0)
@@ -50,7 +50,7 @@ def test_serve_passes_deflate_pings_and_uvicorns_own_protocols(uvicorn_run):
 
 def test_inbox_hands_items_out_in_order_to_a_waiting_getter():
     async def scenario():
-        inbox = serve._Inbox()
+        inbox = serve.Inbox()
         getter = asyncio.ensure_future(inbox.get())
         await asyncio.sleep(0)
         inbox.put_nowait("connect")
@@ -62,7 +62,7 @@ def test_inbox_hands_items_out_in_order_to_a_waiting_getter():
 
 def test_inbox_keeps_the_item_of_a_getter_cancelled_after_it_was_woken():
     async def scenario():
-        inbox = serve._Inbox()
+        inbox = serve.Inbox()
         first = asyncio.ensure_future(inbox.get())
         second = asyncio.ensure_future(inbox.get())
         await asyncio.sleep(0)

@@ -1,4 +1,6 @@
-"""Fixtures for the end-to-end tests: real uvicorn processes with their own databases.
+"""Fixtures for the end-to-end tests: real uvicorn processes with their own databases,
+each on the application its settings name (support.asgi_entry: the development entry
+point simulators.asgi, with the simulator at /simulator/, unless Twilio credentials are set).
 
 - `environment` (session): temp dir, PostgreSQL admin access when DATABASE_URL
   is PostgreSQL, and a Redis database claimed for this run when REDIS_URL is set.

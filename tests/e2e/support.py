@@ -1,7 +1,9 @@
 """Helpers for the end-to-end tests: real server processes and real clients.
 
-A `Server` is a uvicorn process on `callpull.asgi:application`, on a free
-loopback port, logging to a file. `Environment` makes fresh databases for
+A `Server` is a uvicorn process on the application its settings name (`asgi_entry`):
+the product alone with Twilio credentials, the development entry point (the
+product with the bundled simulator at /simulator/) without; on a free loopback
+port, logging to a file. `Environment` makes fresh databases for
 servers (a PostgreSQL database when DATABASE_URL points at PostgreSQL, else a
 SQLite file) and a Redis database of their own when REDIS_URL is set.
 
@@ -62,6 +64,14 @@ def simulator_api_base(port: int) -> str:
     own loopback port (PUBLIC_BASE_URL is a name that does not resolve). Pass the
     function itself as a setting: `servers.start(TWILIO_API_BASE=simulator_api_base)`."""
     return f"http://127.0.0.1:{port}/simulator"
+
+
+def asgi_entry(env: dict[str, str]) -> str:
+    """What uvicorn serves for a server with this environment: the application
+    settings.ASGI_APPLICATION names there (callpull/settings.py), as module:attribute."""
+    if env.get("TWILIO_ACCOUNT_SID", "").strip():
+        return "callpull.asgi:application"
+    return "simulators.asgi:application"  # embedded default: the simulator mounted
 
 
 def unique(prefix: str) -> str:
@@ -132,7 +142,7 @@ class Server:
                 log.write(f"--- starting {self.name} on port {self.port}\n".encode())
                 log.flush()
                 self.process = subprocess.Popen(
-                    [sys.executable, "-m", "uvicorn", "callpull.asgi:application",
+                    [sys.executable, "-m", "uvicorn", asgi_entry(self.env),
                      "--host", "127.0.0.1", "--port", str(self.port), "--lifespan", "on",
                      "--ws-per-message-deflate", "false", "--timeout-graceful-shutdown", "5"],
                     cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

@@ -1,8 +1,8 @@
 """Helpers for the simulator tests: a fake backend and a server that mounts the simulator.
 
-One uvicorn server (in a thread, on a free loopback port) serves both, the way
-the product mounts the simulator inside its own server: /simulator/… goes to
-the simulator, everything else to `FakeBackend`, which records each webhook
+One uvicorn server (in a thread, on a free loopback port) serves both, mounted
+by the development entry point's own router (`simulators.asgi.WithSimulator`, as
+around the product): /simulator/… goes to the simulator, everything else to `FakeBackend`, which records each webhook
 (with whether twilio's own RequestValidator accepts its signature) and answers
 with TwiML a test scripts. The backend is published as PUBLIC_URL, which does
 not resolve: the simulator must reach it through the server it is mounted in,
@@ -21,6 +21,7 @@ import httpx
 import uvicorn
 from twilio.request_validator import RequestValidator
 
+from simulators.asgi import WithSimulator
 from simulators.telephony.app import SimulatorApp
 from simulators.telephony.config import SimulatorConfig
 
@@ -120,16 +121,9 @@ class FakeBackend:
         await send({"type": "http.response.body", "body": text.encode()})
 
 
-class Mounted:
-    """The backend's router in miniature: /simulator/ to the simulator, the rest to the backend."""
-
-    def __init__(self, simulator: SimulatorApp, backend: FakeBackend):
-        self.simulator, self.backend = simulator, backend
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["path"].startswith("/simulator"):
-            return await self.simulator(scope, receive, send)
-        return await self.backend(scope, receive, send)
+def Mounted(simulator: SimulatorApp, backend: FakeBackend) -> WithSimulator:
+    """The development entry point's router with `backend` in the product's place."""
+    return WithSimulator(backend, simulator)
 
 
 class Stack:

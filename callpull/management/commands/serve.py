@@ -1,9 +1,22 @@
 """Run the ASGI application under uvicorn: `python manage.py serve`.
 
-Any ASGI server on `callpull.asgi:application` works; this command only saves
-typing, refuses setups that cannot work (several workers without Redis), and
+It serves the application settings.ASGI_APPLICATION names: `callpull.asgi:application`,
+or in the embedded default the development entry point `simulators.asgi:application`
+(the product with the bundled simulator mounted). Any ASGI server on that works; this
+command only saves typing, refuses setups that cannot work (several workers without Redis), and
 serves WebSockets with `DeviceWebSocketProtocol`, which holds less per idle
 socket than uvicorn's own (devices keep their socket open all day).
+
+uvicorn's internals, pinned: this is the one module that touches them.
+`DeviceWebSocketProtocol` subclasses uvicorn's websockets-sansio protocol (an
+undocumented module; uvicorn documents only the `ws=` names) and replaces three
+of its attributes; uvicorn documents none of that, so it is checked against
+exactly UVICORN_CHECKED and WEBSOCKETS_CHECKED, and
+tests/notifications/test_library_uvicorn.py fails on any other installed version.
+It stays because it pays: uvicorn's own protocol (`--ws websockets-sansio`) held
+27.1 KB per idle socket against this one's 17.6 KB (2,000 sockets, in-memory
+layer, permessage-deflate off; bench/README.md). `--ws websockets-sansio` is the
+fallback that needs nothing of uvicorn's but its documented options.
 """
 
 import argparse
@@ -17,7 +30,18 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.server import ServerProtocol
 
-from notifications.layers import Inbox as _Inbox
+from notifications.layers import Inbox
+
+# The versions DeviceWebSocketProtocol was written and checked against. On an upgrade,
+# re-check in uvicorn's websockets_sansio_impl.py: the constructor's signature, that
+# `queue` is used only through put_nowait/get/get_nowait/empty and `writable` only
+# through set/clear/is_set/wait, that `conn` is built in __init__ and nothing keeps
+# the first one, that `request`/`response` are not read after start_keepalive();
+# and in websockets, ServerProtocol's and ServerPerMessageDeflateFactory's
+# arguments. Then run `python -m bench memory` with `--variants 'default;--ws
+# websockets-sansio'` to see that it still pays.
+UVICORN_CHECKED = "0.54.0"
+WEBSOCKETS_CHECKED = "17.4"
 
 # --ws: ours, or uvicorn's own protocols by their uvicorn names (wsproto is not installed).
 WS_PROTOCOLS = {"device": f"{__name__}:DeviceWebSocketProtocol", "websockets-sansio": "websockets-sansio",
@@ -62,8 +86,9 @@ class DeviceWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's websockets-sansio protocol (no task per socket beyond the app's),
     with differences that only change what an idle socket holds:
 
-    - the application's inbox and the writability flag are `_Inbox` and `_Flag`
-      rather than an asyncio.Queue and an asyncio.Event;
+    - the application's inbox and the writability flag are `Inbox`
+      (notifications.layers) and `_Flag` rather than an asyncio.Queue and an
+      asyncio.Event;
     - the handshake's request and response (headers and all) are released once the
       socket is accepted; uvicorn keeps them for the socket's life but never reads
       them again. websockets (17.4) keeps the request too, as a local of the parser
@@ -79,7 +104,7 @@ class DeviceWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def __init__(self, config, server_state, app_state, _loop=None):
         super().__init__(config, server_state, app_state, _loop)
-        self.queue = _Inbox()
+        self.queue = Inbox()
         self.writable = _Flag()
         self.writable.set()
         if config.ws_per_message_deflate:
@@ -149,7 +174,8 @@ class Command(BaseCommand):
         # proxy_headers=False: uvicorn would otherwise take X-Forwarded-For (and -Proto) from any
         # client on loopback as the client's address. The app reads X-Forwarded-For itself, and
         # only from TRUSTED_PROXIES (devices.api.client_ip).
-        uvicorn.run("callpull.asgi:application", host=host, port=port, workers=workers, lifespan="on",
+        module, _, attribute = settings.ASGI_APPLICATION.rpartition(".")
+        uvicorn.run(f"{module}:{attribute}", host=host, port=port, workers=workers, lifespan="on",
                     log_level=log_level, ws=WS_PROTOCOLS[ws], proxy_headers=False,
                     ws_per_message_deflate=ws_per_message_deflate, ws_ping_interval=ws_ping_interval,
                     ws_ping_timeout=ws_ping_timeout)
