@@ -353,7 +353,10 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
-        name: {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False}
-        for name in ("callpull", "devices", "notifications")
+        **{name: {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False}
+           for name in ("callpull", "devices", "notifications")},
+        # Django's own default sends "django" to a console handler of its own (with DEBUG) and
+        # on to the root's: each django.request line came out twice. One handler, always.
+        "django": {"handlers": ["console"], "level": "INFO", "propagate": False},
     },
 }
