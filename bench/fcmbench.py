@@ -2,10 +2,11 @@
 
 Run by `python -m bench run` as a subprocess pinned to the client core, while
 `manage.py fakefcm --latency-ms 20` (simulators.fcm.FakeFCM) runs in another
-process on the server core. All three use real firebase-admin.
+process on the server core. fcm-django and naive use real firebase-admin; ours builds
+FCM HTTP v1 requests itself (firebase-admin's credential for the access token only).
 
-- ours: notifications.fcm.send_many (its own thread pool); first/last = when FCM
-  accepted the first/last push (PushResult.sent_at), from the call.
+- ours: notifications.fcm.send_many (its own event loop and aiohttp); first/last = when
+  FCM accepted the first/last push (PushResult.sent_at), from the call.
 - fcm-django: FCMDevice.objects.filter(...).send_message(Message(data=…), app=app),
   its real QuerySet path (messaging.send_each per 500, then its bookkeeping).
 - naive: for each token, messaging.send(Message(token=…, data=…), app=app).

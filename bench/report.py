@@ -190,7 +190,7 @@ def markdown(results: dict) -> str:
                          f"{m['rss_per_1000_mb']} MB | {m['connect_cpu_s_per_1000']} | "
                          f"{m['idle_cpu_pct_per_1000']} | {m['load'][0]} |")
     if results.get("fcm"):
-        lines += ["", "## FCM fan-out (real firebase-admin → simulators.fcm, 20 ms added latency)", "",
+        lines += ["", "## FCM fan-out (our FCM HTTP v1 client → simulators.fcm, 20 ms added latency)", "",
                   "*ours* = notifications.fcm.send_many; *fcm-django* = `FCMDevice.objects.filter(…).send_message` "
                   "(its messaging.send_each path); *naive loop* = `messaging.send` per token. Median of repeats.", "",
                   "| impl | tokens | accepted | first accepted (ms) | last accepted (ms) | msg/s | samples (ms) "

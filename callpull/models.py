@@ -69,6 +69,10 @@ class AccountSettings(models.Model):
     transfer_allowlist = models.JSONField(default=list, blank=True)
     transfer_pin_hash = models.CharField(max_length=255, blank=True, default="")
 
+    class Meta:
+        verbose_name = "account settings"
+        verbose_name_plural = "account settings"
+
 
 class CallState(models.TextChoices):
     RINGING = "ringing"

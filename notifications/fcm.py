@@ -12,10 +12,8 @@ What a ringing phone needs from FCM, and how this module provides it:
 - Nothing worthless: a push whose deadline has passed is reported `expired`
   without a request; retries (quota, 5xx, timeouts) back off 0.1, 0.2, 0.4 s … plus
   jitter, honour `Retry-After`, and stop at min(deadline, start +
-  FCM_RETRY_BUDGET_SECONDS). firebase-admin's own retries (4 x on 500/503 with 0.5 s
-  exponential backoff, i.e. up to ~7.5 s) are switched off. Each request may take at
-  most FCM_HTTP_TIMEOUT_SECONDS; a push still waiting for FCM at its deadline is
-  reported as a timeout then.
+  FCM_RETRY_BUDGET_SECONDS). Each request may take at most FCM_HTTP_TIMEOUT_SECONDS; a
+  push still waiting for FCM at its deadline is reported as a timeout then.
 - FCM failing as a whole (503, 500, 429 or refused connections for BREAKER_THRESHOLD
   different tokens in a row) opens a circuit breaker (`_Breaker`): every push waits
   (Retry-After, or 0.25 s doubling to 2 s) while one probe request finds out whether FCM
@@ -24,45 +22,50 @@ What a ringing phone needs from FCM, and how this module provides it:
 - Non-blocking: `send_many` returns at once. Results arrive in completion order, so
   the first device reached is known without waiting for the slowest.
 
-Division of labour: firebase-admin does everything FCM-specific; aiohttp only carries
-bytes. firebase-admin builds the App and its service-account credential (google-auth
-mints the bearer token; a refresh blocks, so it runs in a thread, once for all pushes),
-encodes each message (`encode_message`, the JSON `messaging.send` posts), names the URL
-and the headers it sends, and turns every failure into its own exception class
-(`UnregisteredError`, `QuotaExceededError`, ...) through the error handler of its async
-path, which is handed an `httpx.Response` rebuilt from aiohttp's answer (a connection
-failure becomes `httpx.ConnectError`, a timeout `httpx.ReadTimeout`, as httpx would have
-raised them). A 401 about the access token gets one fresh token and one more request,
-as google-auth's session does for `messaging.send`.
+The protocol is this module's own: FCM HTTP v1 is documented, and only its public parts
+are used (docs/PUSH.md cites the references).
 
-Concurrency: one background thread runs an asyncio loop that schedules each push, waits
-out backoffs, cuts a push off at its deadline, and makes the requests: at most
-MAX_IN_FLIGHT at a time, first come first served, over as many pooled keep-alive
+- The request: `POST {FCM_ENDPOINT}/v1/projects/{project_id}/messages:send` with
+  `Authorization: Bearer {OAuth2 access token}` and a JSON body `{"message": {...}}`
+  (`projects.messages.send`; the `Message` and `AndroidConfig` resources), built here
+  (`_message`, `_Sender._body`).
+- The answer: 200 `{"name": "projects/{project}/messages/{id}"}`, or FCM's error JSON
+  `{"error": {"code", "message", "status", "details": [...]}}`, mapped here
+  (`classify`) by the `errorCode` of its `google.firebase.fcm.v1.FcmError` detail (the
+  `ErrorCode` enum), else its google.rpc `status`, else the HTTP status. UNREGISTERED
+  (404), SENDER_ID_MISMATCH (403) and an INVALID_ARGUMENT about the registration token
+  drop the token; an INVALID_ARGUMENT about the payload keeps it; QUOTA_EXCEEDED (429),
+  INTERNAL (500) and UNAVAILABLE (503) are retried, after `Retry-After` when FCM sends
+  one; a 401 that is not THIRD_PARTY_AUTH_ERROR means FCM refused our access token: it
+  is replaced once and the request made once more.
+- firebase-admin is kept for the credential only, through its public API:
+  `credentials.Certificate(FCM_CREDENTIALS_FILE)`, its `project_id`, and
+  `get_access_token()` (google-auth mints the token; it blocks, so it runs in a thread,
+  once for all pushes, and again some minutes before the token expires). No firebase
+  App, no `messaging` module: its encoder and error handler are private API.
+
+Concurrency: one background thread runs an asyncio loop (uvloop) that schedules each
+push, waits out backoffs, cuts a push off at its deadline, and makes the requests: at
+most MAX_IN_FLIGHT at a time, first come first served, over as many pooled keep-alive
 connections. A second thread calls `on_result`, so a slow callback (ORM writes) never
 stalls sending, and calls come in completion order.
 
-Why aiohttp under firebase-admin rather than firebase-admin's own transports: sending
-is CPU-bound (every push is one HTTP request; FCM v1 has no batch endpoint), so what
-counts is Python per push. Measured against the fake (20 ms latency, sender and fake on
-separate cores of a 2-CPU machine shared with other work, load 3-9), sender CPU per push:
-firebase-admin's async path, `send_each_async` over httpx, ~4 ms (most of it in
-httpcore's connection pool; the same with 100 keep-alive connections instead of 20); its
-`HttpxAsyncClient` with an aiohttp transport underneath, ~0.5 ms (httpx's client layer
-alone); blocking `messaging.send` on 64 threads (this module's previous design) ~0.65 ms;
-`send_each` (fcm-django's way) ~0.9-1.2 ms; this module ~0.15 ms. To FCM itself httpx
-would multiplex over HTTP/2, but the fake speaks HTTP/1.1 only (uvicorn), and so does
-aiohttp. What is left per push is mostly aiohttp's request machinery: counted with
-callgrind (instructions of the sender process for 5 x 100 pushes, independent of the
-machine's load), 887k instructions per push before the body template and uvloop, 724k
-with the template (the Message encoded once per payload), 643k with uvloop and the URL
-parsed once as well.
+Why aiohttp rather than httpx or firebase-admin's transports: sending is CPU-bound
+(every push is one HTTP request; FCM v1 has no batch endpoint), so what counts is Python
+per push. Measured against the fake (20 ms latency, sender and fake on separate cores of
+a 2-CPU machine shared with other work, load 3-9), sender CPU per push: firebase-admin's
+async path, `send_each_async` over httpx, ~4 ms (most of it in httpcore's connection
+pool; the same with 100 keep-alive connections instead of 20); its `HttpxAsyncClient`
+with an aiohttp transport underneath, ~0.5 ms (httpx's client layer alone); blocking
+`messaging.send` on 64 threads ~0.65 ms; `send_each` (fcm-django's way) ~0.9-1.2 ms;
+aiohttp ~0.15 ms. To FCM itself httpx would multiplex over HTTP/2, but the fake speaks
+HTTP/1.1 only (uvicorn), and so does aiohttp. What is left per push is mostly aiohttp's
+request machinery: counted with callgrind (instructions of the sender process for 5 x
+100 pushes, independent of the machine's load), 887k instructions per push before the
+body template and uvloop, 724k with the template (the body encoded once per payload),
+643k with uvloop and the URL parsed once as well.
 On Python 3.11 aiohttp writes each request's body from a task of its own, so a burst is
 prepared breadth-first: the first request leaves once all of them are prepared.
-
-Private API of firebase-admin 7.7.0 in use, all of it in `_Sender.__init__`,
-`_configure_service` and `_firebase_error`: `messaging._get_messaging_service`, the
-service's `_fcm_url` (pointed at FCM_ENDPOINT), `_fcm_headers`, `_handle_fcm_httpx_error`,
-and `_http_client.METRICS_HEADERS`.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import datetime
 import json
 import logging
 import math
@@ -83,18 +87,15 @@ from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
 import aiohttp
-import firebase_admin
-import httpx
 import requests.utils
+import uvloop
 import yarl
 from django.conf import settings
-from firebase_admin import _http_client, credentials, exceptions, messaging
+from firebase_admin import credentials
 from google.auth import exceptions as auth_exceptions
-from google.auth.transport import requests as auth_requests
 
 log = logging.getLogger(__name__)
 
-APP_NAME = "callpull"
 # Requests in flight, hence pooled connections (HTTP/1.1: one request per connection at
 # a time); firebase-admin pools as many for FCM. With FCM 20 ms away that allows 5,000
 # sends/s, more than one core encodes and sends (~0.2 ms of Python per push).
@@ -118,10 +119,42 @@ ERRORS = frozenset({
     "timeout", "expired", "third_party_auth", "invalid_argument", "unknown",
 })
 RETRYABLE = frozenset({"quota_exceeded", "unavailable", "internal", "timeout"})
+# FCM says the token will never work again: the caller deletes it.
+DROP_TOKEN = frozenset({"unregistered", "invalid_token", "sender_id_mismatch"})
 # FCM failing as a whole rather than refusing one message: what the circuit breaker counts.
 # A timeout is left out: a request may hang for one token (the breaker neither opens nor
 # closes on it), except the breaker's own probe, which then counts as failed.
 SERVICE_ERRORS = frozenset({"quota_exceeded", "unavailable", "internal"})
+# FCM would accept a message too late: the access token is replaced this long before
+# google-auth says it expires (google-auth itself refreshes 3 min 45 s early).
+TOKEN_REFRESH_MARGIN_SECONDS = 300
+
+# FCM HTTP v1's error answer, mapped to ERRORS: the `errorCode` of the
+# google.firebase.fcm.v1.FcmError detail (the ErrorCode enum) first, else the error's
+# google.rpc `status`, else the HTTP status. See `classify`.
+FCM_ERROR_DETAIL = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
+BAD_REQUEST_DETAIL = "type.googleapis.com/google.rpc.BadRequest"
+ERROR_CODES = {
+    "UNREGISTERED": "unregistered",              # 404: the app instance is gone; drop the token
+    "SENDER_ID_MISMATCH": "sender_id_mismatch",  # 403: the token belongs to another sender; drop it
+    "INVALID_ARGUMENT": "invalid_argument",      # 400: invalid_token when it is about the token
+    "QUOTA_EXCEEDED": "quota_exceeded",          # 429: retry after Retry-After / backoff
+    "UNAVAILABLE": "unavailable",                # 503: retry
+    "INTERNAL": "internal",                      # 500: retry
+    "THIRD_PARTY_AUTH_ERROR": "third_party_auth",  # 401: APNs / Web Push refused the project's key
+    "APNS_AUTH_ERROR": "third_party_auth",       # its name in older answers
+}
+RPC_STATUSES = {
+    "INVALID_ARGUMENT": "invalid_argument",
+    "NOT_FOUND": "unregistered",                 # UNREGISTERED's status
+    "RESOURCE_EXHAUSTED": "quota_exceeded",
+    "UNAVAILABLE": "unavailable",
+    "INTERNAL": "internal",
+    "DEADLINE_EXCEEDED": "timeout",
+}
+# Without FCM's error JSON (a proxy, a load balancer): only what the status alone says.
+# A bare 404 is left out: a wrong URL must not drop every token.
+HTTP_STATUSES = {400: "invalid_argument", 429: "quota_exceeded", 500: "internal", 503: "unavailable"}
 
 
 @dataclass(frozen=True)
@@ -195,7 +228,7 @@ def send_many(pushes: Iterable[Push], on_result: Callable[[PushResult], None]) -
 
 
 def start(timeout: float = 10.0) -> None:
-    """Build the sender now (firebase App, credentials, its loop) and fetch the access
+    """Build the sender now (credential, its loop) and fetch the access
     token, so the first ring does not pay for them (a few hundred ms). Nothing
     happens when FCM is off; a token that cannot be fetched yet is fetched by the
     first push instead."""
@@ -210,8 +243,8 @@ def start(timeout: float = 10.0) -> None:
 
 def shutdown(timeout: float = 5.0) -> None:
     """Let pushes in flight finish for up to `timeout` seconds, cancel the rest (reported
-    as "unknown"), deliver the last results and forget the firebase App, so the next
-    `send_many` starts afresh from the settings."""
+    as "unknown"), deliver the last results and forget the sender (credential, access
+    token, connections), so the next `send_many` starts afresh from the settings."""
     global _current
     with _lock:
         sender, _current = _current, None
@@ -255,16 +288,6 @@ def _sender() -> _Sender:
 atexit.register(shutdown, 1.0)
 
 
-def _configure_service(service, config: _Config) -> None:
-    """Point firebase-admin's messaging service at FCM_ENDPOINT.
-
-    Private API of firebase-admin 7.7.0's messaging._MessagingService: `_fcm_url` is
-    hard-coded to https://fcm.googleapis.com; it becomes
-    `{FCM_ENDPOINT}/v1/projects/{project}/messages:send`. The sender posts to that URL.
-    """
-    service._fcm_url = f"{config.endpoint}/v1/projects/{service._project_id}/messages:send"
-
-
 def _proxy_for(url: str) -> str | None:
     """The proxy the environment names for `url` (HTTP(S)_PROXY, NO_PROXY), read once:
     looking it up per request, as aiohttp's trust_env does, costs a scan of the environment."""
@@ -273,49 +296,57 @@ def _proxy_for(url: str) -> str | None:
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
-    """uvloop where it is installed (uvicorn[standard] brings it): the sender's loop then
-    costs about a tenth less CPU per push than asyncio's own."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
+    """uvloop (pinned; uvicorn[standard] brings it): the sender's loop then costs about a
+    tenth less CPU per push than asyncio's own."""
     return uvloop.new_event_loop()
 
 
-def _new_app(config: _Config) -> firebase_admin.App:
-    try:
-        firebase_admin.delete_app(firebase_admin.get_app(APP_NAME))  # left over by a sender that died
-    except ValueError:
-        pass
-    app = firebase_admin.initialize_app(credentials.Certificate(config.credentials_file),
-                                        {"httpTimeout": config.http_timeout}, name=APP_NAME)
-    _configure_service(messaging._get_messaging_service(app), config)
-    return app
+def _epoch(expiry: datetime.datetime | None) -> float:
+    """time.time() of an access token's expiry; google-auth gives a naive UTC datetime.
+    None (no expiry known): good until FCM refuses it."""
+    if expiry is None:
+        return math.inf
+    if expiry.tzinfo is None:
+        expiry = expiry.replace(tzinfo=datetime.UTC)
+    return expiry.timestamp()
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """What one request came to. `error` None: FCM accepted it (`message_id`, `accepted_at`);
+    else one of ERRORS, with FCM's Retry-After (seconds) and a line for the log."""
+
+    message_id: str | None = None
+    accepted_at: float | None = None
+    error: str | None = None
+    retry_after: float | None = None
+    detail: str = ""
+    refused_bearer: bool = False  # a 401 about our access token (not THIRD_PARTY_AUTH_ERROR)
 
 
 class _Sender:
-    """The firebase App; an asyncio loop in a thread that schedules every push, its
+    """The credential; an asyncio loop in a thread that schedules every push, its
     deadline and its retries and makes the requests (aiohttp); and a thread that
     reports results."""
 
     def __init__(self, config: _Config):
         self.config = config
-        self.app = _new_app(config)
-        self.service = messaging._get_messaging_service(self.app)
-        self.credential = self.app.credential.get_credential()
-        self.url = self.service._fcm_url
+        self.credential = credentials.Certificate(config.credentials_file)
+        self.project_id = self.credential.project_id
+        if not self.project_id:
+            raise ValueError(f"FCM_CREDENTIALS_FILE {config.credentials_file} names no project_id")
+        self.url = f"{config.endpoint}/v1/projects/{self.project_id}/messages:send"
         self.target = yarl.URL(self.url)  # parsed once, not by aiohttp on every request
-        # What firebase-admin sends with every FCM request, less what the transport adds.
-        self.headers = {**self.service._fcm_headers, **_http_client.METRICS_HEADERS,
-                        "Content-Type": "application/json; charset=UTF-8"}
         self.proxy = _proxy_for(self.url)
         # google-auth refreshes tokens with blocking requests; never on the loop.
         self.auth_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fcm-auth")
+        self.access_token: str | None = None
+        self.token_expires_at = 0.0  # time.time()
         self.loop = _new_loop()
         self.token_lock = asyncio.Lock()
         self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self.breaker = _Breaker()
-        self.templates: dict[tuple, tuple[bytes, bytes] | bytes] = {}
+        self.templates: dict[tuple, bytes] = {}
         self.auth_headers: dict | None = None
         self.auth_headers_for: str | None = None
         self.session: aiohttp.ClientSession | None = None
@@ -325,7 +356,7 @@ class _Sender:
         self.result_thread = threading.Thread(target=self._run_results, name="fcm-results", daemon=True)
         self.loop_thread.start()
         self.result_thread.start()
-        log.info("fcm sender started endpoint=%s project=%s", config.endpoint, self.app.project_id)
+        log.info("fcm sender started endpoint=%s project=%s", config.endpoint, self.project_id)
 
     def _run_loop(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -358,7 +389,6 @@ class _Sender:
         self.auth_pool.shutdown(wait=False, cancel_futures=True)
         self.results.put(None)
         self.result_thread.join(max(0.1, limit - time.monotonic()))
-        firebase_admin.delete_app(self.app)
         log.info("fcm sender stopped")
 
     # --- on the loop ---
@@ -415,7 +445,7 @@ class _Sender:
         start = time.time()
         retry_until = min(push.deadline, start + retry_budget)
         attempts = 0
-        error = exc = None
+        error = None
         while True:
             probe = await self.breaker.admit(retry_until)
             if probe is None:  # FCM failing as a whole, and still when this push's time ran out
@@ -425,32 +455,33 @@ class _Sender:
                          push.collapse_key, push.device_id, _short(push.token), error, attempts)
                 return PushResult(push, False, None, error, False, attempts, None)
             try:
-                message_id, exc, error, accepted_at, requests_made = await self._attempt(push)
+                answer, requests_made = await self._attempt(push)
             except BaseException:
                 if probe:
                     self.breaker.probe_lost()
                 raise
+            error = answer.error
             attempts += requests_made
             if requests_made:
-                self.breaker.outcome(push.token, error, exc, probe)
+                self.breaker.outcome(push.token, error, answer.retry_after, probe)
             elif probe:
                 self.breaker.probe_lost()
             if error == "expired":
                 log.info("fcm push expired before sending call=%s device=%s attempts=%s", push.collapse_key,
                          push.device_id, attempts)
                 return PushResult(push, False, None, "expired", False, attempts, None)
-            if message_id is not None:
+            if error is None:
                 log.debug("fcm push accepted call=%s device=%s token=%s attempts=%s", push.collapse_key,
                           push.device_id, _short(push.token), attempts)
-                return PushResult(push, True, message_id, None, False, attempts, accepted_at)
-            drop_token = error in {"unregistered", "invalid_token", "sender_id_mismatch"}
+                return PushResult(push, True, answer.message_id, None, False, attempts, answer.accepted_at)
+            drop_token = error in DROP_TOKEN
             failed = PushResult(push, False, None, error, drop_token, attempts, None)
             if error not in RETRYABLE:
                 log.log(logging.INFO if drop_token else logging.WARNING,
                         "fcm push failed call=%s device=%s token=%s error=%s drop_token=%s detail=%s",
-                        push.collapse_key, push.device_id, _short(push.token), error, drop_token, exc)
+                        push.collapse_key, push.device_id, _short(push.token), error, drop_token, answer.detail)
                 return failed
-            delay = _retry_delay(error, exc, attempts)
+            delay = _retry_delay(answer.retry_after, attempts)
             if time.time() + delay >= retry_until:
                 log.warning("fcm push gave up call=%s device=%s token=%s error=%s attempts=%s",
                             push.collapse_key, push.device_id, _short(push.token), error, attempts)
@@ -459,55 +490,50 @@ class _Sender:
                      push.collapse_key, push.device_id, _short(push.token), error, attempts, delay)
             await asyncio.sleep(delay)
 
-    async def _attempt(self, push: Push):
-        """One try: (message_id, None, None, accepted_at, requests), (None, exception, error,
-        None, requests), or (None, None, "expired", None, 0) when the deadline passed before
-        it could be sent. `requests` is 2 when FCM refused the access token and the request
-        was repeated with a fresh one, as google-auth's session would."""
+    async def _attempt(self, push: Push) -> tuple[_Answer, int]:
+        """One try: FCM's answer and the requests made, 0 with error "expired" when the
+        deadline passed before it could be sent, 2 when FCM refused the access token and
+        the request was repeated once with a fresh one."""
         async with self.slots:  # FIFO: pushes go out in the order they were handed over
             if time.time() >= push.deadline:
-                return None, None, "expired", None, 0
+                return _Answer(error="expired"), 0
             requests_made = 0
             for fresh_token in (False, True):
                 try:
                     await self._ensure_access_token(force=fresh_token)
                 except auth_exceptions.TransportError as exc:
-                    return None, exc, "unavailable", None, requests_made
+                    return _Answer(error="unavailable", detail=f"access token: {exc}"), requests_made
                 except auth_exceptions.RefreshError as exc:
-                    return None, exc, "unknown", None, requests_made
+                    return _Answer(error="unknown", detail=f"access token refused: {exc}"), requests_made
                 requests_made += 1
-                message_id, exc, accepted_at = await self._post(push)
-                if not _refused_access_token(exc):
+                answer = await self._post(push)
+                if not answer.refused_bearer:
                     break
-            error = _classify(exc) if exc is not None else None
-            return message_id, exc, error, accepted_at, requests_made
+            return answer, requests_made
 
     def _body(self, push: Push, ttl: int) -> bytes:
-        """The request body, as firebase-admin encodes it (`encode_message`). The pushes
-        of one event differ only in their token, so the rest is encoded once per payload,
-        collapse key and ttl (whole seconds) and the token spliced in: encoding a Message
-        (firebase-admin validates every field) was a third of the sender's CPU per push."""
+        """The request body: `{"message": _message(push, ttl)}` as JSON. The pushes of one
+        event differ only in their token, which is the message's last field, so the rest is
+        encoded once per payload, collapse key and ttl (whole seconds) and the token
+        appended: encoding every message whole was a third of the sender's CPU per push."""
         key = (push.collapse_key, ttl, tuple(push.data.items()))
-        template = self.templates.get(key)
-        if template is None:
-            template = self.templates[key] = _template(self.service, push, ttl)
+        prefix = self.templates.get(key)
+        if prefix is None:
+            prefix = self.templates[key] = _body_prefix(push, ttl)
             if len(self.templates) > 256:
                 self.templates.pop(next(iter(self.templates)))
-        if isinstance(template, bytes):  # the mark clashed with the payload: encoded whole below
-            return _encode(self.service, push, push.token, ttl).encode()
-        prefix, suffix = template
-        return prefix + _json_string(push.token).encode() + suffix
+        return prefix + json.dumps(push.token).encode() + b"}}"
 
     def _auth_headers(self) -> dict:
-        """firebase-admin's headers plus the bearer token, built once per access token."""
-        if self.auth_headers_for != self.credential.token or self.auth_headers is None:
-            headers = dict(self.headers)
-            self.credential.apply(headers)
-            self.auth_headers, self.auth_headers_for = headers, self.credential.token
+        """The request's headers, built once per access token."""
+        if self.auth_headers_for != self.access_token or self.auth_headers is None:
+            self.auth_headers = {"Content-Type": "application/json; charset=UTF-8",
+                                 "Authorization": f"Bearer {self.access_token}"}
+            self.auth_headers_for = self.access_token
         return self.auth_headers
 
-    async def _post(self, push: Push):
-        """POST one message: (message_id, None, accepted_at) or (None, FirebaseError, None).
+    async def _post(self, push: Push) -> _Answer:
+        """POST one message and map FCM's answer.
 
         The request may take FCM_HTTP_TIMEOUT_SECONDS, and never past the push's deadline
         (it is worthless then): either way it is cancelled and reported as a timeout."""
@@ -523,38 +549,33 @@ class _Sender:
                 async with self.session.post(self.target, data=body, headers=headers, proxy=self.proxy) as response:
                     content = await response.read()
         except TimeoutError:
-            return None, self._firebase_error(httpx.ReadTimeout("FCM did not answer in time")), None
-        except aiohttp.ClientConnectionError as exc:
-            return None, self._firebase_error(httpx.ConnectError(str(exc) or type(exc).__name__)), None
-        except aiohttp.ClientError as exc:
-            return None, self._firebase_error(httpx.RemoteProtocolError(str(exc) or type(exc).__name__)), None
+            return _Answer(error="timeout", detail="FCM did not answer in time")
+        except aiohttp.ClientConnectionError as exc:  # refused, reset, closed: FCM unreachable
+            return _Answer(error="unavailable", detail=str(exc) or type(exc).__name__)
+        except aiohttp.ClientError as exc:  # a malformed answer
+            return _Answer(error="unknown", detail=str(exc) or type(exc).__name__)
         if response.status == 200:
             try:
-                return json.loads(content)["name"], None, time.time()
+                return _Answer(message_id=json.loads(content)["name"], accepted_at=time.time())
             except (ValueError, KeyError, TypeError) as exc:
-                error = httpx.DecodingError(f"FCM accepted the message with an unreadable answer: {exc}")
-                return None, self._firebase_error(error), None
-        # aiohttp has already decoded the body, so the httpx.Response must not try again.
-        answer_headers = [(k, v) for k, v in response.headers.items()
-                          if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
-        request = httpx.Request("POST", self.url)
-        answer = httpx.Response(response.status, headers=answer_headers, content=content, request=request)
-        refused = httpx.HTTPStatusError(f"FCM answered {response.status}", request=request, response=answer)
-        return None, self._firebase_error(refused), None
+                return _Answer(error="unknown", detail=f"FCM accepted the message with an unreadable answer: {exc}")
+        return classify(response.status, content, response.headers.get("Retry-After"))
 
-    def _firebase_error(self, error: httpx.HTTPError) -> exceptions.FirebaseError:
-        """firebase-admin's own exception for an error of its async (httpx) path."""
-        return self.service._handle_fcm_httpx_error(error)
+    def _token_fresh(self) -> bool:
+        return self.access_token is not None and time.time() < self.token_expires_at - TOKEN_REFRESH_MARGIN_SECONDS
 
     async def _ensure_access_token(self, force: bool = False) -> None:
-        """Fetch the OAuth2 token once for all pushes in flight, in a thread: google-auth's
-        refresh blocks. `force` replaces a token FCM refused though it looked valid."""
-        if self.credential.valid and not force:
+        """Fetch the OAuth2 access token (firebase-admin's `Certificate.get_access_token`,
+        google-auth underneath: it blocks, so in a thread) once for all pushes in flight,
+        and again TOKEN_REFRESH_MARGIN_SECONDS before it expires. `force` replaces a token
+        FCM refused though it looked valid."""
+        if not force and self._token_fresh():
             return
-        stale = self.credential.token
+        stale = self.access_token
         async with self.token_lock:
-            if not self.credential.valid or (force and self.credential.token == stale):
-                await self.loop.run_in_executor(self.auth_pool, self.credential.refresh, auth_requests.Request())
+            if (force and self.access_token == stale) or not self._token_fresh():
+                info = await self.loop.run_in_executor(self.auth_pool, self.credential.get_access_token)
+                self.access_token, self.token_expires_at = info.access_token, _epoch(info.expiry)
 
 
 class _Breaker:
@@ -605,15 +626,16 @@ class _Breaker:
                 pass
         return False
 
-    def outcome(self, token: str, error: str | None, exc: Exception | None, probe: bool) -> None:
-        """What FCM answered one request (`error` None: accepted); `probe`: what admit said."""
+    def outcome(self, token: str, error: str | None, retry_after: float | None, probe: bool) -> None:
+        """What FCM answered one request (`error` None: accepted; `retry_after`: its
+        Retry-After, seconds); `probe`: what admit said."""
         if error in SERVICE_ERRORS or (probe and error == "timeout"):
             if probe:
-                self._open(error, exc, self.delay * 2)
+                self._open(error, retry_after, self.delay * 2)
             elif self.open_until is None:
                 self.failing.add(token)
                 if len(self.failing) >= BREAKER_THRESHOLD:
-                    self._open(error, exc, BREAKER_OPEN_SECONDS)
+                    self._open(error, retry_after, BREAKER_OPEN_SECONDS)
             return
         if error == "timeout":
             return
@@ -630,9 +652,8 @@ class _Breaker:
             self.probing = False
             self._notify()
 
-    def _open(self, error: str, exc: Exception | None, delay: float) -> None:
+    def _open(self, error: str, retry_after: float | None, delay: float) -> None:
         self.delay = min(max(delay, BREAKER_OPEN_SECONDS), BREAKER_MAX_OPEN_SECONDS)
-        retry_after = _retry_after(exc) if error == "quota_exceeded" else None
         wait = retry_after if retry_after is not None else self.delay
         if self.open_until is None:
             log.warning("fcm circuit open: FCM failing (%s) for %s tokens in a row; holding pushes %.2fs",
@@ -646,43 +667,36 @@ class _Breaker:
         self.changed = asyncio.Event()
 
 
-# Stands in for the token while a body template is encoded; JSON-escaped it cannot come
-# from a real token, and a payload that contains it is encoded whole instead.
-_TOKEN_MARK = "\x00callpull-token\x00"
-_json_string = json.encoder.encode_basestring_ascii  # what json.dumps does to a str
+def _message(push: Push, ttl: int, token: str | None = None) -> dict:
+    """The FCM HTTP v1 `Message` of a push (projects.messages#Message): a data message to
+    one registration token, Android delivery at high priority, for `ttl` seconds (a
+    google.protobuf.Duration: "30s"), replacing an earlier undelivered one of the same
+    call (`collapse_key`). The token comes last (see `_Sender._body`)."""
+    return {
+        "data": push.data,
+        "android": {"priority": "high", "ttl": f"{ttl}s", "collapse_key": push.collapse_key},
+        "token": push.token if token is None else token,
+    }
 
 
-def _encode(service, push: Push, token: str, ttl: int) -> str:
-    message = messaging.Message(
-        data=push.data,
-        android=messaging.AndroidConfig(priority="high", ttl=ttl, collapse_key=push.collapse_key),
-    )
-    # Set after construction: firebase-admin 7.7 deprecates the `token` argument in
-    # favour of `fid` (a Firebase installation id, another kind of target), but
-    # devices register FCM registration tokens, which go on the wire as `token`.
-    message.token = token
-    return json.dumps({"message": service.encode_message(message)}, separators=(",", ":"))
+def _body_prefix(push: Push, ttl: int) -> bytes:
+    """`{"message": _message(push, ttl)}` as JSON, up to the token's value."""
+    message = _message(push, ttl)
+    del message["token"]
+    text = json.dumps({"message": message}, separators=(",", ":"))
+    return (text[:-2] + ',"token":').encode()  # text ends with "}}"; the token and "}}" follow
 
 
-def _template(service, push: Push, ttl: int) -> tuple[bytes, bytes] | bytes:
-    """(what comes before the token, what comes after) in the body of this payload;
-    b"" when the payload itself contains the mark."""
-    text = _encode(service, push, _TOKEN_MARK, ttl)
-    mark = _json_string(_TOKEN_MARK)
-    if text.count(mark) != 1:
-        return b""
-    prefix, suffix = text.split(mark)
-    return prefix.encode(), suffix.encode()
+def classify(status: int, content: bytes, retry_after: str | None = None) -> _Answer:
+    """FCM HTTP v1's refusal (an HTTP status other than 200, its body, its Retry-After
+    header) as an error of ERRORS.
 
-
-def _refused_access_token(exc: Exception | None) -> bool:
-    """FCM's 401 about our bearer token, not a third-party (APNs, Web Push) auth error."""
-    return (isinstance(exc, exceptions.UnauthenticatedError) and not isinstance(exc, messaging.ThirdPartyAuthError)
-            and getattr(exc.http_response, "status_code", None) == 401)
-
-
-def _classify(exc: Exception | None) -> str:
-    """Map firebase-admin's exception to an error of ERRORS.
+    The body is FCM's error JSON: `{"error": {"code", "message", "status", "details":
+    [{"@type": FCM_ERROR_DETAIL, "errorCode": ...}, {"@type": BAD_REQUEST_DETAIL,
+    "fieldViolations": [...]}]}}`. Its `errorCode` decides (ERROR_CODES), else its
+    google.rpc `status` (RPC_STATUSES), else the HTTP status (HTTP_STATUSES); anything
+    else is "unknown" and keeps the token. A 401 other than THIRD_PARTY_AUTH_ERROR is FCM
+    refusing our access token (`refused_bearer`).
 
     INVALID_ARGUMENT covers both a malformed token and a bad payload; only the former
     means the token is dead. FCM says which in the message ("The registration token is
@@ -691,53 +705,53 @@ def _classify(exc: Exception | None) -> str:
     issue #223): deactivating on every INVALID_ARGUMENT would drop good tokens whenever
     a payload is wrong.
     """
-    if isinstance(exc, messaging.UnregisteredError):
-        return "unregistered"
-    if isinstance(exc, messaging.SenderIdMismatchError):
-        return "sender_id_mismatch"
-    if isinstance(exc, exceptions.ResourceExhaustedError):  # QuotaExceededError included
-        return "quota_exceeded"
-    if isinstance(exc, messaging.ThirdPartyAuthError):
-        return "third_party_auth"
-    if isinstance(exc, exceptions.InvalidArgumentError):
-        return "invalid_token" if _blames_token(exc) else "invalid_argument"
-    if isinstance(exc, exceptions.UnavailableError):
-        return "unavailable"
-    if isinstance(exc, exceptions.InternalError):
-        return "internal"
-    if isinstance(exc, exceptions.DeadlineExceededError):
-        return "timeout"
-    return "unknown"
-
-
-def _blames_token(exc: exceptions.FirebaseError) -> bool:
-    if "registration token" in str(exc).lower():
-        return True
+    error = {}
     try:
-        details = exc.http_response.json()["error"].get("details", [])
-    except (AttributeError, ValueError, KeyError, TypeError):
-        return False
+        parsed = json.loads(content)
+        if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
+            error = parsed["error"]
+    except ValueError:
+        pass
+    message = error.get("message") if isinstance(error.get("message"), str) else ""
+    rpc_status = error.get("status") if isinstance(error.get("status"), str) else None
+    details = [d for d in error.get("details", []) if isinstance(d, dict)] \
+        if isinstance(error.get("details"), list) else []
+    error_code = next((d.get("errorCode") for d in details if d.get("@type") == FCM_ERROR_DETAIL), None)
+    kind = ERROR_CODES.get(error_code)
+    refused_bearer = False
+    if kind is None and status == 401:
+        kind, refused_bearer = "unknown", True
+    if kind is None:
+        kind = RPC_STATUSES.get(rpc_status) if error else None
+    if kind is None:
+        kind = HTTP_STATUSES.get(status, "unknown")
+    if kind == "invalid_argument" and _blames_token(message, details):
+        kind = "invalid_token"
+    detail = f"{status} {rpc_status or '-'} {error_code or '-'}: {message or content[:200]!r}"
+    return _Answer(error=kind, retry_after=_retry_after(retry_after) if kind in RETRYABLE else None,
+                   detail=detail, refused_bearer=refused_bearer)
+
+
+def _blames_token(message: str, details: list[dict]) -> bool:
+    if "registration token" in message.lower():
+        return True
     return any(
         violation.get("field") == "message.token"
-        for detail in details if isinstance(detail, dict)
-        for violation in detail.get("fieldViolations", []) if isinstance(violation, dict)
+        for detail in details if detail.get("@type") == BAD_REQUEST_DETAIL
+        for violation in (detail.get("fieldViolations") or []) if isinstance(violation, dict)
     )
 
 
-def _retry_delay(error: str, exc: Exception | None, attempts: int) -> float:
+def _retry_delay(retry_after: float | None, attempts: int) -> float:
+    """Retry-After as FCM gave it (plus a little jitter), else the backoff."""
+    if retry_after is not None:
+        return retry_after + random.uniform(0, BACKOFF_SECONDS)
     backoff = BACKOFF_SECONDS * 2 ** (attempts - 1)
-    backoff += random.uniform(0, backoff / 2)
-    if error == "quota_exceeded":
-        retry_after = _retry_after(exc)
-        if retry_after is not None:
-            return retry_after + random.uniform(0, BACKOFF_SECONDS)
-    return backoff
+    return backoff + random.uniform(0, backoff / 2)
 
 
-def _retry_after(exc: Exception | None) -> float | None:
+def _retry_after(value: str | None) -> float | None:
     """Seconds from a Retry-After header (delta-seconds or HTTP date), if any."""
-    response = getattr(exc, "http_response", None)
-    value = response.headers.get("Retry-After") if response is not None else None
     if not value:
         return None
     try:

@@ -9,8 +9,19 @@ Real firebase-admin works against it unchanged: point a service-account file's
   `{"name": "projects/{project}/messages/{id}"}`, or an error in FCM v1's shape
   (`{"error": {"code", "message", "status", "details": [FcmError …]}}`) so that
   firebase-admin raises the same exception class it would for real FCM. Like FCM
-  it refuses a request without a bearer token it issued (401), a message without
-  a token, non-string data values and reserved data keys (400 INVALID_ARGUMENT).
+  it refuses (see `FakeFCM._send`):
+  - a request without a bearer token it issued or signed by a key it wrote (401
+    UNAUTHENTICATED), or for another project (403 PERMISSION_DENIED);
+  - a body that is not JSON (`Content-Type` other than application/json, or not
+    parseable) or not the v1 `SendMessageRequest` schema: unknown fields, wrong types,
+    non-string data values, an `android.priority` not NORMAL/HIGH, an `android.ttl`
+    that is not a Duration such as "30s" (400 INVALID_ARGUMENT with a
+    google.rpc.BadRequest field violation, as FCM's documented example);
+  - a message FCM cannot send: no target or more than one (token, topic, condition),
+    an empty token, reserved data keys ("from", "gcm", "message_type", "notification",
+    "google…", "gcm.…"), data over 4096 bytes (keys and values), a ttl over 4 weeks
+    (400 INVALID_ARGUMENT with the FcmError errorCode INVALID_ARGUMENT as well).
+  Any other path answers Google's HTML 404 page, not FCM's error JSON.
 
 Every send request is recorded with its receive time. Failures are scripted as
 rules: per token or for every token, forever or for the next N matching
@@ -30,9 +41,9 @@ when run as `python manage.py fakefcm`:
 
 Failure kinds (named like `notifications.fcm` errors): unregistered,
 invalid_token, sender_id_mismatch, invalid_argument, third_party_auth,
-quota_exceeded (429, with Retry-After when `retry_after` is given),
-internal (500), unavailable (503), timeout (the request hangs until the client
-gives up, at most HANG_SECONDS).
+quota_exceeded (429), internal (500), unavailable (503) (each with Retry-After
+when `retry_after` is given), timeout (the request hangs until the client gives
+up, at most HANG_SECONDS).
 
 It runs on uvicorn (already the project's ASGI server), so hundreds of
 concurrent requests, hung ones included, cost a coroutine each.
@@ -68,8 +79,24 @@ _FCM_ERROR = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
 _BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest"
 _SEND_PATH = re.compile(r"^/v1/projects/(?P<project>[^/]+)/messages:send$")
 _TTL = re.compile(r"^\d+(\.\d{1,9})?s$")
-_RESERVED_DATA_KEYS = {"from", "message_type", "notification"}
-_RESERVED_DATA_PREFIXES = ("google.", "gcm.")
+_RESERVED_DATA_KEYS = {"from", "gcm", "message_type", "notification"}
+_RESERVED_DATA_PREFIXES = ("google", "gcm.")
+MAX_DATA_BYTES = 4096  # keys and values of message.data, UTF-8
+MAX_TTL_SECONDS = 4 * 7 * 24 * 3600
+# The v1 schema (projects.messages.send): a field may be named in lowerCamelCase or as in
+# the proto, as Google's JSON parser accepts both.
+_REQUEST_FIELDS = {"message", "validate_only", "validateOnly"}
+_MESSAGE_FIELDS = {"name", "data", "notification", "android", "webpush", "apns", "fcm_options", "fcmOptions",
+                   "token", "topic", "condition"}
+_ANDROID_FIELDS = {"collapse_key", "collapseKey", "priority", "ttl", "restricted_package_name",
+                   "restrictedPackageName", "data", "notification", "fcm_options", "fcmOptions", "direct_boot_ok",
+                   "directBootOk"}
+_ANDROID_PRIORITIES = {"NORMAL", "HIGH", 0, 1}
+_RETRY_AFTER_FAILURES = {"quota_exceeded", "internal", "unavailable"}
+# What Google's front end answers for a path it does not serve.
+NOT_FOUND_HTML = (b"<!DOCTYPE html>\n<html lang=en><meta charset=utf-8><title>Error 404 (Not Found)!!1</title>"
+                  b"<p><b>404.</b> <ins>That\xe2\x80\x99s an error.</ins><p>The requested URL was not found on "
+                  b"this server. <ins>That\xe2\x80\x99s all we know.</ins>\n")
 
 # kind -> (HTTP status, google.rpc status, message, FcmError errorCode or None)
 FAILURES = {
@@ -110,6 +137,86 @@ def _failure_body(kind: str) -> tuple[int, dict]:
     elif kind == "invalid_argument":
         violations = [{"field": "message.data", "description": "Invalid data payload."}]
     return status, fcm_error_body(status, rpc_status, message, error_code, violations)
+
+
+def _unknown(name: str, where: str) -> tuple[str, str]:
+    text = f'Invalid JSON payload received. Unknown name "{name}" at \'{where}\': Cannot find field.'
+    return where, text
+
+
+def _wrong_type(where: str, expected: str, value) -> tuple[str, str]:
+    return where, f"Invalid value at '{where}' ({expected}), {json.dumps(value)}"
+
+
+def _schema_problem(content_type: str, request) -> tuple[str, str] | None:
+    """What Google's front end refuses before FCM sees the message: a body that is not
+    JSON, or not the v1 schema (`SendMessageRequest`, `Message`, `AndroidConfig`).
+    (field, description), or None."""
+    if content_type.split(";")[0].strip().lower() != "application/json":
+        return "", f"Invalid JSON payload received. Expected Content-Type application/json, not {content_type!r}."
+    if not isinstance(request, dict):
+        return "", "Invalid JSON payload received. Expected a JSON object."
+    for name in request:
+        if name not in _REQUEST_FIELDS:
+            return _unknown(name, "")
+    if "message" not in request:
+        return "message", "Missing message."
+    message = request["message"]
+    if not isinstance(message, dict):
+        return _wrong_type("message", "type.googleapis.com/google.firebase.fcm.v1.Message", message)
+    for name, value in message.items():
+        if name not in _MESSAGE_FIELDS:
+            return _unknown(name, "message")
+        if name in ("name", "token", "topic", "condition") and not isinstance(value, str):
+            return _wrong_type(f"message.{name}", "TYPE_STRING", value)
+        if name in ("notification", "android", "webpush", "apns", "fcm_options", "fcmOptions") \
+                and not isinstance(value, dict):
+            return _wrong_type(f"message.{name}", "TYPE_MESSAGE", value)
+    data = message.get("data", {})
+    if not isinstance(data, dict):
+        return _wrong_type("message.data", "map", data)
+    for index, value in enumerate(data.values()):
+        if not isinstance(value, str):
+            return _wrong_type(f"message.data[{index}].value", "TYPE_STRING", value)
+    android = message.get("android", {})
+    for name, value in android.items():
+        where = f"message.android.{name}"
+        if name not in _ANDROID_FIELDS:
+            return _unknown(name, "message.android")
+        if name in ("collapse_key", "collapseKey", "restricted_package_name", "restrictedPackageName") \
+                and not isinstance(value, str):
+            return _wrong_type(where, "TYPE_STRING", value)
+        if name == "priority" and not (value in _ANDROID_PRIORITIES or
+                                       (isinstance(value, str) and value.upper() in _ANDROID_PRIORITIES)):
+            return _wrong_type(where, "TYPE_ENUM", value)
+        if name == "ttl" and not (isinstance(value, str) and _TTL.match(value)):
+            return _wrong_type(where, "type.googleapis.com/google.protobuf.Duration", value)
+        if name == "data" and not (isinstance(value, dict) and all(isinstance(v, str) for v in value.values())):
+            return _wrong_type(where, "map", value)
+    return None
+
+
+def _message_problem(message: dict) -> tuple[str, str] | None:
+    """What FCM refuses in a well-formed message (INVALID_ARGUMENT): (field, description),
+    or None."""
+    targets = [name for name in ("token", "topic", "condition") if name in message]
+    if not targets:
+        return "message", "Recipient of the message is not set."
+    if len(targets) > 1:
+        return "message", f"Only one of token, topic or condition may be set, not {', '.join(targets)}."
+    if "token" in message and not message["token"]:
+        return "message.token", "The registration token is not a valid FCM registration token"
+    data = message.get("data", {})
+    for key in data:
+        if key in _RESERVED_DATA_KEYS or key.startswith(_RESERVED_DATA_PREFIXES):
+            return "message.data", f"Invalid data payload key: {key}"
+    size = sum(len(key.encode()) + len(value.encode()) for key, value in data.items())
+    if size > MAX_DATA_BYTES:
+        return "message", f"Message is too big: {size} bytes of data, at most {MAX_DATA_BYTES}."
+    ttl = message.get("android", {}).get("ttl")
+    if ttl is not None and float(ttl[:-1]) > MAX_TTL_SECONDS:
+        return "message.android.ttl", f"Invalid TTL: {ttl}, at most 4 weeks."
+    return None
 
 
 # A universe domain of our own keeps google-auth away from Google: for the default
@@ -379,10 +486,12 @@ class FakeFCM:
         elif method == "POST" and _SEND_PATH.match(path):
             status, payload, extra = await self._send(_SEND_PATH.match(path)["project"], headers, bytes(body))
         else:
-            status, payload, extra = 404, fcm_error_body(404, "NOT_FOUND", f"No route for {method} {path}"), {}
-        data = json.dumps(payload).encode()
-        response_headers = [(b"content-type", b"application/json; charset=UTF-8"),
-                            (b"content-length", str(len(data)).encode())]
+            status, payload, extra = 404, NOT_FOUND_HTML, {}
+        if isinstance(payload, bytes):
+            data, content_type = payload, b"text/html; charset=UTF-8"
+        else:
+            data, content_type = json.dumps(payload).encode(), b"application/json; charset=UTF-8"
+        response_headers = [(b"content-type", content_type), (b"content-length", str(len(data)).encode())]
         response_headers += [(k.encode(), str(v).encode()) for k, v in extra.items()]
         await send({"type": "http.response.start", "status": status, "headers": response_headers})
         await send({"type": "http.response.body", "body": data})
@@ -434,13 +543,13 @@ class FakeFCM:
         received_at = time.time()
         try:
             request = json.loads(body)
-            message = request["message"]
-            if not isinstance(message, dict):
-                raise TypeError
-        except (ValueError, KeyError, TypeError):
-            request, message = {}, {}
+        except ValueError:
+            request = None
+        message = request.get("message") if isinstance(request, dict) else None
+        message = message if isinstance(message, dict) else {}
         token = message.get("token") if isinstance(message.get("token"), str) else None
-        validate_only = bool(request.get("validate_only"))
+        validate_only = bool(request.get("validate_only") or request.get("validateOnly")) \
+            if isinstance(request, dict) else False
 
         status, payload, extra, error = 200, None, {}, None
         auth = headers.get("authorization", "")
@@ -452,10 +561,13 @@ class FakeFCM:
             status, error = 403, "PERMISSION_DENIED"
             payload = fcm_error_body(403, "PERMISSION_DENIED", f"Permission denied on project {project}.")
         else:
-            problem = self._invalid(message) if request else ("message", "Missing message.")
+            problem = _schema_problem(headers.get("content-type", ""), request)
+            error_code = None
+            if problem is None:
+                problem, error_code = _message_problem(message), "INVALID_ARGUMENT"
             if problem:
                 status, error = 400, "INVALID_ARGUMENT"
-                payload = fcm_error_body(400, "INVALID_ARGUMENT", problem[1], "INVALID_ARGUMENT",
+                payload = fcm_error_body(400, "INVALID_ARGUMENT", problem[1], error_code,
                                          [{"field": problem[0], "description": problem[1]}])
 
         data = message.get("data") if isinstance(message.get("data"), dict) else {}
@@ -466,7 +578,7 @@ class FakeFCM:
                 status, payload = 504, fcm_error_body(504, "DEADLINE_EXCEEDED", "Deadline exceeded.")
             else:
                 status, payload = _failure_body(rule.fail)
-                if rule.fail == "quota_exceeded" and rule.retry_after is not None:
+                if rule.fail in _RETRY_AFTER_FAILURES and rule.retry_after is not None:
                     extra["Retry-After"] = f"{rule.retry_after:g}"
         message_id = None
         if status == 200:
@@ -481,27 +593,6 @@ class FakeFCM:
             await self._hang()
         await self._latency(delay_ms)
         return status, payload, extra
-
-    @staticmethod
-    def _invalid(message: dict) -> tuple[str, str] | None:
-        """What real FCM would refuse with INVALID_ARGUMENT: (field, description), or None."""
-        if not isinstance(message.get("token"), str) or not message["token"]:
-            return "message.token", "The message must have a registration token."
-        data = message.get("data", {})
-        if not isinstance(data, dict):
-            return "message.data", "Invalid value at 'message.data' (map)."
-        for index, (key, value) in enumerate(data.items()):
-            if not isinstance(value, str):
-                return (f"message.data[{index}].value",
-                        f"Invalid value at 'message.data[{index}].value' (TYPE_STRING), {value!r}")
-            if key in _RESERVED_DATA_KEYS or key.startswith(_RESERVED_DATA_PREFIXES):
-                return "message.data", f"Invalid data payload key: {key}"
-        android = message.get("android", {})
-        ttl = android.get("ttl") if isinstance(android, dict) else None
-        if ttl is not None and not (isinstance(ttl, str) and _TTL.match(ttl)):
-            return "message.android.ttl", f"Invalid value at 'message.android.ttl' (type.googleapis.com/"\
-                                          f"google.protobuf.Duration), {ttl!r}"
-        return None
 
     # --- control over HTTP ---------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Fixtures for FCM tests: the fake FCM server, settings pointing real firebase-admin
+"""Fixtures for FCM tests: the fake FCM server, settings pointing notifications.fcm
 at it, and a helper that sends pushes and waits for their results."""
 
 import threading
@@ -22,7 +22,7 @@ def fake_fcm_server(tmp_path_factory):
 def fake_fcm(fake_fcm_server, settings):
     """The fake, reset, with the settings pointing at it and small timeouts so that
     retry tests take fractions of a second. The sender is shut down after the test, so
-    every test starts from a fresh firebase App built from its own settings."""
+    every test starts from a fresh sender built from its own settings."""
     fake_fcm_server.reset()
     settings.FCM_CREDENTIALS_FILE = str(fake_fcm_server.credentials_file)
     settings.FCM_ENDPOINT = fake_fcm_server.url
