@@ -5,12 +5,15 @@ request signal in a thread hop of its own, about fourteen per request, each
 request in a thread of its own (a webhook refused for its signature, with no
 database work, cost 3.3 ms of server CPU that way on this project's machine).
 
-`OneTripHandler` is Django's handler all the same (the same middleware, URL
-resolution, views, signals and error pages) run synchronously, as under WSGI:
-the body is read on the event loop, then the whole request, from
-`request_started` to `request_finished`, runs in one call on a thread pool of
-the handler's own, and the response is sent from the event loop. When every
-thread is busy, requests wait in the pool's queue.
+`OneTripHandler` runs Django's request handling (the same middleware, URL
+resolution, views, signals and error pages) synchronously, as WSGIHandler does,
+from Django's public pieces only: BaseHandler's `load_middleware` and
+`get_response`, an `ASGIRequest` built from the scope, the `request_started`
+signal (`request_finished` is the response's `close()`), and the ASGI spec's
+messages for the answer. The body is read on the event loop, then the whole
+request, from `request_started` to `request_finished`, runs in one call on a
+thread pool of the handler's own, and the response is sent from the event
+loop. When every thread is busy, requests wait in the pool's queue.
 
 callpull.asgi serves the API and the pages on one (`HTTP_THREADS`) and the
 provider's webhooks on another (callpull.telephony.asgi, `WEBHOOK_THREADS`).
@@ -19,11 +22,11 @@ A view may call `async_to_sync` (the ring report waits for the first receipt
 that way): the pool thread was started by asgiref's `sync_to_async`, which tells
 it the main event loop, so the coroutine runs there while the thread waits.
 
-A pool thread lives as long as the worker, so it keeps its SQLite connection
-open between requests, as CONN_MAX_AGE=None would (Django's connections are
-thread-local): opening one cost ~0.4 ms of CPU per request. PostgreSQL's
-connections still go back to its pool after each request (request_finished,
-in the thread that used them).
+A pool thread lives as long as the worker, so with SQLite's CONN_MAX_AGE=None
+(callpull/settings.py) it keeps its connection open between requests (Django's
+connections are thread-local): opening one cost ~0.4 ms of CPU per request.
+PostgreSQL's connections still go back to its pool after each request
+(request_finished, in the thread that used them).
 
 The body is read by `receive_body`, not Django's `read_body` (which spools
 any amount to disk): a body larger than DATA_UPLOAD_MAX_MEMORY_SIZE (a declared
@@ -37,27 +40,29 @@ of another ASGI application (callpull.asgi: the static files handler).
 No view of the project streams (static files, whose responses do, stay on
 Django's handler). A streaming response still works: its pool thread produces
 the chunks, the event loop sends them, and a client that goes away ends it.
+
+Checked against Django 5.2.19 and asgiref 3.13.0 (the pins in requirements.txt
+and constraints.txt; tests/callpull/test_library_versions.py fails on another).
 """
 
 import asyncio
 import logging
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from functools import cached_property
 
 from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
 from django.core import signals
 from django.core.exceptions import RequestAborted
 from django.core.handlers import base
-from django.core.handlers.asgi import ASGIHandler, get_script_prefix
-from django.db import connections
-from django.http import FileResponse, HttpResponse
+from django.core.handlers.asgi import ASGIRequest
+from django.http import HttpResponse, HttpResponseBadRequest, HttpResponseBase
 from django.urls import set_script_prefix
 
 from callpull.api.errors import as_envelope, is_api_path, request_too_large
 
 log = logging.getLogger(__name__)
+request_log = logging.getLogger("django.request")
 
 _END = object()
 # How long a refused body may go on arriving (and be dropped) before its connection closes.
@@ -155,30 +160,27 @@ def bounded_body(app):
     return bounded
 
 
-class OneTripHandler(ASGIHandler):
-    """Django's request handling, one thread trip per request, on a pool of `threads`."""
+class OneTripHandler(base.BaseHandler):
+    """Django's request handling, one thread trip per request, on a pool of `threads`:
+    BaseHandler's middleware chain and `get_response` as WSGIHandler runs them (sync),
+    an ASGIRequest built from the scope, and the response sent as the ASGI spec says."""
+
+    request_class = ASGIRequest
+    # The most of a streamed response's body one `http.response.body` message carries.
+    chunk_size = 2**16
 
     def __init__(self, *, threads: int, name: str):
-        base.BaseHandler.__init__(self)
+        super().__init__()
         self.load_middleware(is_async=False)
         self.threads = threads
         self.name = name
-
-    @cached_property
-    def pool(self) -> ThreadPoolExecutor:
-        """Its threads start only as requests overlap, and live as long as the worker."""
-        return ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix=self.name)
-
-    @cached_property
-    def _serve_in_pool(self):
-        return sync_to_async(self._serve, thread_sensitive=False, executor=self.pool)
+        # Its threads start only as requests overlap, and live as long as the worker.
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name)
+        self.serve_in_pool = sync_to_async(self.serve, thread_sensitive=False, executor=self.pool)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             raise ValueError(f"{self.name}: HTTP only, not {scope['type']}")
-        await self.handle(scope, receive, send)
-
-    async def handle(self, scope, receive, send):
         limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
         body_file = tempfile.SpooledTemporaryFile(max_size=settings.FILE_UPLOAD_MAX_MEMORY_SIZE, mode="w+b")
         try:
@@ -195,63 +197,78 @@ class OneTripHandler(ASGIHandler):
             # A chunked body: Django and DRF read a body by its Content-Length (DRF reads none without one).
             scope = {**scope, "headers": [*scope.get("headers", ()), (b"content-length", str(size).encode())]}
         try:
-            response = await self._serve_in_pool(scope, body_file, receive, send)
+            response = await self.serve_in_pool(scope, body_file, receive, send)
         finally:
             body_file.close()
         if response is not None:
-            await self.send_response(response, send)
+            await send({"type": "http.response.start", "status": response.status_code,
+                        "headers": response_headers(response)})
+            await send({"type": "http.response.body", "body": response.content})
 
-    def _serve(self, scope, body_file, receive, send) -> HttpResponse | None:
-        """What ASGIHandler.handle does around the view, in this one thread: the
-        database connection the view used is closed (or kept) by request_finished
-        in the thread that opened it. A streamed response is sent from here (None
-        returned); any other is returned closed, for the event loop to send."""
-        set_script_prefix(get_script_prefix(scope))
+    def serve(self, scope, body_file, receive, send) -> HttpResponse | None:
+        """The request from `request_started` to `request_finished` (sent by the
+        response's close()), in this one thread: the database connection the view used
+        is closed (or kept: CONN_MAX_AGE) in the thread that opened it. A streamed
+        response is sent from here (None returned); any other is returned closed, for
+        the event loop to send."""
+        # The script prefix as Django's handlers take it: FORCE_SCRIPT_NAME, else the ASGI root_path.
+        set_script_prefix(settings.FORCE_SCRIPT_NAME or scope.get("root_path", "") or "")
         signals.request_started.send(sender=self.__class__, scope=scope)
-        request, response = self.create_request(scope, body_file)
+        try:
+            request = self.request_class(scope, body_file)
+        except UnicodeDecodeError:  # what Django's handler answers a request it cannot decode
+            request_log.warning("Bad Request (UnicodeDecodeError)", exc_info=True, extra={"status_code": 400})
+            request, response = None, HttpResponseBadRequest()
         if request is not None:
             response = self.get_response(request)
-            response._handler_class = self.__class__
         elif is_api_path(scope.get("path", "")):
             response = as_envelope(response)  # a request Django could not build: no middleware ran
-        for connection in connections.all(initialized_only=True):
-            if connection.vendor == "sqlite" and connection.connection is not None:
-                # Kept by request_finished unless an error left it unusable or outside autocommit.
-                connection.close_at = None
         if not response.streaming:
             response.close()
             return response
         try:
-            async_to_sync(self._stream)(response, receive, send)
+            async_to_sync(self.stream)(response, receive, send)
         finally:
             response.close()
         return None
 
-    async def _stream(self, response, receive, send):
+    async def stream(self, response, receive, send):
         """Send a streaming response from the event loop, each chunk produced in the
         pool thread waiting on this (thread-sensitive calls go back to it), until
         the end or until the client goes away."""
-        if isinstance(response, FileResponse):
-            response.block_size = self.chunk_size
         chunks = iter(response)
         produce = sync_to_async(next, thread_sensitive=True)
-        gone = asyncio.ensure_future(self.listen_for_disconnect(receive))
-        headers = [(header.encode("ascii") if isinstance(header, str) else header,
-                    value.encode("latin1") if isinstance(value, str) else value)
-                   for header, value in response.items()]
-        headers += [(b"Set-Cookie", c.output(header="").encode("ascii").strip()) for c in response.cookies.values()]
+        gone = asyncio.ensure_future(wait_for_disconnect(receive))
         try:
-            await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+            await send({"type": "http.response.start", "status": response.status_code,
+                        "headers": response_headers(response)})
             while not gone.done():
                 part = await produce(chunks, _END)
                 if part is _END:
                     await send({"type": "http.response.body"})
                     return
-                for chunk, _ in self.chunk_bytes(part):
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                for start in range(0, len(part), self.chunk_size):
+                    await send({"type": "http.response.body", "body": part[start:start + self.chunk_size],
+                                "more_body": True})
         finally:
             gone.cancel()
             try:
                 await gone
-            except (asyncio.CancelledError, RequestAborted, AssertionError):
+            except asyncio.CancelledError:
                 pass
+
+
+def response_headers(response: HttpResponseBase) -> list[tuple[bytes, bytes]]:
+    """The response's headers and cookies as ASGI header pairs (their case kept: some
+    clients want `Content-Type`)."""
+    headers = [(name.encode("ascii"), value.encode("latin1")) for name, value in response.items()]
+    headers += [(b"Set-Cookie", cookie.output(header="").encode("ascii").strip())
+                for cookie in response.cookies.values()]
+    return headers
+
+
+async def wait_for_disconnect(receive) -> None:
+    """Returns when the client goes away (`http.disconnect`: the only message the ASGI
+    spec sends once the body has been read)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass

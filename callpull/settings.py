@@ -181,8 +181,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         "timeout": env_float("DATABASE_POOL_TIMEOUT_SECONDS", 2.0, minimum=0.1),
     }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # Django's backend, keeping one idle connection to the file open (callpull/sqlite3/base.py).
-    DATABASES["default"].update(ENGINE="callpull.sqlite3", CONN_MAX_AGE=None)  # persistent: callpull/http.py
+    # Persistent connections (each pool thread of callpull/http.py, the WebSocket side's database
+    # thread): no connection per request, and no last close checkpointing and deleting the log.
+    DATABASES["default"]["CONN_MAX_AGE"] = None
     # WAL and a busy timeout let the sweeper, HTTP and WebSocket threads share the file.
     DATABASES["default"]["OPTIONS"] = {
         "timeout": 20,

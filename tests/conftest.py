@@ -24,7 +24,7 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
     the temp dir), not shared-cache memory: concurrent connections there fail with "table is
     locked" instead of waiting, and the race tests need real concurrency."""
     database = django_settings.DATABASES["default"]
-    if database["ENGINE"] == "callpull.sqlite3":
+    if database["ENGINE"] == "django.db.backends.sqlite3":
         name = os.environ.get("SQLITE_TEST_NAME", "").strip()
         database.setdefault("TEST", {})["NAME"] = name or os.path.join(
             tempfile.gettempdir(), f"callpull-test-{os.getpid()}.sqlite3")

@@ -122,12 +122,12 @@ def exception_handler(exc, context):
                            retry_after=1)
     elif isinstance(exc, Http404):
         exc = ServiceError("not_found", "Not found.")
-    if isinstance(exc, ServiceError):
-        return service_error_response(exc)
-    if isinstance(exc, DjangoPermissionDenied):
-        exc = exceptions.PermissionDenied()
     elif isinstance(exc, RequestDataTooBig):  # a view read a body over the limit (not under callpull.http)
         exc = too_large_error(settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied()
+    if isinstance(exc, ServiceError):
+        return service_error_response(exc)
     response = drf_exception_handler(exc, context)
     if response is None:
         return None

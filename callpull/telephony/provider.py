@@ -145,13 +145,36 @@ def twiml_goodbye(message: str | None = None) -> str:
 
 # Live-call updates -----------------------------------------------------------
 
+TWILIO_API = "https://api.twilio.com"
+
+
+class ApiBaseHttpClient(TwilioHttpClient):
+    """twilio's HTTP client, sending what the SDK addresses to TWILIO_API to `api_base`
+    instead (the simulator, a test's fake): the SDK has no setting for its base URL, and
+    a custom HTTP client is its documented extension point (docs/PROVIDER.md)."""
+
+    def __init__(self, api_base: str, **kwargs):
+        super().__init__(**kwargs)
+        self.api_base = api_base.rstrip("/")
+
+    def address(self, url: str) -> str:
+        """`url` moved from TWILIO_API to `api_base`; any other URL as it is."""
+        if url == TWILIO_API or url.startswith(TWILIO_API + "/"):
+            return self.api_base + url[len(TWILIO_API):]
+        return url
+
+    def request(self, method, url, *args, **kwargs):
+        return super().request(method, self.address(url), *args, **kwargs)
+
+
 @lru_cache(maxsize=1)
 def _client() -> Client:
-    http_client = TwilioHttpClient(timeout=REST_TIMEOUT_SECONDS)
-    client = Client(settings.TWILIO_ACCOUNT_SID, settings.TWILIO_AUTH_TOKEN, http_client=http_client)
-    # The SDK has no public switch for its base URL; the simulator and tests need one.
-    client.api.base_url = settings.TWILIO_API_BASE
-    return client
+    api_base = settings.TWILIO_API_BASE.rstrip("/")
+    if api_base == TWILIO_API:
+        http_client = TwilioHttpClient(timeout=REST_TIMEOUT_SECONDS)
+    else:
+        http_client = ApiBaseHttpClient(api_base, timeout=REST_TIMEOUT_SECONDS)
+    return Client(settings.TWILIO_ACCOUNT_SID, settings.TWILIO_AUTH_TOKEN, http_client=http_client)
 
 
 def call_redirect(call_sid: str, url: str) -> None:
@@ -278,6 +301,8 @@ def call_place_url(*, to: str, from_: str, url: str, status_url: str, timeout: i
 
 # What the provider says a call is doing now (Twilio's call statuses).
 ENDED_STATUSES = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
+# The ended statuses of a call that was never answered (all but `completed`).
+UNANSWERED_STATUSES = ENDED_STATUSES - {"completed"}
 
 
 def call_status(call_sid: str) -> str | None:

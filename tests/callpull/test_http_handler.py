@@ -5,6 +5,7 @@ import asyncio
 import json
 import threading
 import uuid
+from pathlib import Path
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -138,6 +139,15 @@ def test_an_unknown_endpoint_is_the_404_envelope_and_a_page_keeps_its_headers():
     assert status == 200 and "content-security-policy" in headers and headers["x-frame-options"] == "DENY"
 
 
+def test_static_files_under_static_url_go_to_djangos_static_handler_and_nothing_else_does():
+    status, headers, body = _request("GET", "/static/callpull/web/app.js")
+    assert status == 200 and body == (Path(__file__).resolve().parents[2] / "callpull/static/callpull/web/app.js"
+                                       ).read_bytes()
+    assert "x-frame-options" not in headers  # no middleware ran: Django's static handler, not the pool
+    status, headers, _ = _request("GET", "/staticky/callpull/web/app.js")
+    assert status == 404 and headers["x-frame-options"] == "DENY"
+
+
 def test_a_browser_post_without_its_csrf_token_is_refused():
     status, _, body = _request("POST", "/admin/login/", body={"username": "ana", "password": "x"})
     assert status == 403 and b"CSRF" in body
@@ -168,7 +178,11 @@ def slow(request):
     return HttpResponse("slow")
 
 
+quick_ran = threading.Event()
+
+
 def quick(request):
+    quick_ran.set()
     return HttpResponse("quick")
 
 
@@ -191,15 +205,15 @@ def test_when_every_thread_is_busy_requests_queue_rather_than_fail(settings):
     handler = OneTripHandler(threads=1, name="http-test")
     entered.clear()
     release.clear()
+    quick_ran.clear()
 
     async def both():
         blocked = asyncio.ensure_future(_exchange(handler, _scope("GET", "/slow", [])))
         while not entered.is_set():
             await asyncio.sleep(0.01)
         queued = asyncio.ensure_future(_exchange(handler, _scope("GET", "/quick", [])))
-        while handler.pool._work_queue.qsize() == 0:  # the one thread is busy: the second request waits
-            await asyncio.sleep(0.01)
-        assert not queued.done()
+        await asyncio.sleep(0.2)  # its body read, the second request is handed to the pool
+        assert not quick_ran.is_set() and not queued.done()  # the one thread is busy: it waits
         release.set()
         return await blocked, await queued
 

@@ -1,32 +1,41 @@
-"""callpull.sqlite3: Django's SQLite backend holding one idle connection per file."""
+"""SQLite runs on Django's own backend with persistent connections (CONN_MAX_AGE=None):
+each thread that uses the database (an HTTP pool thread, the WebSocket side's database
+thread) keeps its connection, so no request or socket event pays to open one, and no
+last connection closing checkpoints and deletes the write-ahead log (what a custom
+backend, callpull/sqlite3, once held an idle connection open for)."""
+
+from pathlib import Path
 
 import pytest
+from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import connection
-
-from callpull.sqlite3.base import DatabaseWrapper
 
 pytestmark = pytest.mark.skipif(connection.vendor != "sqlite", reason="the SQLite pass only")
 
 
-def test_the_default_sqlite_database_uses_it():
-    assert settings.DATABASES["default"]["ENGINE"] == "callpull.sqlite3"
+def test_the_default_sqlite_database_is_djangos_backend_with_persistent_connections():
+    assert settings.DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
+    assert settings.DATABASES["default"]["CONN_MAX_AGE"] is None
 
 
-@pytest.mark.django_db  # lets connections open (the probe's own file, not the test database)
-def test_closing_the_last_request_connection_keeps_the_write_ahead_log(tmp_path):
-    """SQLite checkpoints and deletes the log when the last connection to the file
-    closes; with the held connection, closing Django's leaves it in place."""
-    path = tmp_path / "probe.sqlite3"
-    wrapper = DatabaseWrapper({**connection.settings_dict, "NAME": str(path)}, alias="probe")
-    with wrapper.cursor() as cursor:
-        cursor.execute("CREATE TABLE note (body TEXT)")
-        cursor.execute("INSERT INTO note VALUES ('ring')")
-    wrapper.close()
-    assert path.with_name("probe.sqlite3-wal").exists()
+@pytest.mark.django_db(transaction=True)  # autocommit, as outside tests: a connection may be closed
+def test_socket_side_database_calls_keep_their_connection_and_the_write_ahead_log():
+    """database_sync_to_async closes obsolete connections before and after each call,
+    as request_started/request_finished do for a request."""
+    connection.close()  # opened afresh by the first call, with the settings' CONN_MAX_AGE
+    seen = []
 
-    again = DatabaseWrapper({**connection.settings_dict, "NAME": str(path)}, alias="probe")
-    with again.cursor() as cursor:
-        cursor.execute("SELECT body FROM note")
-        assert cursor.fetchall() == [("ring",)]
-    again.close()
+    def use():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        seen.append(connection.connection)
+
+    async def twice():
+        await database_sync_to_async(use)()
+        await database_sync_to_async(use)()
+
+    async_to_sync(twice)()
+    assert seen[0] is not None and seen[0] is seen[1] is connection.connection
+    assert Path(f"{connection.settings_dict['NAME']}-wal").exists()
