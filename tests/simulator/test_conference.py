@@ -6,7 +6,9 @@ conference ends (endConferenceOnExit, the last participant, REST).
 """
 
 import pytest
+from twilio.rest import Client
 
+from callpull.telephony.provider import ApiBaseHttpClient
 from tests.simulator.support import ACCOUNT_SID, AUTH_TOKEN, CALLER, SERVER_NUMBER, eventually, leg, until, until_event
 
 VOICE = "/telephony/twilio/voice"
@@ -385,10 +387,7 @@ def test_conference_lists_and_filters(sim):
 
 
 def test_the_twilio_sdk_drives_conferences(sim):
-    from twilio.rest import Client
-
-    client = Client(ACCOUNT_SID, AUTH_TOKEN)
-    client.api.base_url = sim.base_url + "/simulator"
+    client = Client(ACCOUNT_SID, AUTH_TOKEN, http_client=ApiBaseHttpClient(sim.base_url + "/simulator"))
     sid = caller_waiting(sim)
 
     participant = client.conferences(ROOM).participants.create(

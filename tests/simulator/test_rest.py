@@ -1,7 +1,9 @@
 """Twilio-shaped REST for live calls: redirect a held caller, hang up, place calls; Basic auth."""
 
 import pytest
+from twilio.rest import Client
 
+from callpull.telephony.provider import ApiBaseHttpClient
 from tests.simulator.support import ACCOUNT_SID, AUTH_TOKEN, CALLER, SERVER_NUMBER, eventually
 
 VOICE = "/telephony/twilio/voice"
@@ -145,11 +147,8 @@ def test_placing_a_call_rings_the_target_then_follows_its_url(sim):
 
 
 def test_the_twilio_sdk_can_drive_the_simulator(sim):
-    from twilio.rest import Client
-
     sid = held_call(sim)
-    client = Client(ACCOUNT_SID, AUTH_TOKEN)
-    client.api.base_url = sim.base_url + "/simulator"
+    client = Client(ACCOUNT_SID, AUTH_TOKEN, http_client=ApiBaseHttpClient(sim.base_url + "/simulator"))
     call = client.calls(sid).update(twiml="<Response><Hangup/></Response>")
     assert call.sid == sid
     eventually(lambda: _status(sim, sid, "completed"))

@@ -7,9 +7,9 @@ from datetime import datetime
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
-from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
+from callpull.telephony.provider import ApiBaseHttpClient
 from simulators.telephony import strict
 from tests.simulator.support import ACCOUNT_SID, AUTH_TOKEN, CALLER, PUBLIC_URL, SERVER_NUMBER, until
 
@@ -26,9 +26,9 @@ class Walk:
 
     def __init__(self, sim):
         self.answers = []
-        http = TwilioHttpClient(timeout=5, request_hooks={"response": [self._keep]})
+        # as provider.py does with TWILIO_API_BASE
+        http = ApiBaseHttpClient(sim.base_url + "/simulator", timeout=5, request_hooks={"response": [self._keep]})
         self.client = Client(ACCOUNT_SID, AUTH_TOKEN, http_client=http)
-        self.client.api.base_url = sim.base_url + "/simulator"  # as provider.py does with TWILIO_API_BASE
 
     def _keep(self, response, *args, **kwargs):
         self.answers.append(response)
