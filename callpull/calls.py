@@ -8,6 +8,9 @@ Rules that protect users, enforced here:
   frame, or FCM accepted a push for it, or it answered), never before;
 - every state change is a guarded transition (callpull.statemachine);
 - a call that cannot be helped rings on the handset as if we did not exist.
+
+Who hears about a call is callpull.events; an answered call's device is dialled
+by callpull.legs; calls whose deadline passed are ended by callpull.sweeper.
 """
 
 import logging
@@ -20,15 +23,17 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from callpull import legs
+from callpull.events import announce_end, call_event, handset, notify, ring_targets, ring_targets_query
 from callpull.models import Call, CallState, ForwardingState, Line, Policy, TimelineEntry
-from callpull.representations import call_timeline, call_to_dict
+from callpull.representations import call_timeline
 from callpull.statemachine import PENDING_STATES, Step, record, transition
 from callpull.verification import require_verified_target
 from devices.errors import ServiceError, not_found, one_or_not_found
 from devices.models import Device, DeviceKind
 from devices.phone import to_e164
 from notifications import fcm
-from notifications.fanout import Outgoing, any_receipt, fanout, fanout_prepare, fanout_send, with_sockets
+from notifications.fanout import Outgoing, any_receipt, fanout_prepare, fanout_send, with_sockets
 from notifications.models import Delivery
 
 log = logging.getLogger(__name__)
@@ -45,51 +50,6 @@ class Instruction:
 
     def to_dict(self) -> dict:
         return {"action": self.action, "reason": self.reason} if self.reason else {"action": self.action}
-
-
-# Who hears about a call ------------------------------------------------------
-
-def _ring_targets_query(call: Call):
-    return Device.objects.filter(user_id=call.user_id, ring_enabled=True).exclude(kind=DeviceKind.HANDSET)
-
-
-def ring_targets(call: Call) -> list[Device]:
-    """The user's secondary devices that want to ring."""
-    return list(_ring_targets_query(call))
-
-
-def all_devices(call: Call) -> list[Device]:
-    return list(Device.objects.filter(user_id=call.user_id))
-
-
-def _handset(call: Call) -> list[Device]:
-    return list(Device.objects.filter(pk=call.reported_by_id))
-
-
-def _fcm_data(call: Call) -> dict[str, str]:
-    return {"call_id": str(call.pk), "caller": call.caller, "caller_name": call.caller_name,
-            "line": call.line.number, "expires_at": call.expires_at.isoformat() if call.expires_at else ""}
-
-
-def _deadline(call: Call, now: datetime) -> datetime:
-    return call.expires_at or now + timedelta(seconds=10)
-
-
-def _event(call: Call, event_type: str, devices: list[Device], *, now: datetime, push: bool = True,
-           online: set | None = None, on_fcm_accepted=None, **extra) -> dict:
-    return dict(event_type=event_type, payload={"call": call_to_dict(call), **extra}, devices=devices,
-                ref=call.pk, now=now, fcm_data=_fcm_data(call) if push else None,
-                deadline=_deadline(call, now), collapse_key=str(call.pk), online=online,
-                on_fcm_accepted=on_fcm_accepted)
-
-
-def notify(call: Call, event_type: str, devices: list[Device], *, now: datetime, **options):
-    """Send a call event to devices (WebSocket, and FCM unless `push=False`)."""
-    return fanout(**_event(call, event_type, devices, now=now, **options))
-
-
-def announce_end(call: Call, *, now: datetime, reason: str) -> None:
-    notify(call, "call.ended", all_devices(call), now=now, reason=reason)
 
 
 # Lookups ---------------------------------------------------------------------
@@ -195,15 +155,15 @@ def _ring_prepare(call: Call, *, now: datetime) -> tuple[Instruction | None, Out
     if call.line.forwarding_state != ForwardingState.ACTIVE:
         # No way to bring the call to another device: leave it to the handset.
         return Instruction(KEEP_RINGING, "forwarding_not_active"), None
-    targets, online = with_sockets(_ring_targets_query(call), now)
+    targets, online = with_sockets(ring_targets_query(call), now)
     pushable = fcm.enabled() and any(d.fcm_token for d in targets)
     if not online and not pushable:
         return Instruction(KEEP_RINGING, "no_reachable_device"), None
     # `immediate`: the first receipt decides. An ack within RING_ACK_WAIT_SECONDS goes
     # into this answer; a later ack, or FCM accepting a push, sends call.reject.
     on_accepted = (lambda device_id: _reject_if_awaiting(call.pk)) if call.policy == Policy.IMMEDIATE else None
-    outgoing = fanout_prepare(**_event(call, "call.ringing", targets, now=now, online=online,
-                                       on_fcm_accepted=on_accepted))
+    outgoing = fanout_prepare(**call_event(call, "call.ringing", targets, now=now, online=online,
+                                           on_fcm_accepted=on_accepted))
     return None, outgoing
 
 
@@ -234,8 +194,8 @@ def _connection_back_to_pool() -> None:
 
 def _finish_report(call: Call) -> Instruction:
     """A repeated report. When the first one rang but could not store its
-    instruction (the database went away after the frames left), decide it now
-    from what was recorded; else answer what was decided."""
+    instruction (the database went away after the frames left), decide it now from
+    what was recorded; else answer what was decided."""
     if call.reject_sent_at is not None or call.keep_ringing_reason or call.state != CallState.RINGING:
         return instruction_of(call)
     immediate = call.policy == Policy.IMMEDIATE
@@ -303,9 +263,11 @@ def _send_reject(call: Call, *, now: datetime, reason: str) -> bool:
     if not won:
         return False
     call.reject_sent_at = now
-    result = notify(call, "call.reject", _handset(call), now=now, reason=reason)
+    result = notify(call, "call.reject", handset(call), now=now, reason=reason)
     record(call, now=timezone.now(), step=Step("reject_instructed", call.reported_by_id,
-                                    {"transport": "websocket+fcm", "reason": reason,
+                                    {"transport": "+".join(name for name, used in (
+                                        ("websocket", result.websocket), ("fcm", result.fcm)) if used) or "none",
+                                     "reason": reason,
                                      "websocket": bool(result.websocket), "fcm": bool(result.fcm)}))
     return True
 
@@ -352,15 +314,10 @@ def call_answer(*, call: Call, device: Device, now: datetime) -> Call:
     notify(call, "call.answered_elsewhere", others, now=now,
            device={"id": str(device.pk), "name": device.name, "kind": device.kind})
     if call.state == CallState.FORWARDED:  # the caller waits in the conference: dial the device in
-        from callpull import legs
-
         legs.leg_dial(call=call, now=now, role="device", device=device)
     else:
         _send_reject(call, now=now, reason="answered")
     return call
-
-
-DECLINE_SCOPES = ("device", "everywhere")
 
 
 def call_decline(*, call: Call, device: Device, scope: str, now: datetime) -> Call:
@@ -375,17 +332,12 @@ def call_decline(*, call: Call, device: Device, scope: str, now: datetime) -> Ca
         raise ServiceError("call_not_ringing", f"The call is {call.state}; it cannot be declined.")
     announce_end(call, now=now, reason="declined")
     if was_held:
-        from callpull import legs
-
         legs.release_caller(call, now=now)
     else:
         # The handset stops ringing; the carrier forwards to us and the
         # unmatched call gets the line's fallback or a polite hang-up.
         _send_reject(call, now=now, reason="declined")
     return call
-
-
-HANDSET_EVENTS = ("rejected", "answered", "caller_hung_up", "reject_failed")
 
 
 def call_handset_event(*, call: Call, device: Device, event: str, now: datetime) -> Call:
@@ -409,54 +361,6 @@ def call_handset_event(*, call: Call, device: Device, event: str, now: datetime)
     else:
         announce_end(call, now=now, reason=event)
     return call
-
-
-# The sweeper -----------------------------------------------------------------
-
-def calls_sweep(*, now: datetime, limit: int = 200) -> int:
-    """End calls (and pulls, and legs) whose deadline passed; returns how many calls were ended."""
-    from callpull import legs, moves
-
-    moves.pulls_sweep(now=now)
-    legs.legs_dialing_expired(now=now)
-    legs.calls_reconcile(now=now)  # connected calls carry no deadline: ask the provider about quiet ones
-    due = list(Call.objects.select_related("line").filter(expires_at__lte=now).order_by("expires_at")[:limit])
-    ended = 0
-    for call in due:
-        try:
-            ended += _expire(call, now=now)
-        except Exception:
-            log.exception("sweeping call=%s failed", call.pk)
-    return ended
-
-
-def _expire(call: Call, *, now: datetime) -> bool:
-    from callpull import legs
-
-    if call.state in PENDING_STATES and call.reject_sent_at and not call.provider_call_sid:
-        name, reason = "forward_timeout", "forwarded_call_never_arrived"
-    elif call.state == CallState.RINGING:
-        name, reason = "ring_timeout", "no_answer"
-    elif call.state == CallState.ANSWERING:
-        name, reason = "forward_timeout", "forwarded_call_never_arrived"
-    elif call.state == CallState.FORWARDED and call.answered_by_id is None:
-        name, reason = "ring_timeout", "no_answer"
-    elif call.state == CallState.FORWARDED:
-        name, reason = "dial_failed", "dial_timeout"
-    elif legs.holder_lost(call):  # its holder was revoked and nobody took the call on hold
-        return legs.holder_lost_expired(call, now=now)
-    else:  # other connected calls carry no deadline; clear a stale one
-        Call.objects.filter(pk=call.pk, expires_at=call.expires_at).update(expires_at=None)
-        return False
-    held = call.state == CallState.FORWARDED
-    if not transition(call, name, now=now, step=Step("expired", detail={"reason": reason}),
-                      fields={"end_reason": reason}):
-        return False
-    log.info("call expired call=%s reason=%s", call.pk, reason)
-    announce_end(call, now=now, reason=reason)
-    if held:
-        legs.release_caller(call, now=now)
-    return True
 
 
 # Catching up a device that connects late --------------------------------------

@@ -6,6 +6,11 @@ The server checks that both devices belong to the same user without involving
 the remote party (US8799484): requests are scoped to the user. A dial-in names
 its account by a caller id registered for one of the user's devices, but caller
 id is no proof (it is trivially spoofed): it must enter the account's PIN.
+
+Here a pull is requested, decided and connected; it completes when its leg joins
+(callpull.joins, `pull_completed`), fails with its leg (callpull.pulls,
+`pull_failed`) and times out in the sweeper (`pulls_sweep`). Its states change
+only through PULL_TRANSITIONS (callpull.statemachine).
 """
 
 import logging
@@ -16,20 +21,12 @@ from django.contrib.auth.hashers import check_password, make_password
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 
-from callpull import legs
-from callpull.calls import all_devices, notify
-from callpull.models import (
-    PULL_FINAL_STATES,
-    AccountSettings,
-    Call,
-    CallLeg,
-    CallState,
-    LegRole,
-    LegState,
-    Pull,
-    PullState,
-)
-from callpull.statemachine import Step, record, transition
+from callpull import actions, legs
+from callpull.events import announce_pull
+from callpull.models import AccountSettings, Call, CallLeg, CallState, LegRole, LegState, Pull, PullState
+from callpull.pulls import pull_failed
+from callpull.statemachine import Step, leg_transition, pull_transition, record
+from callpull.telephony.callbacks import webhook_url
 from callpull.verification import require_verified_target
 from devices import ratelimit
 from devices.errors import ServiceError, one_or_not_found
@@ -37,28 +34,6 @@ from devices.models import Device
 from devices.phone import to_e164
 
 log = logging.getLogger(__name__)
-
-
-def pull_to_dict(pull: Pull) -> dict:
-    from callpull.representations import _iso
-
-    return {"id": str(pull.pk), "call": str(pull.call_id), "state": pull.state, "method": pull.method,
-            "requested_by": str(pull.requested_by_id),
-            "from_device": str(pull.from_device_id) if pull.from_device_id else None,
-            "created_at": _iso(pull.created_at), "expires_at": _iso(pull.expires_at),
-            "decided_at": _iso(pull.decided_at), "ended_at": _iso(pull.ended_at), "reason": pull.reason or None}
-
-
-def _announce(pull: Pull, event_type: str, *, now: datetime, push_to: list[Device] | None = None,
-              **extra) -> None:
-    call = pull.call
-    devices = all_devices(call)
-    notify(call, event_type, devices, now=now, push=False, pull=pull_to_dict(pull), **extra)
-    if push_to:  # wake a sleeping holder that must decide
-        from notifications import fcm
-
-        if fcm.enabled():
-            notify(call, event_type, push_to, now=now, online=set(), pull=pull_to_dict(pull), **extra)
 
 
 def _movable(call: Call) -> bool:
@@ -94,7 +69,7 @@ def _open(call: Call, *, device: Device, method: str, now: datetime, leg: CallLe
     record(call, now=now, step=Step("pull_requested", device.pk, {"pull": str(pull.pk), "method": method,
                                                                   "approval": approval, **extra}))
     holder = list(Device.objects.filter(pk=call.held_by_id)) if approval else None
-    _announce(pull, "pull.requested", now=now, push_to=holder, **extra)
+    announce_pull(pull, "pull.requested", now=now, push_to=holder, **extra)
     log.info("pull requested pull=%s call=%s device=%s method=%s approval=%s", pull.pk, call.pk, device.pk,
              method, approval)
     return pull
@@ -143,106 +118,33 @@ def pull_requester_revoked(pull: Pull, *, now: datetime) -> None:
     a dial-in not yet in the conference (on hold, or on its way to join) is hung up."""
     pull_failed(pull, now=now, reason="device_revoked")
     if pull.method == "dial_in" and pull.leg_id:  # an open dial-in has not joined yet
-        _release_dial_in(pull, now=now)
+        dial_in_release(pull, now=now)
 
 
 def _decide(pull: Pull, *, approve: bool, now: datetime, step: Step) -> bool:
     """Approve or deny a pull awaiting approval; False when it was no longer awaiting."""
-    new_state = PullState.APPROVED if approve else PullState.DENIED
-    fields = {"state": new_state, "decided_at": now}
+    fields = {"decided_at": now}
     if approve:
         fields["expires_at"] = now + timedelta(seconds=legs.dial_allowance(pull.requested_by) + 10)
     else:
-        fields.update(expires_at=None, ended_at=now, reason="denied")
-    if not Pull.objects.filter(pk=pull.pk, state=PullState.AWAITING_APPROVAL).update(**fields):
+        fields["reason"] = "denied"
+    if not pull_transition(pull, "approved" if approve else "denied", now=now, fields=fields, step=step):
         return False
-    for key, value in fields.items():
-        setattr(pull, key, value)
-    record(pull.call, now=now, step=step)
-    _announce(pull, "pull.approved" if approve else "pull.denied", now=now)
+    announce_pull(pull, "pull.approved" if approve else "pull.denied", now=now)
     if approve:
         _connect(pull, now=now)
     elif pull.leg_id:  # a dial-in waiting on hold
-        _release_dial_in(pull, now=now)
+        dial_in_release(pull, now=now)
     return True
 
 
 def _connect(pull: Pull, *, now: datetime) -> None:
     call = pull.call
     if pull.method == "dial_in":
-        from callpull.telephony.services import webhook_url
-
         leg = CallLeg.objects.get(pk=pull.leg_id)
-        legs.run_provider_action(legs._redirect, leg.provider_call_sid, webhook_url("join", pull=pull.pk))
+        actions.run_provider_action(actions.redirect, leg.provider_call_sid, webhook_url("join", pull=pull.pk))
         return
     legs.leg_dial(call=call, now=now, role=LegRole.DEVICE, device=pull.requested_by, pull=pull)
-
-
-def pull_completed(pull: Pull, leg: CallLeg, *, now: datetime) -> None:
-    """The new device joined the conference: drop (or mute) the old one. A caller on
-    hold (the holder was revoked) is taken off hold and talks to the new device."""
-    if not Pull.objects.filter(pk=pull.pk, state=PullState.APPROVED).update(
-            state=PullState.COMPLETED, ended_at=now, expires_at=None):
-        return
-    call = Call.objects.select_related("line").get(pk=pull.call_id)
-    if legs.holder_lost(call):
-        if not transition(call, "holder_restored", now=now,
-                          step=Step("pull_completed", leg.device_id, {"pull": str(pull.pk),
-                                                                      "previous": "holder_revoked"}),
-                          fields={"held_by_id": leg.device_id, "expires_at": None},
-                          guard={"held_by__isnull": True}, more_steps=(Step("caller_unheld", leg.device_id),)):
-            call.refresh_from_db()
-            if call.is_terminal:  # ended while the new device joined (the hold ran out)
-                legs.leg_remove(leg, now=now, reason="call_ended")
-            return
-        legs.hold_caller(call, hold=False)
-    else:
-        monitor = AccountSettings.objects.filter(user_id=call.user_id, monitor_after_switch=True).exists()
-        for old in call.legs.filter(state=LegState.JOINED, role=LegRole.DEVICE).exclude(pk=leg.pk):
-            if monitor:
-                legs.mute_as_monitor(old, now=now)
-            else:
-                legs.leg_remove(old, now=now, reason="switched")
-        Call.objects.filter(pk=call.pk).update(held_by_id=leg.device_id)
-        call.held_by_id = leg.device_id
-        record(call, now=now, step=Step("pull_completed", leg.device_id,
-                                        {"pull": str(pull.pk), "previous": "monitor" if monitor else "dropped"}))
-    pull.refresh_from_db()
-    pull.call = call
-    _announce(pull, "pull.completed", now=now)
-    log.info("pull completed pull=%s call=%s to=%s", pull.pk, call.pk, leg.device_id)
-
-
-def pull_failed(pull: Pull, *, now: datetime, reason: str) -> None:
-    if not Pull.objects.filter(pk=pull.pk, state__in=[PullState.APPROVED, PullState.AWAITING_APPROVAL]).update(
-            state=PullState.FAILED, ended_at=now, expires_at=None, reason=reason):
-        return
-    pull.refresh_from_db()
-    record(pull.call, now=now, step=Step("pull_failed", pull.requested_by_id, {"pull": str(pull.pk),
-                                                                               "reason": reason}))
-    _announce(pull, "pull.failed", now=now)
-
-
-def pulls_sweep(*, now: datetime) -> int:
-    """Unanswered approvals count as denied; connections that never joined fail."""
-    due = list(Pull.objects.select_related("call__line").filter(expires_at__lte=now)
-               .exclude(state__in=PULL_FINAL_STATES))
-    for pull in due:
-        if pull.state == PullState.AWAITING_APPROVAL:
-            if Pull.objects.filter(pk=pull.pk, state=PullState.AWAITING_APPROVAL).update(
-                    state=PullState.DENIED, decided_at=now, ended_at=now, expires_at=None, reason="timeout"):
-                pull.refresh_from_db()
-                record(pull.call, now=now, step=Step("pull_denied", detail={"pull": str(pull.pk),
-                                                                            "reason": "timeout"}))
-                _announce(pull, "pull.denied", now=now)
-                if pull.leg_id:
-                    _release_dial_in(pull, now=now)
-        else:
-            leg = CallLeg.objects.filter(pk=pull.leg_id).first()
-            pull_failed(pull, now=now, reason="timeout")
-            if leg is not None:
-                legs.leg_remove(leg, now=now, reason="pull_timeout")
-    return len(due)
 
 
 # Dial-in pull (CN101877748A) ------------------------------------------------
@@ -296,12 +198,12 @@ def dial_in_take(*, device: Device, call: Call, call_sid: str, now: datetime) ->
     return ("join" if pull.state == PullState.APPROVED else "hold"), pull
 
 
-def _release_dial_in(pull: Pull, *, now: datetime) -> None:
+def dial_in_release(pull: Pull, *, now: datetime) -> None:
+    """A dial-in whose pull was denied (or failed) is let go: its leg fails, its call is hung up."""
     leg = CallLeg.objects.filter(pk=pull.leg_id).first()
     if leg is not None and leg.provider_call_sid:
-        CallLeg.objects.filter(pk=leg.pk, state=LegState.DIALING).update(
-            state=LegState.FAILED, ended_at=now, end_reason="pull_denied")
-        legs.run_provider_action(legs._hangup, leg.provider_call_sid)
+        leg_transition(leg, "failed", now=now, reason="pull_denied")
+        actions.run_provider_action(actions.hangup, leg.provider_call_sid)
 
 
 # Transfer to a final number --------------------------------------------------

@@ -1,9 +1,10 @@
-"""Calls as clients see them, in HTTP answers and in event payloads alike."""
+"""Calls and pulls as clients see them, in HTTP answers and in event payloads alike."""
 
 from collections.abc import Sequence
 from datetime import datetime
 
-from callpull.models import Call, TimelineEntry
+from callpull.models import Call, Pull, TimelineEntry
+from devices.models import Device
 from notifications.models import Delivery
 
 
@@ -31,6 +32,14 @@ def call_to_dict(call: Call) -> dict:
         "ended_at": _iso(call.ended_at),
         "end_reason": call.end_reason or None,
     }
+
+
+def pull_to_dict(pull: Pull) -> dict:
+    return {"id": str(pull.pk), "call": str(pull.call_id), "state": pull.state, "method": pull.method,
+            "requested_by": str(pull.requested_by_id),
+            "from_device": str(pull.from_device_id) if pull.from_device_id else None,
+            "created_at": _iso(pull.created_at), "expires_at": _iso(pull.expires_at),
+            "decided_at": _iso(pull.decided_at), "ended_at": _iso(pull.ended_at), "reason": pull.reason or None}
 
 
 def _entry(at, event, device_id=None, detail=None) -> dict:
@@ -70,6 +79,16 @@ def call_timeline(call: Call, *, steps: Sequence[TimelineEntry] | None = None,
     return entries
 
 
+def call_devices(call: Call, timeline: list[dict]) -> list[dict]:
+    """Every device the call names (answered_by, held_by, the timeline's), removed ones
+    too: a revoked device keeps its row (revoked_at set), so history keeps its name."""
+    ids = {entry["device"] for entry in timeline if "device" in entry}
+    ids |= {str(pk) for pk in (call.answered_by_id, call.held_by_id) if pk}
+    return [{"id": str(device.pk), "name": device.name, "kind": device.kind, "removed": device.revoked_at is not None}
+            for device in Device.all_objects.filter(pk__in=ids).order_by("created_at")]
+
+
 def call_with_timeline(call: Call, *, steps: Sequence[TimelineEntry] | None = None,
                        deliveries: Sequence[Delivery] | None = None) -> dict:
-    return {**call_to_dict(call), "timeline": call_timeline(call, steps=steps, deliveries=deliveries)}
+    timeline = call_timeline(call, steps=steps, deliveries=deliveries)
+    return {**call_to_dict(call), "timeline": timeline, "devices": call_devices(call, timeline)}

@@ -10,7 +10,7 @@ Deleting a device kills its token (devices) and closes its sockets
   has no holder and a deadline (`HOLDER_LOST_HOLD_SECONDS`), and the user's other
   devices hear `call.holder_lost` so one of them can pull it (no approval: nobody
   holds it). A pull that was waiting for its approval is approved at once. Nobody
-  pulls it in time: the sweeper ends it (`holder_revoked`, callpull.legs).
+  pulls it in time: the sweeper ends it (`holder_revoked`, callpull.sweeper).
 
 A device on no call changes nothing.
 """
@@ -22,10 +22,10 @@ from django.conf import settings
 from django.utils import timezone
 
 from callpull import legs, moves
-from callpull.calls import all_devices, notify
+from callpull.events import all_devices, notify
 from callpull.models import PULL_FINAL_STATES, TERMINAL_STATES, Call, CallLeg, CallState, LegState, Pull, PullState
 from callpull.statemachine import Step, transition
-from callpull.telephony.services import ringback_url
+from callpull.telephony.callbacks import ringback_url
 from devices.models import Device
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from callpull.api.serializers import (
     TransferInput,
 )
 from callpull.models import Call
-from callpull.representations import call_to_dict, call_with_timeline
+from callpull.representations import call_to_dict, call_with_timeline, pull_to_dict
 from devices.api import validated
 from devices.auth import IsDevice, IsHandset, IsSecondary
 
@@ -94,20 +94,20 @@ class CallPullApi(APIView):
     def post(self, request, call_id):
         call = calls.call_for_user(user=request.user, call_id=call_id)
         pull = moves.pull_request(call=call, device=request.auth, now=timezone.now())
-        return Response({"pull": moves.pull_to_dict(pull)}, status=status.HTTP_202_ACCEPTED)
+        return Response({"pull": pull_to_dict(pull)}, status=status.HTTP_202_ACCEPTED)
 
 
 class PullDetailApi(APIView):
     @extend_schema(responses={200: PullEnvelope}, operation_id="pull_get",
                    description="A pull's progress: awaiting_approval, approved, denied, completed, failed.")
     def get(self, request, pull_id):
-        return Response({"pull": moves.pull_to_dict(moves.pull_for_user(user=request.user, pull_id=pull_id))})
+        return Response({"pull": pull_to_dict(moves.pull_for_user(user=request.user, pull_id=pull_id))})
 
 
 def _decide(request, pull_id, *, approve: bool) -> Response:
     pull = moves.pull_for_user(user=request.user, pull_id=pull_id)
     pull = moves.pull_decide(pull=pull, device=request.auth, approve=approve, now=timezone.now())
-    return Response({"pull": moves.pull_to_dict(pull)})
+    return Response({"pull": pull_to_dict(pull)})
 
 
 class PullApproveApi(APIView):

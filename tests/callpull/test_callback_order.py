@@ -31,7 +31,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from rest_framework.test import APIClient
 
-from callpull import legs
+from callpull import sweeper
 from callpull.models import Call, CallLeg, Pull, TimelineEntry
 from tests.callpull.conftest import conference_sid, forward, report, signed_post
 
@@ -123,7 +123,7 @@ class World:
             self.labels["D"] = str(desktop_leg.pk)
             self.sids["D"] = self.fake.sids[str(desktop_leg.pk)]
         elif name == "reconcile":
-            legs.call_reconcile(self.call_id)
+            sweeper.call_reconcile(self.call_id)
         elif name != "hang-up":
             path, params = self.sent.get(name) or self._callback(name)
             self.sent[name] = (path, params)

@@ -10,8 +10,8 @@ import pytest
 from django.conf import settings
 from django.utils import timezone
 
-from callpull.calls import calls_sweep
 from callpull.models import AccountSettings, Call, CallLeg, Pull
+from callpull.sweeper import calls_sweep
 from tests.callpull.conftest import LIVE_SID, conference_sid, forward, join_leg, report, signed_post
 from tests.conftest import make_device
 

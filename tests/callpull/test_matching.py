@@ -14,8 +14,8 @@ from django.utils import timezone
 
 from callpull import services as line_services
 from callpull import startup
-from callpull.calls import calls_sweep
 from callpull.models import Call, Line
+from callpull.sweeper import calls_sweep
 from tests.callpull.conftest import forward, report
 from tests.conftest import make_device, make_user
 

@@ -10,8 +10,8 @@ from django.conf import settings
 from django.test import override_settings
 from django.utils import timezone
 
-from callpull.calls import calls_sweep
 from callpull.models import AccountSettings, Call, CallLeg
+from callpull.sweeper import calls_sweep
 from devices import services as device_services
 from tests.callpull.conftest import (
     LIVE_SID,

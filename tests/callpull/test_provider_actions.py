@@ -94,12 +94,12 @@ def test_no_live_conference_makes_the_action_moot(client, live_call, desktop_api
     Call.objects.filter(pk=live_call).update(conference_sid="")
     fake_provider.ended_conferences.add(f"callpull-{live_call}")
     fake_provider.actions.clear()
-    caplog.set_level(logging.INFO, logger="callpull.legs")
-    from callpull import legs
+    caplog.set_level(logging.INFO, logger="callpull.actions")
+    from callpull import actions
 
-    legs.run_provider_action(legs._remove, live_call, "CA" + "9" * 32)
+    actions.run_provider_action(actions.remove, live_call, "CA" + "9" * 32)
     assert fake_provider.actions == [("lookup", f"callpull-{live_call}")]
-    moot = [record for record in caplog.records if record.name == "callpull.legs" and "moot" in record.message]
+    moot = [record for record in caplog.records if record.name == "callpull.actions" and "moot" in record.message]
     assert [record.levelno for record in moot] == [logging.INFO]
     assert timeline(live_call, "provider_action_failed") == []
 
@@ -130,7 +130,7 @@ def test_an_unreachable_provider_is_tried_at_most_a_few_times(client, live_call,
     settings.PROVIDER_RETRY_SECONDS = 3600
     fake_provider.fail("remove", *[ProviderError("no answer", transient=True) for _ in range(20)])
     pull_and_join(client, live_call, desktop_api, fake_provider)
-    from callpull.legs import RETRY_ATTEMPTS
+    from callpull.actions import RETRY_ATTEMPTS
 
     assert len(removals(fake_provider)) == RETRY_ATTEMPTS
     assert timeline(live_call, "provider_action_failed") == [
@@ -186,14 +186,14 @@ def test_a_retried_dial_whose_first_try_got_through_keeps_its_leg(client, handse
 def test_hanging_up_a_caller_who_already_hung_up_is_harmless(client, live_call, tablet, fake_provider, caplog,
                                                              error):
     fake_provider.fail("hangup", error)
-    caplog.set_level(logging.INFO, logger="callpull.legs")
+    caplog.set_level(logging.INFO, logger="callpull.actions")
     tablet_leg = CallLeg.objects.get(device=tablet[0])
     leg_status(client, live_call, tablet_leg.pk, "completed", sid=tablet_leg.provider_call_sid)  # the holder hangs up
     # ("status": is the caller still there? docs/MOVING.md, "Callbacks: order, repeats, lateness")
     assert [kind for kind in fake_provider.kinds() if kind != "status"] == ["hangup"]
     assert Call.objects.get().state == "completed"
     assert timeline(live_call, "provider_action_failed") == []
-    said = [record for record in caplog.records if record.name == "callpull.legs" and record.levelno >= logging.INFO
+    said = [record for record in caplog.records if record.name == "callpull.actions" and record.levelno >= logging.INFO
             and "hangup" in record.getMessage()]
     assert [record.levelno for record in said] == [logging.INFO]
 
@@ -201,11 +201,12 @@ def test_hanging_up_a_caller_who_already_hung_up_is_harmless(client, live_call, 
 def test_removing_a_participant_that_already_left_is_harmless(client, live_call, desktop_api, fake_provider,
                                                               caplog):
     fake_provider.fail("remove", ProviderError("gone", status=404, code=20404, gone=True))
-    caplog.set_level(logging.INFO, logger="callpull.legs")
+    caplog.set_level(logging.INFO, logger="callpull.actions")
     pull_and_join(client, live_call, desktop_api, fake_provider)
     assert len(removals(fake_provider)) == 1
     assert timeline(live_call, "provider_action_failed") == []
-    said = [record for record in caplog.records if record.name == "callpull.legs" and "remove" in record.getMessage()]
+    said = [record for record in caplog.records
+            if record.name == "callpull.actions" and "remove" in record.getMessage()]
     assert [record.levelno for record in said] == [logging.INFO]
 
 

@@ -11,10 +11,10 @@ from django.db import connections
 from django.utils import timezone
 
 from callpull import calls
-from callpull.api.errors import status_for
 from callpull import services as line_services
-from callpull.calls import calls_sweep
+from callpull.api.errors import status_for
 from callpull.models import Call
+from callpull.sweeper import calls_sweep
 from devices.errors import ServiceError
 from tests.conftest import make_device, make_user
 

@@ -10,8 +10,8 @@ import time_machine
 from django.conf import settings
 from django.utils import timezone
 
-from callpull.calls import calls_sweep
 from callpull.models import Call, CallLeg
+from callpull.sweeper import calls_sweep
 from tests.callpull.conftest import forward, join_leg, report, signed_post
 
 pytestmark = pytest.mark.django_db

@@ -13,9 +13,9 @@ from django.conf import settings
 from django.contrib.auth.hashers import make_password
 from django.utils import timezone
 
-from callpull.calls import calls_sweep
 from callpull.legs import SCREENING_SECONDS, legs_dialing_expired
 from callpull.models import AccountSettings, Call, CallLeg, Pull
+from callpull.sweeper import calls_sweep
 from callpull.telephony.services import SCREEN_TOO_LATE
 from tests.callpull.conftest import LIVE_SID, conference, forward, leg_status, report, signed_post
 from tests.conftest import client_for, make_device

@@ -35,9 +35,9 @@ from hypothesis.stateful import (
 from rest_framework.test import APIClient
 
 from callpull import services as line_services
-from callpull.calls import calls_sweep
 from callpull.models import TERMINAL_STATES, Call, CallState, TimelineEntry
 from callpull.statemachine import TRANSITIONS
+from callpull.sweeper import calls_sweep
 from devices.models import DeviceConnection
 from notifications.fanout import delivery_ack
 from notifications.models import Delivery

@@ -7,8 +7,8 @@ import time_machine
 from django.conf import settings
 from django.utils import timezone
 
-from callpull.calls import calls_sweep
 from callpull.models import Call
+from callpull.sweeper import calls_sweep
 from callpull.telephony import provider
 from tests.callpull.conftest import report, signed_post
 
