@@ -28,26 +28,39 @@ from callpull.telephony import provider
 
 log = logging.getLogger(__name__)
 
-_executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="provider")
+class ThreadRunner:
+    """Where provider actions run: a small pool of this worker's own (so a webhook answers at
+    once and a slow provider holds no request), and timers for the tries after a failure (a
+    request waiting to be tried again holds no pool thread). Unit tests put a runner that runs
+    everything at once in its place (`runner`)."""
+
+    def __init__(self, workers: int = 4):
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="provider")
+
+    def run(self, fn, *args, **kwargs) -> None:
+        def task():
+            close_old_connections()
+            try:
+                fn(*args, **kwargs)
+            except Exception:
+                log.exception("provider action %s failed", getattr(fn, "__name__", fn))
+            finally:
+                close_old_connections()
+
+        self.executor.submit(task)
+
+    def later(self, delay: float, fn, *args) -> None:
+        timer = threading.Timer(delay, self.run, args=(fn, *args))
+        timer.daemon = True
+        timer.start()
+
+
+runner = ThreadRunner()
 
 
 def run_provider_action(fn, *args, **kwargs) -> None:
-    """Run a provider REST action in the background (inline when
-    PROVIDER_ACTIONS_INLINE, as in unit tests)."""
-    if settings.PROVIDER_ACTIONS_INLINE:
-        fn(*args, **kwargs)
-        return
-
-    def task():
-        close_old_connections()
-        try:
-            fn(*args, **kwargs)
-        except Exception:
-            log.exception("provider action %s failed", getattr(fn, "__name__", fn))
-        finally:
-            close_old_connections()
-
-    _executor.submit(task)
+    """Run a provider REST action in the background."""
+    runner.run(fn, *args, **kwargs)
 
 
 # A provider request is tried at most this many times (and only while its budget lasts).
@@ -56,14 +69,8 @@ _CONFERENCE_SID = re.compile(r"CF[0-9a-fA-F]{32}")
 
 
 def _later(delay: float, fn, *args) -> None:
-    """`fn(*args)` on the provider pool after `delay` seconds, from a timer thread, so a
-    request waiting to be tried again holds no pool thread. Inline (unit tests): at once."""
-    if settings.PROVIDER_ACTIONS_INLINE:
-        fn(*args)
-        return
-    timer = threading.Timer(delay, run_provider_action, args=(fn, *args))
-    timer.daemon = True
-    timer.start()
+    """`fn(*args)` on the provider pool after `delay` seconds."""
+    runner.later(delay, fn, *args)
 
 
 def provider_request(action: str, request, *, budget: float, call_id=None, call_sid: str | None = None,

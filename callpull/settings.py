@@ -98,6 +98,29 @@ if SIMULATOR_ENABLED:
 TWILIO_API_BASE = env_url("TWILIO_API_BASE", PUBLIC_BASE_URL + "/simulator" if SIMULATOR_ENABLED
                           else "https://api.twilio.com", schemes=("http", "https"))
 
+# Voice access tokens (POST /api/v1/devices/me/voice-token, callpull/voice.py): a voice SDK
+# registers its device's `client` identity with a Twilio Access Token signed with an API key's
+# secret (https://www.twilio.com/docs/iam/access-tokens). Without the key no tokens are minted
+# (503 voice_tokens_not_configured). The embedded default has a development key the bundled
+# simulator also knows (no secret, like the development account above).
+TWILIO_API_KEY_SID = env_str("TWILIO_API_KEY_SID")
+TWILIO_API_KEY_SECRET = env_str("TWILIO_API_KEY_SECRET")
+if bool(TWILIO_API_KEY_SID) != bool(TWILIO_API_KEY_SECRET):
+    raise ImproperlyConfigured("Set both TWILIO_API_KEY_SID and TWILIO_API_KEY_SECRET, or neither")
+if SIMULATOR_ENABLED and TWILIO_API_KEY_SID is None:
+    TWILIO_API_KEY_SID = "SK" + "5" * 32
+    TWILIO_API_KEY_SECRET = "simulator-api-key-secret"
+# The push credentials (CR…) the voice SDK's own incoming-call push uses, per platform; and
+# the TwiML application (AP…) of outgoing calls, when the apps make any. All optional.
+TWILIO_PUSH_CREDENTIAL_SID_ANDROID = env_str("TWILIO_PUSH_CREDENTIAL_SID_ANDROID")
+TWILIO_PUSH_CREDENTIAL_SID_IOS = env_str("TWILIO_PUSH_CREDENTIAL_SID_IOS")
+TWILIO_TWIML_APP_SID = env_str("TWILIO_TWIML_APP_SID")
+# How long an access token lives; Twilio accepts at most 24 hours (error 20157).
+VOICE_TOKEN_TTL_SECONDS = env_int("VOICE_TOKEN_TTL_SECONDS", 3600, minimum=1)
+if VOICE_TOKEN_TTL_SECONDS > 86400:
+    raise ImproperlyConfigured(f"VOICE_TOKEN_TTL_SECONDS={VOICE_TOKEN_TTL_SECONDS} is over 86400 (24 hours), "
+                               "the longest an access token may live")
+
 FCM_CREDENTIALS_FILE = env_file("FCM_CREDENTIALS_FILE")
 FCM_ENDPOINT = env_url("FCM_ENDPOINT", "https://fcm.googleapis.com", schemes=("http", "https"))
 # One FCM HTTP request may take this long; a push is retried (quota, 5xx, timeouts) only
@@ -299,6 +322,9 @@ RATE_LIMITS = {
     # and per called number per day.
     "number_verification": (env_int("RATE_LIMIT_NUMBER_VERIFICATION", 3, minimum=1), 3600),
     "number_verification_daily": (env_int("RATE_LIMIT_NUMBER_VERIFICATION_DAILY", 10, minimum=1), 86400),
+    # Voice access tokens a device may fetch per hour (an SDK fetches one per registration and
+    # refreshes it before it expires).
+    "voice_token": (env_int("RATE_LIMIT_VOICE_TOKEN", 30, minimum=1), 3600),
 }
 
 PAIRING_CODE_TTL_SECONDS = env_int("PAIRING_CODE_TTL_SECONDS", 300, minimum=30)
@@ -333,11 +359,8 @@ PULL_APPROVAL_SECONDS = env_int("PULL_APPROVAL_SECONDS", 20, minimum=2)
 # When the device holding a call is revoked, the caller waits on hold this long for
 # another device of the user to pull the call; then the call ends (fallback or goodbye).
 HOLDER_LOST_HOLD_SECONDS = env_int("HOLDER_LOST_HOLD_SECONDS", 60, minimum=5)
-# Provider REST actions (dialling legs, hang-ups) run on a small thread pool so webhooks
-# answer at once; unit tests run them inline.
-PROVIDER_ACTIONS_INLINE = env_bool("PROVIDER_ACTIONS_INLINE", False)
 # A provider request that failed for a while (no answer, HTTP 5xx or 429) is tried again
-# after this long, then twice as long each time (inline: at once), while the next try starts
+# after this long, then twice as long each time, while the next try starts
 # within PROVIDER_RETRY_SECONDS of the first (a dial: within DIAL_TIMEOUT_SECONDS).
 PROVIDER_RETRY_BACKOFF_SECONDS = env_float("PROVIDER_RETRY_BACKOFF_SECONDS", 0.5, minimum=0.05)
 PROVIDER_RETRY_SECONDS = env_float("PROVIDER_RETRY_SECONDS", 10.0, minimum=0)

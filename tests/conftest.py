@@ -10,6 +10,7 @@ from django.core.cache import cache
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from callpull import actions
 from devices import services as device_services
 from devices.models import Device
 
@@ -30,11 +31,22 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
             tempfile.gettempdir(), f"callpull-test-{os.getpid()}.sqlite3")
 
 
+class InlineRunner:
+    """callpull.actions' runner for unit tests: every action and every retry at once, in the
+    test's thread, its exceptions raised."""
+
+    def run(self, fn, *args, **kwargs) -> None:
+        fn(*args, **kwargs)
+
+    def later(self, delay: float, fn, *args) -> None:
+        fn(*args)
+
+
 @pytest.fixture(autouse=True)
-def _fast_password_hashing_and_inline_provider_actions(settings):
+def _fast_password_hashing_and_inline_provider_actions(settings, monkeypatch):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-    # Provider REST actions run inline so unit tests see their effects at once.
-    settings.PROVIDER_ACTIONS_INLINE = True
+    # Provider REST actions run inline so unit tests see their effects at once (a retry too).
+    monkeypatch.setattr(actions, "runner", InlineRunner())
     # In-process tests have no client that could ack while a ring report waits for a
     # receipt; they ack afterwards (Socket.ack). tests/notifications and tests/e2e
     # cover the wait itself with real consumers.
