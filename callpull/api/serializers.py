@@ -106,6 +106,8 @@ class CallOutput(serializers.Serializer):
     ended_at = serializers.DateTimeField(allow_null=True)
     end_reason = serializers.CharField(allow_null=True)
     timeline = serializers.ListField(child=serializers.DictField(), required=False)
+    devices = serializers.ListField(child=serializers.DictField(), required=False, help_text=(
+        "With the timeline: every device the call names, {id, name, kind, removed}, removed ones too."))
 
 
 class InstructionOutput(serializers.Serializer):

@@ -55,7 +55,7 @@ def test_a_ring_report_shows_the_incoming_card_and_answering_connects_the_call_h
     home.wait_state(ring.id, "connected")
     expect(card).to_be_hidden()
     live = companion.live(ring.id)
-    expect(live).to_contain_text("On this browser")
+    expect(live).to_contain_text("Live on this browser")
     expect(live).to_contain_text("Ada Lovelace")
     expect(live.get_by_role("button", name="Move here")).to_have_count(0)
     expect(live.locator(".since")).to_have_text(re.compile(r"^0:0\d$"))

@@ -78,8 +78,13 @@ def test_the_history_shows_a_calls_timeline_on_a_time_axis(open_page, web_server
     chart = item.locator(".tl-chart")
     expect(chart.locator(".tl-lane .tl-lane-name", has_text="Call")).to_have_count(1)
     expect(chart.locator(".tl-lane .tl-lane-name", has_text="this browser")).to_have_count(1)
-    for phase in ("Ringing", "Connecting", "Talking"):
-        expect(chart.locator(".tl-phase", has_text=phase)).to_have_count(1)
+    # Each phase a band on the axis, named in full in the legend beneath (never cut to "Con").
+    legend = item.locator(".tl-legend")
+    for kind, phase in (("ringing", "Ringing"), ("connecting", "Connecting"), ("talking", "Talking")):
+        expect(chart.locator(f".tl-phase-{kind}")).to_have_count(1)
+        label = legend.locator(f'.tl-legend-item[data-phase="{kind}"] .tl-phase-label')
+        expect(label).to_have_text(phase)
+        assert label.evaluate("el => el.scrollWidth <= el.clientWidth + 1"), f"{phase} is not cut"
     talking = chart.locator(".tl-phase-talking").bounding_box()
     axis = chart.locator(".tl-axis .tl-track").bounding_box()
     assert talking["width"] > axis["width"] * 0.2, "a second of talk is a visible share of the axis"

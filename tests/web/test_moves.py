@@ -22,7 +22,7 @@ def connected_here(home: Household, companion: CompanionPage, caller_name: str) 
     expect(card).to_contain_text("Answered here")
     home.handset_rejects(ring)
     home.wait_state(ring.id, "connected")
-    expect(companion.live(ring.id)).to_contain_text("On this browser")
+    expect(companion.live(ring.id)).to_contain_text("Live on this browser")
     return ring
 
 
@@ -60,7 +60,7 @@ def test_approving_a_pull_hands_the_call_to_the_other_device(open_page, web_serv
 
     expect(prompt).to_have_count(0)
     pull_state(home, pull["id"], "completed")
-    expect(live).to_contain_text("On Kitchen tablet")
+    expect(live).to_contain_text("Live on Kitchen tablet")
     expect(live).to_contain_text("The call moved to Kitchen tablet.")
     expect(live.get_by_role("button", name="Move here")).to_be_visible()
     caller_leg_alive(home, ring)
@@ -84,7 +84,7 @@ def test_denying_a_pull_keeps_the_call_here(open_page, web_server):
     expect(prompt).to_have_count(0)
     assert pull_state(home, pull["id"], "denied")["reason"] == "denied"
     expect(live).to_contain_text("You kept the call here.")
-    expect(live).to_contain_text("On this browser")
+    expect(live).to_contain_text("Live on this browser")
     assert home.get_call(ring.id)["state"] == "connected"
     caller_leg_alive(home, ring)
     companion.shot("pull-denied")
@@ -102,12 +102,12 @@ def test_move_here_pulls_a_call_another_device_holds(open_page, web_server):
     home.wait_state(ring.id, "connected")
 
     live = companion.live(ring.id)
-    expect(live).to_contain_text("On Kitchen tablet")
+    expect(live).to_contain_text("Live on Kitchen tablet")
     companion.shot("live-call-elsewhere")
     live.get_by_role("button", name="Move here").click()
 
     expect(live.locator(".pull-progress")).to_have_text("The call is here now.")
-    expect(live).to_contain_text("On this browser")
+    expect(live).to_contain_text("Live on this browser")
     expect(live.get_by_role("button", name="Move here")).to_have_count(0)
     timeline = home.get_call(ring.id)["timeline"]
     moved = [entry for entry in timeline if entry["event"] == "pull_completed"]
@@ -141,14 +141,14 @@ def test_move_here_shows_the_progress_while_the_holder_decides(open_page, web_se
     companion.shot("move-awaiting-approval")
     decide("deny")
     expect(progress).to_have_text("Kitchen tablet kept the call.")
-    expect(live).to_contain_text("On Kitchen tablet")
+    expect(live).to_contain_text("Live on Kitchen tablet")
 
     # Asked again, the holder agrees: approved, then the call is here.
     live.get_by_role("button", name="Move here").click()
     expect(progress).to_have_attribute("data-state", "awaiting_approval")
     decide("approve")
     expect(progress).to_have_text("The call is here now.")
-    expect(live).to_contain_text("On this browser")
+    expect(live).to_contain_text("Live on this browser")
     caller_leg_alive(home, ring)
 
 
@@ -166,7 +166,7 @@ def test_a_call_whose_holder_was_removed_waits_on_hold_and_move_here_takes_it(op
     home.handset_rejects(ring)
     home.wait_state(ring.id, "connected")
     live = companion.live(ring.id)
-    expect(live).to_contain_text("On Kitchen tablet")
+    expect(live).to_contain_text("Live on Kitchen tablet")
 
     ok(call(web_server, "DELETE", f"/api/v1/devices/{tablet.id}", token=home.handset.token), 204)
     expect(live).to_contain_text("On hold")
@@ -175,7 +175,7 @@ def test_a_call_whose_holder_was_removed_waits_on_hold_and_move_here_takes_it(op
     live.get_by_role("button", name="Move here").click()
 
     expect(live.locator(".pull-progress")).to_have_text("The call is here now.")
-    expect(live).to_contain_text("On this browser")
+    expect(live).to_contain_text("Live on this browser")
     call_now = home.get_call(ring.id)
     assert (call_now["state"], call_now["held_by"]) == ("connected", me.id), call_now
     caller_leg_alive(home, ring)

@@ -1,7 +1,8 @@
 // The callpull web companion: this tab is one of the user's devices (kind `web`).
 // It signs in (password or pairing code), keeps its token in localStorage, listens on
 // the device WebSocket, rings for incoming calls, answers and declines them, moves
-// live calls here and approves moves away, and shows devices, lines and history.
+// live calls here and approves moves away, hangs up and mutes the call it holds (through
+// its voice client, voice.js), and shows devices, lines and history.
 //
 // Everything the user reads comes from the API or its events; errors show the
 // envelope's message as the server wrote it.
@@ -12,13 +13,14 @@ import { drawQr, encodeQr } from "./qr.js";
 import { Ringer } from "./ring.js";
 import { Connection } from "./socket.js";
 import { renderTimeline } from "./timeline.js";
+import { voiceClient } from "./voice.js";
 
 const OUTCOME_CARD_SECONDS = 60;   // how long an answered-elsewhere / missed card stays up
 const HISTORY_LIMIT = 25;
 
+// Ended calls; a call in progress is described by stateText (who it is live on).
 const CALL_STATES = {
-  ringing: "Ringing", answering: "Answering", forwarded: "Connecting", connected: "Connected",
-  completed: "Completed", missed: "Missed", declined: "Declined", answered_on_handset: "Answered on the handset",
+  ringing: "Ringing", completed: "Completed", missed: "Missed", declined: "Declined", answered_on_handset: "Answered on the handset",
   failed: "Failed",
 };
 const END_REASONS = {
@@ -44,7 +46,11 @@ const state = {
   devices: new Map(),   // id → device
   lines: [],
   incoming: new Map(),  // call id → {call, status, text, busy, endsAt}
-  live: new Map(),      // call id → {call, holder, connectedAt, pull, approval, note}
+  live: new Map(),      // call id → {call, holder, connectedAt, pull, approval, note, muted, hangingUp}
+  calls: new Map(),     // call id → the newest state of the call seen (events, lists, details)
+  known: new Map(),     // device id → {name, kind, removed}: devices calls name, removed ones too
+  voice: null,          // this browser's voice client (voice.js), once its device is loaded
+  devicesLoaded: false,
   declinedHere: new Set(),
   history: [],
   expanded: new Set(),
@@ -98,9 +104,50 @@ function preservingFocus(render) {
 
 function deviceName(id) {
   if (!id) return "an unknown device";
+  if (id === state.me) return "this browser";
   const device = state.devices.get(id);
   if (device) return device.me ? "this browser" : device.name;
-  return id === state.me ? "this browser" : "a removed device";
+  // Not among the user's devices: removed (once the list is loaded), but still named.
+  const known = state.known.get(id);
+  if (known) return known.removed || state.devicesLoaded ? `${known.name} (removed)` : known.name;
+  return "a removed device";
+}
+
+// A call's detail names every device it involved, removed ones too (`devices`).
+function learnDevices(detail) {
+  for (const device of detail.devices || []) state.known.set(device.id, device);
+}
+
+// The newest state of each call, whichever source saw it last: events, the live list, the
+// history list. A later state never gives way to an earlier one (a list read before an
+// event arrived), so the banner, the live card and the recent list say the same thing.
+const STATE_ORDER = { ringing: 0, answering: 1, forwarded: 2, connected: 3 };
+const stateRank = (call) => STATE_ORDER[call.state] ?? 4;
+
+function noteCall(call) {
+  if (!call || !call.id) return call;
+  const known = state.calls.get(call.id);
+  const merged = !known || stateRank(call) >= stateRank(known) ? { ...(known || {}), ...call } : known;
+  state.calls.set(call.id, merged);
+  return merged;
+}
+
+// What a call is doing now, in one phrase, for every place on the page that shows it.
+function stateText(call) {
+  const current = state.calls.get(call.id) || call;
+  const live = state.live.get(call.id);
+  switch (current.state) {
+    case "connected": {
+      if (live && live.holder === null && live.onHold) return "On hold";
+      const holder = live ? live.holder : current.held_by;
+      return `Live on ${deviceName(holder || current.answered_by)}`;
+    }
+    case "answering":
+    case "forwarded":
+      return current.answered_by ? `Connecting to ${deviceName(current.answered_by)}…` : "Ringing";
+    default:
+      return CALL_STATES[current.state] || humanize(current.state);
+  }
 }
 
 function callerLabel(call) {
@@ -147,8 +194,11 @@ async function answer(callId) {
   entry.busy = true;
   renderIncoming();
   try {
-    const answered = await call("POST", `/calls/${callId}/answer`);
+    const answered = noteCall(await call("POST", `/calls/${callId}/answer`));
     setIncoming(answered, { status: "answered_here", text: "Answered here — connecting…", busy: false });
+    liveEntry(answered);
+    renderLive();
+    refreshHistoryStates();
   } catch (error) {
     if (error.code === "already_answered" || error.code === "call_not_ringing") {
       setIncoming(entry.call, { status: "elsewhere", text: error.message, busy: false });
@@ -240,22 +290,35 @@ function holderFromTimeline(timeline) {
   return { holder, connectedAt };
 }
 
+// A call answered somewhere and not ended: connecting to its device, then live on the
+// device holding it (`held_by`; null while the caller waits on hold).
 function liveEntry(call) {
-  const entry = state.live.get(call.id) || { call, holder: call.answered_by, connectedAt: null, pull: null,
-    approval: null, note: "" };
-  entry.call = { ...entry.call, ...call };
+  const current = noteCall(call);
+  const entry = state.live.get(call.id) || { call: current, holder: current.held_by || null, connectedAt: null,
+    pull: null, approval: null, note: "", muted: false, hangingUp: false };
+  entry.call = { ...entry.call, ...current };
+  if (current.state === "connected" && "held_by" in current) {
+    if (current.held_by !== entry.holder) entry.muted = false;  // a leg of its own: not muted
+    entry.holder = current.held_by;
+    entry.onHold = !current.held_by;
+  }
   state.live.set(call.id, entry);
   return entry;
 }
 
+const CONNECTING_STATES = ["answering", "forwarded"];
+
 async function loadLive() {
-  const connected = await call("GET", "/calls?state=connected");
-  const details = await Promise.all(connected.map((c) => call("GET", `/calls/${c.id}`)));
+  const lists = await Promise.all(["connected", ...CONNECTING_STATES].map((which) => call("GET", `/calls?state=${which}`)));
+  const current = lists.flat().filter((c) => c.state === "connected" || c.answered_by);
+  const details = await Promise.all(current.map((c) => call("GET", `/calls/${c.id}`)));
   const seen = new Set();
   for (const detail of details) {
+    if (detail.state !== "connected" && !(CONNECTING_STATES.includes(detail.state) && detail.answered_by)) continue;
     seen.add(detail.id);
+    learnDevices(detail);
     const entry = liveEntry(detail);
-    Object.assign(entry, holderFromTimeline(detail.timeline));
+    entry.connectedAt = holderFromTimeline(detail.timeline).connectedAt;
     // A move requested while this tab was away may still wait for this device's answer.
     const open = openPullIds(detail.timeline);
     for (const pullId of open) {
@@ -265,6 +328,7 @@ async function loadLive() {
   }
   for (const id of [...state.live.keys()]) if (!seen.has(id)) state.live.delete(id);
   renderLive();
+  refreshHistoryStates();
 }
 
 function openPullIds(timeline) {
@@ -293,8 +357,10 @@ function applyPull(entry, pull) {
   }
   if (pull.requested_by === state.me) entry.pull = pull;
   if (pull.state === "completed") {
+    if (entry.holder !== pull.requested_by) entry.muted = false;
     entry.holder = pull.requested_by;
     entry.onHold = false;
+    if (pull.requested_by === state.me) entry.note = "";  // an older "moved to …" is no longer true
     if (pull.from_device === state.me) entry.note = `The call moved to ${deviceName(pull.requested_by)}.`;
   }
 }
@@ -309,6 +375,35 @@ async function moveHere(callId) {
   } catch (error) {
     entry.pull = null;
     notify(`Could not move the call here: ${error.message}`);
+  }
+  renderLive();
+}
+
+async function hangUp(callId) {
+  const entry = state.live.get(callId);
+  if (!entry || !state.voice) return;
+  entry.hangingUp = true;
+  entry.note = "Hanging up…";
+  renderLive();
+  try {
+    await state.voice.hangUp();
+    // The card goes when call.ended arrives.
+  } catch (error) {
+    entry.hangingUp = false;
+    entry.note = "";
+    notify(`Could not hang up: ${error.message}`);
+  }
+  renderLive();
+}
+
+async function toggleMute(callId) {
+  const entry = state.live.get(callId);
+  if (!entry || !state.voice) return;
+  try {
+    await state.voice.setMuted(!entry.muted);
+    entry.muted = !entry.muted;
+  } catch (error) {
+    notify(`Could not ${entry.muted ? "unmute" : "mute"}: ${error.message}`);
   }
   renderLive();
 }
@@ -365,19 +460,40 @@ function renderLive() {
           disabled: entry.approval.busy, onclick: () => decidePull(call.id, true) }, "Approve"),
         h("button", { type: "button", class: "deny", "data-key": `deny:${call.id}`, disabled: entry.approval.busy,
           onclick: () => decidePull(call.id, false) }, "Deny"))) : null;
-      return h("article", { class: "call-card live-card", dataset: { callId: call.id, here: here ? "true" : "false" },
+      const connecting = call.state !== "connected";
+      const voice = state.voice;
+      let holderLine;
+      if (connecting) {
+        holderLine = h("p", { class: "holder" }, "Connecting to ",
+          h("strong", { text: deviceName(call.answered_by) }), "…");
+      } else if (entry.holder === null && entry.onHold) {
+        holderLine = h("p", { class: "holder" }, h("strong", { text: "On hold" }), " · no device holds the call");
+      } else {
+        holderLine = h("p", { class: "holder" }, "Live on ", h("strong", { text: deviceName(entry.holder) }),
+          entry.muted ? h("span", { class: "badge badge-muted", text: "Muted" }) : null, since ? " · " : null, since);
+      }
+      // Whoever holds the call here hangs up and mutes it, through this browser's voice client.
+      const controls = here && !connecting ? h("div", { class: "actions in-call" },
+        h("button", { type: "button", class: "hang-up danger", "data-key": `hangup:${call.id}`,
+          disabled: !voice?.available || entry.hangingUp, onclick: () => hangUp(call.id) }, "Hang up"),
+        h("button", { type: "button", class: "mute-call", "data-key": `mute-call:${call.id}`,
+          "aria-pressed": entry.muted ? "true" : "false", disabled: !voice?.available || entry.hangingUp,
+          onclick: () => toggleMute(call.id) }, "Mute")) : null;
+      const unavailable = controls && voice && !voice.available
+        ? h("p", { class: "muted small voice-unavailable", text: voice.reason }) : null;
+      return h("article", { class: "call-card live-card", dataset: { callId: call.id, here: here ? "true" : "false",
+        state: connecting ? "connecting" : entry.onHold && entry.holder === null ? "on_hold" : "live" },
         "aria-labelledby": titleId },
-      h("p", { class: "eyebrow" }, "Live call · line ", formatNumber(call.line)),
+      h("p", { class: "eyebrow" }, connecting ? "Connecting" : "Live call", " · line ", formatNumber(call.line)),
       h("h3", { class: "caller-name", id: titleId, text: callerLabel(call) }),
       call.caller_name ? h("p", { class: "caller-number", text: formatNumber(call.caller) }) : null,
-      entry.holder === null && entry.onHold ? h("p", { class: "holder" }, h("strong", { text: "On hold" }),
-        " · no device holds the call") :
-        h("p", { class: "holder" }, "On ", h("strong", { text: here ? "this browser" : deviceName(entry.holder) }),
-          since ? " · " : null, since),
+      holderLine,
+      controls,
+      unavailable,
       approval,
       entry.note ? h("p", { class: "note", role: "status", text: entry.note }) : null,
       pullProgress(entry),
-      !here && !pullOpen ? h("div", { class: "actions" },
+      !here && !pullOpen && !connecting ? h("div", { class: "actions" },
         h("button", { type: "button", class: "move-here primary", "data-key": `move:${call.id}`,
           onclick: () => moveHere(call.id) }, "Move here")) : null);
     });
@@ -408,7 +524,20 @@ async function loadDevices() {
     if (previous?.ui) device.ui = previous.ui;
   }
   state.devices = new Map(devices.map((device) => [device.id, device]));
+  state.devicesLoaded = true;
   renderDevices();
+  for (const id of state.expanded) {  // a device removed since: its lane says so
+    const cached = detailCache.get(id);
+    if (cached) showDetail(cached);
+  }
+  const mine = state.devices.get(state.me);
+  if (mine && (!state.voice || state.voice.address !== mine.connect?.address)) {
+    const voice = await voiceClient(mine.connect);
+    if (state.me === mine.id) {
+      state.voice = voice;
+      renderLive();
+    }
+  }
 }
 
 function renderDevices() {
@@ -579,6 +708,7 @@ function refreshHistorySoon() {
 
 async function loadHistory() {
   state.history = await call("GET", `/calls?limit=${HISTORY_LIMIT}`);
+  for (const item of state.history) noteCall(item);
   renderHistory();
   for (const id of state.expanded) loadDetail(id);
 }
@@ -588,9 +718,22 @@ function callLength(call) {
   return formatDuration((Date.parse(call.ended_at) - Date.parse(call.created_at)) / 1000);
 }
 
+let historyShown = null;  // what the rows were built from: an unchanged list is not rebuilt
+
 function renderHistory() {
+  const shown = JSON.stringify(state.history.map((listed) => {
+    const call = state.calls.get(listed.id) || listed;
+    return [listed.id, call.state, call.ended_at, state.expanded.has(listed.id)];
+  }));
+  if (shown === historyShown && $("#history").children.length) {
+    refreshHistoryStates();
+    return;
+  }
+  historyShown = shown;
   preservingFocus(() => {
-    const items = state.history.map((call) => {
+    const items = state.history.map((listed) => {
+      const current = state.calls.get(listed.id) || listed;
+      const call = { ...listed, ...current };
       const open = state.expanded.has(call.id);
       const length = callLength(call);
       return h("li", { class: "history-item", dataset: { callId: call.id, state: call.state } },
@@ -598,7 +741,7 @@ function renderHistory() {
           "aria-controls": `detail-${call.id}`, "data-key": `history:${call.id}`, onclick: () => toggleHistory(call.id) },
         h("span", { class: "h-caller", text: callerLabel(call) }),
         h("span", { class: "h-meta muted" }, formatClock(call.created_at), " · ",
-          h("span", { class: `h-state state-${call.state}`, text: CALL_STATES[call.state] || humanize(call.state) }),
+          h("span", { class: `h-state state-${current.state}`, text: stateText(current) }),
           length ? ` · ${length}` : null)),
         h("div", { id: `detail-${call.id}`, class: "history-detail", hidden: !open }));
     });
@@ -610,7 +753,22 @@ function renderHistory() {
   }
 }
 
+// The recent list's rows say what each call is doing now, updated in place on every event
+// (a rebuild would close what the user is reading); the list itself reloads after events.
+function refreshHistoryStates() {
+  for (const row of document.querySelectorAll("#history .history-item")) {
+    const current = state.calls.get(row.dataset.callId);
+    if (!current) continue;
+    const label = row.querySelector(".h-state");
+    const text = stateText(current);
+    if (label && label.textContent !== text) label.textContent = text;
+    if (label) label.className = `h-state state-${current.state}`;
+    row.dataset.state = current.state;
+  }
+}
+
 const detailCache = new Map();
+const drawnDetails = new WeakMap();  // detail container → what it shows
 
 async function toggleHistory(callId) {
   if (state.expanded.has(callId)) state.expanded.delete(callId); else state.expanded.add(callId);
@@ -621,6 +779,8 @@ async function toggleHistory(callId) {
 async function loadDetail(callId) {
   const detail = await attempt(() => call("GET", `/calls/${callId}`), "Could not load the call");
   if (!detail) return;
+  learnDevices(detail);
+  noteCall(detail);
   detailCache.set(callId, detail);
   showDetail(detail);
 }
@@ -628,6 +788,11 @@ async function loadDetail(callId) {
 function showDetail(detail) {
   const container = document.getElementById(`detail-${detail.id}`);
   if (!container || !state.expanded.has(detail.id)) return;
+  // The same detail is not drawn again (the list reloads on every burst of events).
+  const drawn = JSON.stringify([detail.state, detail.answered_by, detail.end_reason, detail.timeline, detail.devices,
+    [...state.devices.keys()]]);
+  if (drawnDetails.get(container) === drawn) return;
+  drawnDetails.set(container, drawn);
   replace(container,
     h("p", { class: "muted small" },
       detail.caller ? formatNumber(detail.caller) : "Withheld number", " → ", formatNumber(detail.line),
@@ -641,8 +806,16 @@ function showDetail(detail) {
 
 function onEvent(frame) {
   const call = frame.call;
+  if (call) noteCall(call);
+  handleEvent(frame, call);
+  if (call) refreshHistoryStates();
+}
+
+function handleEvent(frame, call) {
   switch (frame.type) {
     case "call.ringing":
+      // A line registered since the page loaded (simulate_call's first run) shows at once.
+      if (!state.lines.some((line) => line.number === call.line)) attempt(loadLines, "Could not load lines");
       if (!state.declinedHere.has(call.id)) {
         const current = state.incoming.get(call.id);
         if (!current || current.status === "ringing") setIncoming(call, { status: "ringing" });
@@ -654,13 +827,16 @@ function onEvent(frame) {
       if (state.incoming.has(call.id)) {
         setIncoming(call, { status: "elsewhere", text: `Answered on ${frame.device?.name || deviceName(frame.device?.id)}` });
       }
+      if (frame.device?.id && !state.devices.has(frame.device.id)) state.known.set(frame.device.id, frame.device);
+      liveEntry(call);
+      renderLive();
       refreshHistorySoon();
       break;
     case "call.connected": {
       // The live call card takes over from the incoming card.
       if (state.incoming.has(call.id)) dismissIncoming(call.id);
       const entry = liveEntry(call);
-      entry.holder = entry.holder || call.answered_by;
+      if (!("held_by" in call)) entry.holder = entry.holder || call.answered_by;
       entry.connectedAt = entry.connectedAt || frame.at;
       renderLive();
       refreshHistorySoon();
@@ -678,6 +854,7 @@ function onEvent(frame) {
       break;
     case "call.holder_lost": {
       // The device that held the call was removed: the caller waits on hold for another device.
+      if (frame.device?.id) state.known.set(frame.device.id, { ...frame.device, removed: true });
       const entry = liveEntry(call);
       entry.holder = null;
       entry.onHold = true;
@@ -846,8 +1023,13 @@ function resetState() {
   state.devices = new Map();
   state.incoming.clear();
   state.live.clear();
+  state.calls.clear();
+  state.known.clear();
+  state.voice = null;
+  state.devicesLoaded = false;
   state.declinedHere.clear();
   state.history = [];
+  historyShown = null;
   state.expanded.clear();
   detailCache.clear();
   for (const selector of ["#incoming", "#live-calls", "#history", "#devices", "#lines"]) $(selector).replaceChildren();

@@ -124,11 +124,17 @@ export function renderTimeline(call, deviceName) {
     h("span", { class: "tl-lane-name" }),
     track(ticks.map((value) => placed(h("span", { class: "tl-tick", text: tickLabel(value, step) }), value))));
 
+  // The bands carry no text (a short phase would cut its label to "Con"): the legend
+  // beneath names each phase with its length.
   const phaseRow = h("div", { class: "tl-row tl-phases", "aria-hidden": "true" },
     h("span", { class: "tl-lane-name", text: "Phases" }),
     track(phases.map(([kind, label, from, to]) => placed(
-      h("span", { class: `tl-phase tl-phase-${kind}`, title: `${label}: ${formatMs(to - from)}`, text: label }),
+      h("span", { class: `tl-phase tl-phase-${kind}`, title: `${label}: ${formatMs(to - from)}` }),
       from, Math.max(0, to - from)))));
+  const legend = h("ul", { class: "tl-legend" }, phases.map(([kind, label, from, to]) => h("li", {
+    class: "tl-legend-item", dataset: { phase: kind } },
+  h("span", { class: `tl-swatch tl-phase-${kind}`, "aria-hidden": "true" }),
+  h("span", { class: "tl-phase-label", text: label }), ` ${formatMs(to - from)}`)));
 
   const laneRows = [...lanes.entries()].map(([key, laneEntries]) => {
     const marks = [];
@@ -165,6 +171,7 @@ export function renderTimeline(call, deviceName) {
 
   return h("figure", { class: "tl", dataset: { total: Math.round(total) } },
     h("div", { class: "tl-chart" }, axis, phases.length ? phaseRow : null, laneRows),
+    phases.length ? legend : null,
     h("figcaption", { class: "muted",
       text: `${entries.length} steps over ${formatMs(total)}, from the handset's report.` }),
     list);
