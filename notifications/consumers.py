@@ -5,18 +5,21 @@ single-use `?ticket=` for browsers. A refused socket is accepted and then
 closed with 4401 (a browser cannot read the status of a refused handshake).
 A socket with an Origin header (a browser) must come from an allowed origin,
 else it is closed with 4403; native clients send no Origin.
+
+`DeviceConsumer` is an ASGI application of our own (the ASGI WebSocket spec),
+not a subclass of Channels' consumers: it uses Channels only through its
+documented functions (`get_channel_layer`, `database_sync_to_async`) and the
+channel layer's spec methods, plus our layers' `attach` (notifications.layers).
 """
 
 import asyncio
+import json
 import logging
 import time
 import uuid
 from urllib.parse import parse_qs, urlsplit
 
-from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
-from channels.exceptions import StopConsumer
-from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections
@@ -25,7 +28,7 @@ from django.utils import timezone
 from devices import services as device_services
 from devices.auth import bearer_token, device_for_token
 from notifications import fanout, presence
-from notifications.events import device_group, frame, user_group
+from notifications.events import CLOSE_MESSAGE, FRAME_MESSAGE, device_group, frame, user_group
 from notifications.signals import device_connected
 
 log = logging.getLogger(__name__)
@@ -83,27 +86,41 @@ def _close(channel_name):
     return device_services.connection_close(channel_name=channel_name, now=timezone.now())
 
 
-class DeviceConsumer(AsyncJsonWebsocketConsumer):
+class _Stop(Exception):
+    """Ends the consumer (the client is gone)."""
+
+
+class DeviceConsumer:
     """One device's socket. Devices keep it open all day, idle nearly all the
     time, so what an idle one holds matters (bench/README.md, *memory*).
 
-    Channels' AsyncConsumer.__call__ waits for the client and for the channel
-    layer with two tasks of its own (await_many_dispatch), and its in-memory layer
-    keeps an asyncio.Queue per waiting channel. Here the consumer waits for the
+    Channels' consumers wait for the client and for the channel layer with two
+    tasks of their own (await_many_dispatch). Here the consumer waits for the
     client in the server's own task and takes channel-layer messages as they come:
     pushed by the layer where it can (`attach`, notifications.layers), else pulled
     by one task. A message is handled at once, in a task that lives only that
     long, unless a handler is already running, in which case it waits its turn in
-    `_pending`: handlers never overlap, as in Channels. A failure of that task or
-    of the pull ends the consumer as it would have ended Channels' (the error
-    reaches the server). Written against channels 4.3.2's AsyncConsumer (the
-    attributes its methods read: scope, channel_layer, channel_name, base_send).
+    `_pending`: handlers never overlap. A failure of that task or of the pull ends
+    the consumer with that error (it reaches the server).
+
+    Handlers: `connect`, `receive` / `receive_json`, `disconnect`, and one method
+    per channel-layer message type, named in `layer_handlers`.
     """
+
+    channel_layer_alias = "default"  # the CHANNEL_LAYERS entry it uses
+    # Channel-layer message type (notifications.events) → the method that handles it.
+    layer_handlers = {FRAME_MESSAGE: "frame_send", CLOSE_MESSAGE: "socket_close"}
+
+    @classmethod
+    def as_asgi(cls):
+        """The ASGI application: one consumer per socket."""
+        async def app(scope, receive, send):
+            return await cls()(scope, receive, send)
+        app.consumer_class = cls
+        return app
 
     device_id = None
     user_id = None
-    # Channels' own group bookkeeping stays unused: _forget() leaves the groups.
-    groups = ()
     # event id → (reply channel, deadline) for frames whose sender waits for the
     # receipt (notifications.fanout); None until the first such frame, as most
     # sockets never get one.
@@ -127,18 +144,18 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
         self._main = asyncio.current_task()
         attach = getattr(self.channel_layer, "attach", None)
         if attach is not None:
-            attach(self.channel_name, self._deliver)
+            attach(self.channel_name, self._deliver, self._failed)
         else:
             self._pull_task = asyncio.ensure_future(self._pull())
         try:
             await self._run(receive)
-        except StopConsumer:
+        except _Stop:
             pass
         except asyncio.CancelledError:
             if self._error is None:  # cancelled by the server, not by _failed()
                 raise
             self._main.uncancel()
-            if not isinstance(self._error, StopConsumer):
+            if not isinstance(self._error, _Stop):
                 raise self._error from None
         finally:
             if attach is not None:
@@ -220,14 +237,22 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
             self._main.cancel()
 
     async def dispatch(self, message):
-        # As Channels' AsyncConsumer.dispatch, less its aclose_old_connections() before
-        # every message (a trip to the database thread per frame): every handler here
-        # that touches the database does so through database_sync_to_async, which
-        # closes old connections itself.
-        handler = getattr(self, get_handler_name(message), None)
-        if handler is None:
-            raise ValueError(f"No handler for message type {message['type']}")
-        await handler(message)
+        # Every handler here that touches the database does so through
+        # database_sync_to_async, which closes old connections itself: no trip to the
+        # database thread per message for that.
+        kind = message["type"]
+        if kind == "websocket.receive":
+            await self.receive(text_data=message.get("text"), bytes_data=message.get("bytes"))
+        elif kind == "websocket.connect":
+            await self.connect()
+        elif kind == "websocket.disconnect":
+            await self.disconnect(message.get("code", 1005))
+            raise _Stop
+        else:
+            name = self.layer_handlers.get(kind)
+            if name is None:
+                raise ValueError(f"No handler for message type {kind}")
+            await getattr(self, name)(message)
 
     async def base_send(self, message):
         # A send after the client left raises an OSError subclass (ASGI spec), e.g.
@@ -237,6 +262,30 @@ class DeviceConsumer(AsyncJsonWebsocketConsumer):
             await self._server_send(message)
         except OSError:
             log.debug("dropped %s: the client is gone", message.get("type"))
+
+    # The ASGI WebSocket messages this consumer sends.
+
+    async def accept(self):
+        await self.base_send({"type": "websocket.accept"})
+
+    async def close(self, code: int | None = None):
+        await self.base_send({"type": "websocket.close"} if code is None else {"type": "websocket.close",
+                                                                                 "code": code})
+
+    async def send(self, text_data: str | None = None, bytes_data: bytes | None = None):
+        if text_data is not None:
+            await self.base_send({"type": "websocket.send", "text": text_data})
+        elif bytes_data is not None:
+            await self.base_send({"type": "websocket.send", "bytes": bytes_data})
+        else:
+            raise ValueError("send() takes text_data or bytes_data")
+
+    async def send_json(self, content):
+        await self.send(text_data=json.dumps(content))
+
+    @staticmethod
+    async def decode_json(text_data: str):
+        return json.loads(text_data)
 
     async def connect(self):
         await self.accept()

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.db import DatabaseError
 from django.db.models import Case, DateTimeField, F, FilteredRelation, Q, QuerySet, Value, When
@@ -275,8 +276,6 @@ class AckBatcher:
         await self.flush()
 
     async def flush(self) -> None:
-        from channels.db import database_sync_to_async
-
         while self.pending:
             chunk, self.pending = self.pending[:self.batch], self.pending[self.batch:]
             try:

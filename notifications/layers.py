@@ -1,150 +1,125 @@
-"""The Redis channel layer, sized for thousands of sockets per worker.
+"""Our channel layers: the ASGI channel layer spec, implemented here in full.
 
-channels_redis as shipped has two limits that lose frames at that scale:
+Channels defines the spec (send, receive, new_channel; the groups and flush
+extensions) and `channels.layers.BaseChannelLayer`, its documented base class
+(its channel and group name checks are all we use of it). Both layers below are
+written on that and nothing else of Channels: their storage, expiry and wire format are ours, so no
+upgrade of Channels or channels_redis can change them underneath us. What they
+add to the spec, for thousands of idle sockets per worker:
 
-- Every socket of a worker is a *process-specific* channel, and all of them
-  share ONE Redis key (`specific.<worker prefix>!`). The layer's `capacity`
-  is checked against that shared key, so with capacity 1,000 a worker whose
-  5,000 sockets have 1,000 messages in flight drops every further group
-  message, silently (ASGI allows dropping group messages over capacity). A
-  reconnect storm, each socket announcing its presence, is enough.
-  `SPECIFIC_CAPACITY` sizes that key for the whole worker; ordinary channels
-  keep `capacity`.
-- redis-py's asyncio pool raises `MaxConnectionsError` once 100 commands are
-  in flight (5,000 sockets disconnecting at once, a burst of ring reports). A
-  blocking pool makes the next command wait for a free connection instead.
+- `attach(channel, deliver, failed=None)` / `detach(channel)`: the layer hands
+  each message for `channel` straight to `deliver(message)` (a plain function,
+  called in the event loop), which returns False when the consumer is full. A
+  socket that waits this way holds no task, queue or future of the layer's
+  (notifications.consumers.DeviceConsumer). If the layer can no longer receive
+  (its Redis connection died) it calls `failed(error)` and detaches the channel,
+  as a failing `receive()` would have ended a consumer that pulls.
+- `send_many(channels, message)`: one message to many channels, in one round
+  trip to Redis (notifications.fanout addresses sockets by channel name).
+- `forget(channel)`: drop what waits for a channel nobody will receive from
+  again (a ring report's reply channel once its wait is over).
 
-It also sends one message to many channels in one round trip per Redis
-server (`send_many`, what `group_send` does after looking the group up), for
-fan-outs addressed by channel name (notifications.fanout).
-
-Nothing else changes: same keys, same wire format, so workers with and without
-this class interoperate.
+`InMemoryChannelLayer` is the embedded default (one process).
+`RedisChannelLayer` is for several workers: process-specific channels (every
+socket's, every reply channel) live in ONE Redis list per worker process, which
+one task of that worker pops (BLPOP) and hands out: attached consumers get their
+messages pushed, `receive()` waits on a small in-process inbox. It reads the
+CONFIG keys channels_redis takes (hosts, prefix, expiry, group_expiry, capacity,
+channel_capacity) and uses only redis-py's public client (a BlockingConnectionPool,
+so a burst waits for a free connection instead of failing with
+MaxConnectionsError). One Redis server (no sharding); its keys are not
+channels_redis's, so every worker of a deployment must run this layer.
 """
 
 import asyncio
-import collections
-import functools
+import fnmatch
 import logging
+import random
+import re
+import string
 import time
+import uuid
 from collections.abc import Callable
 from copy import deepcopy
 
-from channels import layers as channels_layers
+import msgpack
 from channels.exceptions import ChannelFull
-from channels_redis import core
-from redis.asyncio import BlockingConnectionPool
+from channels.layers import BaseChannelLayer
+from redis.asyncio import BlockingConnectionPool, Redis
 
 log = logging.getLogger(__name__)
 
-# How often the in-memory layer looks for expired messages and group memberships.
+# How often a layer looks for expired messages (and the in-memory one for expired
+# group memberships): at most once per this many seconds, not on every receive.
 CLEAN_INTERVAL_SECONDS = 1.0
+GROUP_CLEAN_INTERVAL_SECONDS = 60.0
 
-
-class InMemoryChannelLayer(channels_layers.InMemoryChannelLayer):
-    """Channels' in-memory layer (the embedded default, one process), less two costs:
-
-    - per message: it looks through every channel and every group membership for
-      expired ones on each receive, so each frame cost O(sockets) (about 15% of the
-      server's time with 1,000 sockets). Here that sweep runs at most once a
-      second; an expired message may live a second longer.
-    - per idle socket: a consumer waiting in `receive()` holds an asyncio.Queue
-      (four deques), its getter future and a task. A consumer may instead
-      `attach(channel, deliver)`: `send` then hands each message of that channel
-      straight to `deliver(message)` (a plain function, called in the sender's
-      turn of the event loop), which returns False when the consumer is full
-      (`ChannelFull`, as a full queue would). `detach(channel)` ends it; messages
-      sent after that queue up as for any channel nobody receives.
-
-    Written against channels 4.3.2's InMemoryChannelLayer (its `send`, `channels`
-    and `_clean_expired`); tests/notifications/test_consumer_dispatch.py checks both."""
-
-    _cleaned_at = 0.0
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.attached: dict[str, Callable[[dict], bool]] = {}
-
-    def attach(self, channel: str, deliver: Callable[[dict], bool]) -> None:
-        self.require_valid_channel_name(channel)
-        self.attached[channel] = deliver
-
-    def detach(self, channel: str) -> None:
-        self.attached.pop(channel, None)
-
-    def forget(self, channel: str) -> None:
-        """Drop what waits for a channel nobody will receive from again (a ring
-        report's reply channel once its wait is over)."""
-        self.channels.pop(channel, None)
-
-    async def send(self, channel, message):
-        deliver = self.attached.get(channel)
-        if deliver is None:
-            return await super().send(channel, message)
-        assert isinstance(message, dict), "message is not a dict"
-        if not deliver(deepcopy(message)):  # a copy, as Channels' queue holds one
-            raise ChannelFull(channel)
-
-    def _clean_expired(self):
-        now = time.monotonic()
-        if now - self._cleaned_at < CLEAN_INTERVAL_SECONDS:
-            return
-        self._cleaned_at = now
-        super()._clean_expired()
+# Messages in flight for all the process-specific channels of one worker (all its
+# sockets share one Redis list); ordinary channels keep `capacity`.
+SPECIFIC_CAPACITY = 50_000
 
 
 class Inbox:
-    """The part of asyncio.Queue that uvicorn's protocol and channels_redis's
-    receive buffer use (put_nowait, get, get_nowait, empty), with asyncio.Queue's
-    semantics for these, in two small lists instead of its four deques (about
-    3 KB per socket, whose queue is nearly always empty)."""
+    """A FIFO with asyncio.Queue's semantics for put_nowait, get, get_nowait and
+    empty, in two small lists instead of its four deques (a channel's inbox is
+    nearly always empty)."""
 
-    __slots__ = ("_items", "_getters")
+    __slots__ = ("items", "getters")
 
     def __init__(self):
-        self._items = []
-        self._getters = []
+        self.items = []
+        self.getters = []
 
     def empty(self) -> bool:
-        return not self._items
+        return not self.items
+
+    def waited_on(self) -> bool:
+        return bool(self.getters)
+
+    def fail(self, error: BaseException) -> None:
+        """Every waiting get() raises `error`."""
+        getters, self.getters = self.getters, []
+        for getter in getters:
+            if not getter.done():
+                getter.set_exception(error)
 
     def get_nowait(self):
-        if not self._items:
+        if not self.items:
             raise asyncio.QueueEmpty
-        return self._items.pop(0)
+        return self.items.pop(0)
 
     def put_nowait(self, item) -> None:
-        self._items.append(item)
+        self.items.append(item)
         self._wake_next()
 
     def _wake_next(self) -> None:
-        while self._getters:
-            getter = self._getters.pop(0)
+        while self.getters:
+            getter = self.getters.pop(0)
             if not getter.done():
                 getter.set_result(None)
                 break
 
     async def get(self):
-        while not self._items:
+        while not self.items:
             getter = asyncio.get_running_loop().create_future()
-            self._getters.append(getter)
+            self.getters.append(getter)
             try:
                 await getter
             except BaseException:
                 getter.cancel()
                 try:
-                    self._getters.remove(getter)
+                    self.getters.remove(getter)
                 except ValueError:
                     pass
-                if self._items and not getter.cancelled():
+                if self.items and not getter.cancelled():
                     self._wake_next()  # the item this getter was woken for goes to the next one
                 raise
-        return self._items.pop(0)
+        return self.items.pop(0)
 
 
 class BoundedInbox(Inbox):
-    """channels_redis's BoundedQueue (a full buffer drops its oldest message, which
-    only happens to a consumer that stopped reading) on an Inbox."""
+    """An Inbox that keeps at most `maxsize` items (0: no bound); a full one drops
+    its oldest, which only happens to a consumer that stopped reading."""
 
     __slots__ = ("maxsize",)
 
@@ -152,105 +127,526 @@ class BoundedInbox(Inbox):
         super().__init__()
         self.maxsize = maxsize
 
+    def full(self) -> bool:
+        return 0 < self.maxsize <= len(self.items)
+
     def put_nowait(self, item) -> None:
-        if 0 < self.maxsize <= len(self._items):
-            self._items.pop(0)
+        if self.full():
+            self.items.pop(0)
         super().put_nowait(item)
 
 
-# Messages in flight for all the sockets of one worker (see above).
-SPECIFIC_CAPACITY = 50_000
+class _Capacities:
+    """`capacity` and `channel_capacity` as the spec's capacity extension defines
+    them: the first glob (or compiled regex) that matches a channel name wins."""
+
+    def __init__(self, default: int, per_channel: dict | None):
+        self.default = default
+        self.patterns = [(p if hasattr(p, "match") else re.compile(fnmatch.translate(p)), value)
+                         for p, value in (per_channel or {}).items()]
+
+    def __call__(self, channel: str) -> int:
+        for pattern, value in self.patterns:
+            if pattern.match(channel):
+                return value
+        return self.default
 
 
-class RedisChannelLayer(core.RedisChannelLayer):
-    def __init__(self, *args, max_connections: int = 64, pool_timeout: float = 10.0, channel_capacity=None,
-                 **kwargs):
-        self.max_connections = max_connections
-        self.pool_timeout = pool_timeout
-        capacities = {"specific.*": SPECIFIC_CAPACITY, **(channel_capacity or {})}
-        super().__init__(*args, channel_capacity=capacities, **kwargs)
-        # Each waiting consumer's buffer: an Inbox, not an asyncio.Queue (channels_redis
-        # 4.3.0 uses put_nowait, get, get_nowait and empty on it).
-        self.receive_buffer = collections.defaultdict(functools.partial(BoundedInbox, self.capacity))
-        self._unread: set[str] = set()
-        self._swept_at = time.monotonic()
+class InMemoryChannelLayer(BaseChannelLayer):
+    """The channel layer for one process (the embedded default).
 
-    # channels_redis pulls every message of this worker's channels into `receive_buffer`,
-    # one buffer per channel, and deletes a buffer only when a receive() on it ends. A
-    # message for a channel nobody receives from any more (the three acks of a ring after
-    # the first, which the waiting report already had; a frame that reached a socket just
-    # closed) stayed in this worker's memory for ever: about three messages and a buffer
-    # per ring report.
+    Expired messages and group memberships are swept at most once a second (an
+    expired message may live a second longer), not on every receive: that sweep
+    looks at every channel and membership, and ran on every frame in Channels'
+    own in-memory layer (about 15% of the server's time with 1,000 sockets). A
+    channel whose message expired unread leaves its groups, as in Channels'."""
+
+    extensions = ["groups", "flush"]
+
+    def __init__(self, expiry=60, group_expiry=86400, capacity=100, channel_capacity=None, **kwargs):
+        super().__init__(expiry=expiry, capacity=capacity, channel_capacity=channel_capacity, **kwargs)
+        self.capacity_of = _Capacities(capacity, channel_capacity)
+        self.group_expiry = group_expiry
+        self.channels: dict[str, BoundedInbox] = {}  # channel → inbox of (expires at, message)
+        self.groups: dict[str, dict[str, float]] = {}  # group → channel → joined at
+        self.attached: dict[str, Callable[[dict], bool]] = {}
+        self.cleaned_at = self.groups_cleaned_at = time.monotonic()
+
+    # Push delivery (see the module docstring).
+
+    def attach(self, channel: str, deliver: Callable[[dict], bool], failed=None) -> None:
+        self.require_valid_channel_name(channel)
+        self.attached[channel] = deliver  # in one process nothing can fail underneath: `failed` is unused
+
+    def detach(self, channel: str) -> None:
+        self.attached.pop(channel, None)
 
     def forget(self, channel: str) -> None:
-        """Drop what waits for a channel nobody will receive from again (a ring
-        report's reply channel once its wait is over)."""
-        inbox = self.receive_buffer.get(channel)
-        if inbox is not None and not inbox._getters:
-            del self.receive_buffer[channel]
+        inbox = self.channels.get(channel)
+        if inbox is not None and not inbox.waited_on():
+            del self.channels[channel]
+
+    # The spec.
+
+    async def new_channel(self, prefix="specific"):
+        return f"{prefix}.inmemory!{''.join(random.choices(string.ascii_letters, k=12))}"
+
+    async def send(self, channel, message):
+        assert isinstance(message, dict), "message is not a dict"
+        self.require_valid_channel_name(channel)
+        self._put(channel, message)
+
+    def _put(self, channel: str, message: dict) -> None:
+        deliver = self.attached.get(channel)
+        if deliver is not None:
+            if not deliver(deepcopy(message)):  # a copy: the sender may reuse its dict
+                raise ChannelFull(channel)
+            return
+        inbox = self.channels.get(channel)
+        if inbox is None:
+            inbox = self.channels[channel] = BoundedInbox(0)
+        if len(inbox.items) >= self.capacity_of(channel):
+            raise ChannelFull(channel)
+        inbox.put_nowait((time.monotonic() + self.expiry, deepcopy(message)))
 
     async def receive(self, channel):
-        self._sweep_unread()
-        return await super().receive(channel)
-
-    def _sweep_unread(self) -> None:
-        """At most once per `expiry`: drop the buffers that held messages with no
-        receiver waiting at the last sweep and still do (so their messages are older
-        than `expiry`, when the layer would have expired them anyway)."""
-        now = time.monotonic()
-        if now - self._swept_at < self.expiry:
-            return
-        self._swept_at = now
-        unread = {channel for channel, inbox in self.receive_buffer.items() if inbox._items and not inbox._getters}
-        for channel in unread & self._unread:
-            inbox = self.receive_buffer.get(channel)
-            if inbox is not None and not inbox._getters:
-                log.info("dropped %s unread messages for %s", len(inbox._items), channel)
-                del self.receive_buffer[channel]
-        self._unread = unread - self._unread
-
-    def create_pool(self, index):
-        host = dict(self.hosts[index])
-        address = host.pop("address", None)
-        if address is None:  # sentinel or keyword hosts: as channels_redis does it
-            return super().create_pool(index)
-        return BlockingConnectionPool.from_url(address, max_connections=self.max_connections,
-                                               timeout=self.pool_timeout, **host)
+        self.require_valid_channel_name(channel)
+        self._clean()
+        while True:
+            inbox = self.channels.get(channel)
+            if inbox is None:
+                inbox = self.channels[channel] = BoundedInbox(0)
+            try:
+                expires_at, message = await inbox.get()
+            finally:
+                if inbox.empty() and not inbox.waited_on() and self.channels.get(channel) is inbox:
+                    del self.channels[channel]
+            if expires_at >= time.monotonic():
+                return message
 
     async def send_many(self, channels: list[str], message: dict) -> int:
-        """Send `message` to every channel; messages for the channels of one worker
-        travel together. Returns how many channels were over capacity (dropped)."""
-        if not channels:
-            return 0
-        by_connection, messages, capacities = self._map_channel_keys_to_connection(channels, message)
-        dropped = 0
-        for index, keys in by_connection.items():
-            connection = self.connection(index)
-            now = time.time()
-            dropped += await connection.eval(
-                _SEND_MANY, len(keys), *keys, *[messages[key] for key in keys], *[capacities[key] for key in keys],
-                now - int(self.expiry), now, int(self.expiry))
+        """`send` to each channel; returns how many were full (their copy dropped)."""
+        assert isinstance(message, dict), "message is not a dict"
+        full = 0
+        for channel in channels:
+            self.require_valid_channel_name(channel)
+            try:
+                self._put(channel, message)
+            except ChannelFull:
+                full += 1
+        if full:
+            log.warning("%s of %s channels full: message dropped", full, len(channels))
+        return full
+
+    # Groups extension.
+
+    async def group_add(self, group, channel):
+        self.require_valid_group_name(group)
+        self.require_valid_channel_name(channel)
+        self.groups.setdefault(group, {})[channel] = time.time()
+
+    async def group_discard(self, group, channel):
+        self.require_valid_group_name(group)
+        self.require_valid_channel_name(channel)
+        members = self.groups.get(group)
+        if members:
+            members.pop(channel, None)
+            if not members:
+                del self.groups[group]
+
+    async def group_send(self, group, message):
+        assert isinstance(message, dict), "message is not a dict"
+        self.require_valid_group_name(group)
+        self._clean()
+        for channel in list(self.groups.get(group, ())):
+            try:
+                self._put(channel, message)
+            except ChannelFull:  # the spec lets a group send drop a full channel's copy
+                pass
+
+    # Flush extension.
+
+    async def flush(self):
+        self.channels, self.groups = {}, {}
+
+    async def close(self):
+        pass
+
+    def _clean(self) -> None:
+        now = time.monotonic()
+        if now - self.cleaned_at < CLEAN_INTERVAL_SECONDS:
+            return
+        self.cleaned_at = now
+        for channel, inbox in list(self.channels.items()):
+            expired = False
+            while inbox.items and inbox.items[0][0] < now:
+                inbox.items.pop(0)
+                expired = True
+            if expired:  # its reader is gone: as in Channels, it leaves every group
+                for members in self.groups.values():
+                    members.pop(channel, None)
+            if inbox.empty() and not inbox.waited_on():
+                del self.channels[channel]
+        if now - self.groups_cleaned_at >= GROUP_CLEAN_INTERVAL_SECONDS:
+            self.groups_cleaned_at = now
+            joined_before = time.time() - self.group_expiry
+            for group, members in list(self.groups.items()):
+                for channel, joined in list(members.items()):
+                    if joined < joined_before:
+                        del members[channel]
+                if not members:
+                    del self.groups[group]
+
+
+# Redis: `RPUSH` each entry onto its key unless the key holds `capacity` entries
+# already; the key lives `expiry` seconds after its last entry. KEYS: the lists;
+# ARGV: an entry and a capacity per key, then the expiry. Returns, per key, 1 if
+# it was full (entry dropped), else 0.
+_PUSH = """
+local n = #KEYS
+local expiry = tonumber(ARGV[2 * n + 1])
+local full = {}
+for i = 1, n do
+    if redis.call('LLEN', KEYS[i]) < tonumber(ARGV[n + i]) then
+        redis.call('RPUSH', KEYS[i], ARGV[i])
+        redis.call('EXPIRE', KEYS[i], expiry)
+        full[i] = 0
+    else
+        full[i] = 1
+    end
+end
+return full
+"""
+
+# Entries popped per round trip once the BLPOP returned one.
+_DRAIN = 500
+# Seconds a BLPOP blocks; when it times out and nothing is attached or waiting,
+# the worker's receive task ends (the next attach or receive starts another).
+_BLOCK_SECONDS = 5
+
+
+class _Receiver:
+    """This worker's process-specific channels in one event loop: the task that
+    pops their Redis list, the attached consumers, and the inboxes of channels
+    read with receive()."""
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.task: asyncio.Task | None = None
+        self.attached: dict[str, Callable[[dict], bool]] = {}
+        self.on_failure: dict[str, Callable[[BaseException], None]] = {}
+        self.inboxes: dict[str, BoundedInbox] = {}
+        self.cleaned_at = time.monotonic()
+
+    def needed(self) -> bool:
+        return bool(self.attached) or any(inbox.waited_on() for inbox in self.inboxes.values())
+
+
+def _worker_of(channel: str) -> str:
+    """The process part of a process-specific channel: `<prefix>.<worker>!<socket>`."""
+    return channel[:channel.index("!")].rsplit(".", 1)[-1]
+
+
+class RedisChannelLayer(BaseChannelLayer):
+    """The channel layer shared by the workers of a deployment (see the module
+    docstring). Entries are `<sent at> <channel>[,<channel>…] <msgpack message>`:
+    one entry carries a message to every channel of one worker it was sent to."""
+
+    extensions = ["groups", "flush"]
+
+    def __init__(self, hosts=None, prefix="asgi", expiry=60, group_expiry=86400, capacity=100,
+                 channel_capacity=None, max_connections: int = 64, pool_timeout: float = 10.0):
+        capacities = {"specific.*": SPECIFIC_CAPACITY, **(channel_capacity or {})}
+        super().__init__(expiry=expiry, capacity=capacity, channel_capacity=capacities)
+        hosts = list(hosts or [{"address": "redis://localhost:6379"}])
+        if len(hosts) != 1:
+            raise ValueError("RedisChannelLayer takes exactly one Redis host")
+        host = hosts[0] if isinstance(hosts[0], dict) else {"address": hosts[0]}
+        self.host = dict(host)
+        self.address = self.host.pop("address")
+        self.prefix = prefix
+        self.group_expiry = group_expiry
+        self.capacity_of = _Capacities(capacity, capacities)
+        self.max_connections, self.pool_timeout = max_connections, pool_timeout
+        self.worker = uuid.uuid4().hex  # the part before "!" of this process's channels
+        self.clients: dict[asyncio.AbstractEventLoop, tuple[Redis, object]] = {}
+        self.receiver: _Receiver | None = None
+
+    # Connections: one pool per event loop (redis-py's connections belong to the
+    # loop that opened them; tests and sync code run loops of their own).
+
+    def client(self) -> Redis:
+        return self._connection()[0]
+
+    def _connection(self) -> tuple[Redis, object]:
+        """This event loop's client and its registered push script."""
+        loop = asyncio.get_running_loop()
+        found = self.clients.get(loop)
+        if found is None:
+            for old in [old for old in self.clients if old.is_closed()]:
+                del self.clients[old]
+            pool = BlockingConnectionPool.from_url(self.address, max_connections=self.max_connections,
+                                                   timeout=self.pool_timeout, **self.host)
+            client = Redis(connection_pool=pool)
+            found = self.clients[loop] = (client, client.register_script(_PUSH))
+        return found
+
+    def key(self, channel: str) -> str:
+        """The Redis list of a channel: one per worker for process-specific channels."""
+        if "!" in channel:
+            return f"{self.prefix}:inbox:{_worker_of(channel)}"
+        return f"{self.prefix}:channel:{channel}"
+
+    def group_key(self, group: str) -> str:
+        return f"{self.prefix}:group:{group}"
+
+    # The spec.
+
+    async def new_channel(self, prefix="specific"):
+        return f"{prefix}.{self.worker}!{uuid.uuid4().hex[:12]}"
+
+    async def send(self, channel, message):
+        assert isinstance(message, dict), "message is not a dict"
+        self.require_valid_channel_name(channel)
+        if await self._push([channel], message):
+            raise ChannelFull(channel)
+
+    async def send_many(self, channels: list[str], message: dict) -> int:
+        """Send `message` to every channel, in one round trip. Returns how many
+        channels were over capacity (their copy dropped)."""
+        assert isinstance(message, dict), "message is not a dict"
+        for channel in channels:
+            self.require_valid_channel_name(channel)
+        dropped = await self._push(channels, message)
         if dropped:
             log.warning("%s of %s channels over capacity: message dropped", dropped, len(channels))
         return dropped
 
+    async def _push(self, channels: list[str], message: dict) -> int:
+        if not channels:
+            return 0
+        by_key: dict[str, list[str]] = {}
+        for channel in channels:
+            by_key.setdefault(self.key(channel), []).append(channel)
+        body = msgpack.packb(message, use_bin_type=True)
+        sent_at = time.time()
+        keys = list(by_key)
+        entries = [f"{sent_at:.3f} {','.join(by_key[key])} ".encode() + body for key in keys]
+        capacities = [self.capacity_of(by_key[key][0]) for key in keys]
+        _, push = self._connection()
+        full = await push(keys=keys, args=[*entries, *capacities, int(self.expiry) + 1])
+        return sum(len(by_key[key]) for key, over in zip(keys, full, strict=True) if over)
 
-# Per key: drop expired messages, then add the message unless the key is full.
-_SEND_MANY = """
-local n = #KEYS
-local oldest, now, expiry = ARGV[2 * n + 1], ARGV[2 * n + 2], ARGV[2 * n + 3]
-local over = 0
-for i = 1, n do
-    redis.call('ZREMRANGEBYSCORE', KEYS[i], 0, oldest)
-    if redis.call('ZCOUNT', KEYS[i], '-inf', '+inf') < tonumber(ARGV[n + i]) then
-        redis.call('ZADD', KEYS[i], now, ARGV[i])
-        redis.call('EXPIRE', KEYS[i], expiry)
-    else
-        over = over + 1
-    end
-end
-return over
-"""
+    async def receive(self, channel):
+        self.require_valid_channel_name(channel)
+        if "!" not in channel:
+            return await self._receive_general(channel)
+        if _worker_of(channel) != self.worker:
+            raise ValueError(f"{channel} is not a channel of this process")
+        receiver = self._receiver()
+        inbox = receiver.inboxes.get(channel)
+        if inbox is None:
+            inbox = receiver.inboxes[channel] = BoundedInbox(self.capacity)
+        self._ensure_receiving(receiver)
+        try:
+            while True:
+                expires_at, message = await inbox.get()
+                if expires_at >= time.monotonic():
+                    return message
+        finally:
+            if inbox.empty() and not inbox.waited_on() and receiver.inboxes.get(channel) is inbox:
+                del receiver.inboxes[channel]
+
+    async def _receive_general(self, channel: str) -> dict:
+        key = self.key(channel)
+        while True:
+            popped = await self.client().blpop([key], timeout=_BLOCK_SECONDS)
+            if popped is None:
+                continue
+            message = self._decode(popped[1])
+            if message is not None:
+                return message[1]
+
+    # Push delivery and the worker's receive task.
+
+    def attach(self, channel: str, deliver: Callable[[dict], bool],
+               failed: Callable[[BaseException], None] | None = None) -> None:
+        self.require_valid_channel_name(channel)
+        receiver = self._receiver()
+        receiver.attached[channel] = deliver
+        if failed is not None:
+            receiver.on_failure[channel] = failed
+        self._ensure_receiving(receiver)
+
+    def detach(self, channel: str) -> None:
+        if self.receiver is not None:
+            self.receiver.attached.pop(channel, None)
+            self.receiver.on_failure.pop(channel, None)
+
+    def forget(self, channel: str) -> None:
+        if self.receiver is not None:
+            inbox = self.receiver.inboxes.get(channel)
+            if inbox is not None and not inbox.waited_on():
+                del self.receiver.inboxes[channel]
+
+    def _receiver(self) -> _Receiver:
+        loop = asyncio.get_running_loop()
+        receiver = self.receiver
+        if receiver is None or receiver.loop.is_closed():
+            receiver = self.receiver = _Receiver(loop)
+        elif receiver.loop is not loop:
+            if receiver.needed() or (receiver.task is not None and not receiver.task.done()):
+                raise RuntimeError("two event loops receive from one RedisChannelLayer at once")
+            receiver = self.receiver = _Receiver(loop)
+        return receiver
+
+    def _ensure_receiving(self, receiver: _Receiver) -> None:
+        if receiver.task is None or receiver.task.done():
+            receiver.task = receiver.loop.create_task(self._receive_loop(receiver),
+                                                      name=f"channel layer receiver {self.worker}")
+
+    async def _receive_loop(self, receiver: _Receiver) -> None:
+        key = f"{self.prefix}:inbox:{self.worker}"
+        failures = 0
+        while True:
+            try:
+                client = self.client()
+                popped = await client.blpop([key], timeout=_BLOCK_SECONDS)
+                if popped is None:
+                    self._clean(receiver)
+                    if not receiver.needed():
+                        return  # idle; attach() or receive() starts another
+                    continue
+                entries = [popped[1]]
+                while True:
+                    more = await client.lpop(key, _DRAIN)
+                    if not more:
+                        break
+                    entries.extend(more)
+                    if len(more) < _DRAIN:
+                        break
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # Redis out of reach, or restarted (its messages are gone)
+                failures += 1
+                log.warning("channel layer: receiving failed (%s in a row)", failures, exc_info=failures == 1)
+                self._fail(receiver, error)
+                if not receiver.needed():
+                    return
+                await asyncio.sleep(min(5.0, 0.1 * 2 ** failures))
+                continue
+            for entry in entries:
+                try:
+                    self._dispatch(receiver, entry)
+                except Exception:  # one bad entry must not stop this worker's delivery
+                    log.exception("channel layer: could not deliver an entry")
+            self._clean(receiver)
+
+    def _fail(self, receiver: _Receiver, error: Exception) -> None:
+        """End whatever waits on this worker's channels, as a failing receive() would:
+        attached consumers (told through `failed`, then detached) and receive()s."""
+        failed, receiver.on_failure = receiver.on_failure, {}
+        for channel, callback in failed.items():
+            receiver.attached.pop(channel, None)
+            try:
+                callback(error)
+            except Exception:
+                log.exception("channel layer: a failure callback failed")
+        for inbox in list(receiver.inboxes.values()):
+            inbox.fail(error)
+
+    def _decode(self, entry: bytes) -> tuple[list[str], dict] | None:
+        sent_at, channels, body = entry.split(b" ", 2)
+        if time.time() - float(sent_at) > self.expiry:
+            return None
+        return channels.decode().split(","), msgpack.unpackb(body, raw=False)
+
+    def _dispatch(self, receiver: _Receiver, entry: bytes) -> None:
+        decoded = self._decode(entry)
+        if decoded is None:
+            return
+        channels, message = decoded
+        for index, channel in enumerate(channels):
+            copy = message if index == len(channels) - 1 else deepcopy(message)
+            deliver = receiver.attached.get(channel)
+            if deliver is not None:
+                if not deliver(copy):
+                    log.warning("%s is full: message dropped", channel)
+                continue
+            inbox = receiver.inboxes.get(channel)
+            if inbox is None:
+                inbox = receiver.inboxes[channel] = BoundedInbox(self.capacity)
+            inbox.put_nowait((time.monotonic() + self.expiry, copy))
+
+    def _clean(self, receiver: _Receiver) -> None:
+        """At most once a second: drop the inboxes' expired messages, and the inboxes
+        left empty that nobody waits on (a message for a socket just closed, the
+        acks of a ring after the first)."""
+        now = time.monotonic()
+        if now - receiver.cleaned_at < CLEAN_INTERVAL_SECONDS:
+            return
+        receiver.cleaned_at = now
+        for channel, inbox in list(receiver.inboxes.items()):
+            dropped = 0
+            while inbox.items and inbox.items[0][0] < now:
+                inbox.items.pop(0)
+                dropped += 1
+            if dropped:
+                log.info("dropped %s unread messages for %s", dropped, channel)
+            if inbox.empty() and not inbox.waited_on():
+                del receiver.inboxes[channel]
+
+    # Groups extension.
+
+    async def group_add(self, group, channel):
+        self.require_valid_group_name(group)
+        self.require_valid_channel_name(channel)
+        key = self.group_key(group)
+        async with self.client().pipeline(transaction=False) as pipe:
+            pipe.zadd(key, {channel: time.time()})
+            pipe.expire(key, self.group_expiry)
+            await pipe.execute()
+
+    async def group_discard(self, group, channel):
+        self.require_valid_group_name(group)
+        self.require_valid_channel_name(channel)
+        await self.client().zrem(self.group_key(group), channel)
+
+    async def group_send(self, group, message):
+        assert isinstance(message, dict), "message is not a dict"
+        self.require_valid_group_name(group)
+        key = self.group_key(group)
+        async with self.client().pipeline(transaction=False) as pipe:
+            pipe.zremrangebyscore(key, 0, time.time() - self.group_expiry)
+            pipe.zrange(key, 0, -1)
+            _, members = await pipe.execute()
+        if members:
+            dropped = await self._push([member.decode() for member in members], message)
+            if dropped:  # the spec lets a group send drop a full channel's copy
+                log.info("%s of %s channels over capacity in group %s", dropped, len(members), group)
+
+    # Flush extension.
+
+    async def flush(self):
+        client = self.client()
+        keys = [key async for key in client.scan_iter(match=f"{self.prefix}:*", count=1000)]
+        for start in range(0, len(keys), 1000):
+            await client.delete(*keys[start:start + 1000])
+        if self.receiver is not None:
+            self.receiver.inboxes.clear()
+
+    async def close(self):
+        receiver, self.receiver = self.receiver, None
+        if receiver is not None and receiver.task is not None and receiver.loop is asyncio.get_running_loop():
+            receiver.task.cancel()
+            try:
+                await receiver.task
+            except asyncio.CancelledError:
+                pass
+        found = self.clients.pop(asyncio.get_running_loop(), None)
+        if found is not None:
+            await found[0].aclose(close_connection_pool=True)
 
 
 async def send_many(layer, channels: list[str], message: dict) -> int:

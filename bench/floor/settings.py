@@ -1,5 +1,6 @@
-"""Django settings of the floor app: only what Channels needs (the same channel
-layer configuration as callpull.settings: in-memory, or channels_redis on REDIS_URL)."""
+"""Django settings of the floor app: only what Channels needs, with Channels' stock
+layers (in-memory, or channels_redis on REDIS_URL): what a bare Channels app would run.
+callpull runs its own layers (notifications/layers.py) on the same services."""
 import os
 
 SECRET_KEY = "bench-floor"

@@ -18,6 +18,8 @@ from django.core.exceptions import RequestDataTooBig
 from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpResponse, JsonResponse
 from django.views.defaults import bad_request, page_not_found, server_error
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -49,9 +51,9 @@ STATUS_FOR_CODE = {
     # 401: who you are could not be established
     "invalid_credentials": 401,
     # 403: known, but not allowed
-    "handset_only": 403, "handset_requires_password": 403, "not_holder": 403, "number_not_allowed": 403,
-    "own_device_only": 403, "reauthentication_required": 403, "secondary_only": 403, "signup_disabled": 403,
-    "transfer_pin_not_set": 403, "wrong_pin": 403,
+    "handset_only": 403, "handset_requires_password": 403, "no_voice_identity": 403, "not_holder": 403,
+    "number_not_allowed": 403, "own_device_only": 403, "reauthentication_required": 403, "secondary_only": 403,
+    "signup_disabled": 403, "transfer_pin_not_set": 403, "wrong_pin": 403,
     # 404: absent, or another user's
     "not_found": 404,
     # 409: not in a state that allows it
@@ -64,6 +66,7 @@ STATUS_FOR_CODE = {
     "request_too_large": 413, "rate_limited": 429,
     # 502, 503: someone else is failing
     "provider_unavailable": 502, "no_server_number": 503, "service_unavailable": 503,
+    "voice_tokens_not_configured": 503,
 }
 
 
@@ -104,14 +107,7 @@ def _flatten(detail, prefix: str = "") -> dict:
 
 def unavailable(exc) -> bool:
     """The database or Redis is briefly out of reach: the client should retry."""
-    if isinstance(exc, (OperationalError, InterfaceError)):
-        return True
-    try:
-        from redis.exceptions import ConnectionError as RedisConnectionError
-        from redis.exceptions import TimeoutError as RedisTimeoutError
-    except ImportError:  # redis is only installed with channels-redis
-        return False
-    return isinstance(exc, (RedisConnectionError, RedisTimeoutError))
+    return isinstance(exc, (OperationalError, InterfaceError, RedisConnectionError, RedisTimeoutError))
 
 
 def exception_handler(exc, context):

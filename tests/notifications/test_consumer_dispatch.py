@@ -1,12 +1,13 @@
 """How DeviceConsumer waits and dispatches (notifications/consumers.py): no task of
 its own while idle on the in-memory layer, handlers that never overlap, a failing
 channel-layer handler or receive that ends the consumer, and the pull path for a
-layer that cannot push (channels' own in-memory layer here, channels_redis in CI's
-Redis pass)."""
+layer that cannot push (channels' own in-memory layer here). Our Redis layer pushes
+too (CI's Redis pass)."""
 
 import asyncio
 import json
 import time
+from socket import socket as tcp_socket
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -14,12 +15,14 @@ from asgiref.testing import ApplicationCommunicator
 from channels import layers as channels_layers
 from channels.layers import get_channel_layer
 from channels.routing import URLRouter
+from django.conf import settings
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from devices.models import DeviceConnection
 from notifications import presence
 from notifications.consumers import DeviceConsumer
 from notifications.events import FRAME_MESSAGE, device_group, frame
-from notifications.layers import InMemoryChannelLayer
+from notifications.layers import BoundedInbox, InMemoryChannelLayer, RedisChannelLayer
 from notifications.routing import websocket_urlpatterns
 from tests.conftest import make_device, make_user
 
@@ -290,11 +293,8 @@ def test_header_names_are_matched_whatever_their_case(settings, tablets):
     assert (foreign["type"], foreign["code"]) == ("websocket.close", 4403)
 
 
-def test_the_redis_layers_receive_buffer_is_a_bounded_inbox_that_drops_its_oldest_when_full():
-    from notifications.layers import BoundedInbox, RedisChannelLayer
-    layer = RedisChannelLayer(hosts=[{"address": "redis://127.0.0.1:6379/0"}], capacity=2)
-    buffer = layer.receive_buffer["specific.x!y"]
-    assert isinstance(buffer, BoundedInbox) and buffer.maxsize == 2
+def test_a_bounded_inbox_drops_its_oldest_when_full():
+    buffer = BoundedInbox(2)
 
     async def scenario():
         waiting = asyncio.ensure_future(buffer.get())
@@ -309,3 +309,53 @@ def test_the_redis_layers_receive_buffer_is_a_bounded_inbox_that_drops_its_oldes
         return first, rest, buffer.empty()
 
     assert asyncio.run(scenario()) == (1, [3, 4], True)
+
+
+@pytest.mark.skipif(not settings.REDIS_URL, reason="needs Redis (CI's second pass)")
+def test_idle_sockets_on_the_redis_layer_hold_no_task_but_the_servers_and_one_receiver(settings, tablets):
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "notifications.layers.RedisChannelLayer",
+                                           "CONFIG": {"hosts": [{"address": settings.REDIS_URL}],
+                                                      "prefix": f"test-{time.time()}"}}}
+    (device, token), *_ = tablets
+
+    async def scenario():
+        await _settle()
+        before = asyncio.all_tasks()
+        sockets = [await _connect(token) for _, token in tablets]
+        await _settle()
+        grown = asyncio.all_tasks() - before
+        _, text = frame("call.ringing", call={"id": "c"})
+        await get_channel_layer().group_send(device_group(device.pk), {"type": FRAME_MESSAGE, "text": text,
+                                                                       "event": "e"})
+        pushed = await _next_text(sockets[0])
+        for socket in sockets:
+            await socket.send_input({"type": "websocket.disconnect", "code": 1000})
+            await socket.wait(timeout=5)
+        await get_channel_layer().flush()
+        return grown - {socket.future for socket in sockets}, pushed
+
+    extra, pushed = async_to_sync(scenario)()
+    assert [task.get_name() for task in extra] == [f"channel layer receiver {get_channel_layer().worker}"]
+    assert pushed["call"] == {"id": "c"}
+
+
+def test_a_redis_layer_that_cannot_receive_fails_its_attached_consumers_and_waiting_receives():
+    """As a failing receive() ended a consumer that pulled: the sockets close and their
+    apps reconnect (tests/e2e/test_faults.py restarts Redis under a server)."""
+    with tcp_socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    layer = RedisChannelLayer(hosts=[{"address": f"redis://127.0.0.1:{port}/0"}])
+
+    async def scenario():
+        attached, waiting = await layer.new_channel(), await layer.new_channel()
+        failures = []
+        layer.attach(attached, lambda message: True, failures.append)
+        with pytest.raises(RedisConnectionError):
+            await asyncio.wait_for(layer.receive(waiting), 5)
+        await _settle()
+        return failures, dict(layer.receiver.attached), layer.receiver.task.done()
+
+    failures, still_attached, receiver_done = async_to_sync(scenario)()
+    assert [type(error) for error in failures] == [RedisConnectionError]
+    assert still_attached == {} and receiver_done
