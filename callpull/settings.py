@@ -109,7 +109,7 @@ if bool(TWILIO_API_KEY_SID) != bool(TWILIO_API_KEY_SECRET):
     raise ImproperlyConfigured("Set both TWILIO_API_KEY_SID and TWILIO_API_KEY_SECRET, or neither")
 if SIMULATOR_ENABLED and TWILIO_API_KEY_SID is None:
     TWILIO_API_KEY_SID = "SK" + "5" * 32
-    TWILIO_API_KEY_SECRET = "simulator-api-key-secret"
+    TWILIO_API_KEY_SECRET = "simulator-development-api-key-secret"
 # The push credentials (CR…) the voice SDK's own incoming-call push uses, per platform; and
 # the TwiML application (AP…) of outgoing calls, when the apps make any. All optional.
 TWILIO_PUSH_CREDENTIAL_SID_ANDROID = env_str("TWILIO_PUSH_CREDENTIAL_SID_ANDROID")

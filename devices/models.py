@@ -33,6 +33,17 @@ class ConnectType(models.TextChoices):
     NUMBER = "number"
 
 
+# The kinds that take calls through a voice SDK as a `client` identity of their own.
+VOICE_KINDS = (DeviceKind.TABLET, DeviceKind.DESKTOP, DeviceKind.WEB)
+
+
+def new_voice_identity() -> str:
+    """A fresh `client` identity: "d" and the 32 hex digits of a random UUID. Within Twilio's
+    identity rules (at most 256 characters, letters and digits only), never derived from
+    anything the user typed, and unique across every device ever registered (revoked ones too)."""
+    return "d" + uuid.uuid4().hex
+
+
 class ActiveDeviceManager(models.Manager):
     def get_queryset(self):
         return super().get_queryset().filter(revoked_at__isnull=True)
@@ -57,6 +68,11 @@ class Device(models.Model):
         null=True, blank=True,
         help_text="When the `number` or `sip` connect target was proven to be the user's; null until then. "
                   "A `client` target needs no proof. Cleared whenever the target changes.")
+    voice_identity = models.CharField(
+        max_length=64, null=True, blank=True, unique=True, editable=False,
+        help_text="The `client` identity a tablet, desktop or web device takes calls as (its access tokens "
+                  "carry it, and it is the device's connect target unless it sets another); null for a handset. "
+                  "Never reused: unique across all devices, revoked ones too.")
     token_hash = models.CharField(max_length=64, unique=True, editable=False)
     created_at = models.DateTimeField()
     last_seen_at = models.DateTimeField(null=True, blank=True)

@@ -1,6 +1,7 @@
 """Counting attempts per scope and key in fixed windows, in the shared cache.
 
-Used for failed logins, failed pairing codes, sign-ups and WebSocket tickets.
+Used for failed logins, failed pairing codes, sign-ups, WebSocket tickets and voice
+access tokens, among others (the scopes are settings.RATE_LIMITS).
 With REDIS_URL set the cache is Redis, so every worker counts together. The
 clock is replaceable for tests (`ratelimit.clock = lambda: …`).
 """

@@ -84,8 +84,8 @@ class DeviceOutput(serializers.ModelSerializer):
 
     class Meta:
         model = Device
-        fields = ["id", "name", "kind", "platform", "ring_enabled", "connect", "phone_number", "fcm_registered",
-                  "online", "last_seen_at", "created_at", "me"]
+        fields = ["id", "name", "kind", "platform", "ring_enabled", "connect", "voice_identity", "phone_number",
+                  "fcm_registered", "online", "last_seen_at", "created_at", "me"]
 
     @extend_schema_field(inline_serializer("ConnectTarget", {
         "type": serializers.ChoiceField(choices=ConnectType.choices), "address": serializers.CharField(),

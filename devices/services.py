@@ -17,7 +17,16 @@ from django.db import IntegrityError, transaction
 
 from devices import audit, ratelimit
 from devices.errors import ServiceError
-from devices.models import ConnectType, Device, DeviceConnection, DeviceKind, PairingCode, WsTicket
+from devices.models import (
+    VOICE_KINDS,
+    ConnectType,
+    Device,
+    DeviceConnection,
+    DeviceKind,
+    PairingCode,
+    WsTicket,
+    new_voice_identity,
+)
 from devices.secrets import (
     digest,
     new_device_token,
@@ -94,6 +103,15 @@ def connect_usable(device: Device) -> bool:
     return device.connect_verified_at is not None
 
 
+def with_default_connect(fields: dict, *, voice_identity: str | None) -> dict:
+    """`fields` (model fields being written) with "no target" replaced by the device's default:
+    a device with a voice identity that sets no `connect`, or clears it, is reached at
+    `client:<voice_identity>`. The one place the default target is decided."""
+    if voice_identity and "connect_type" in fields and not fields["connect_type"]:
+        return {**fields, "connect_type": ConnectType.CLIENT.value, "connect_address": voice_identity}
+    return fields
+
+
 def _verified_at(connect_type: str, connect_address: str, now: datetime) -> datetime | None:
     """When a newly set target counts as proven: a client identity at once (it is ours), a SIP
     address on SIP_DOMAINS at once, a number only once its verification call succeeded."""
@@ -156,7 +174,11 @@ def reauthenticate(*, user, device: Device, password: str | None, current_pin: s
 
 def _create_device(*, user, data: dict, now: datetime) -> Registration:
     token = new_device_token()
-    fields = {field: data[field] for field in DEVICE_FIELDS if field in data}
+    fields = {"connect_type": "", "connect_address": ""} | {field: data[field] for field in DEVICE_FIELDS
+                                                           if field in data}
+    if fields.get("kind") in VOICE_KINDS:
+        fields["voice_identity"] = new_voice_identity()
+    fields = with_default_connect(fields, voice_identity=fields.get("voice_identity"))
     if fields.get("connect_type"):
         fields["connect_verified_at"] = _verified_at(fields["connect_type"], fields.get("connect_address", ""), now)
     device = Device.objects.create(user=user, token_hash=digest(token), created_at=now, last_seen_at=now, **fields)
@@ -296,6 +318,7 @@ def device_update(*, device: Device, data: dict, by: Device, now: datetime, pass
         raise ServiceError("own_device_only", "Only a device itself may change its connect target, phone number "
                                            "or FCM token; other devices may rename it, turn its ringing on or "
                                            "off, or remove it.")
+    data = with_default_connect(data, voice_identity=device.voice_identity)
     changed = [field for field in DEVICE_FIELDS if field in data and getattr(device, field) != data[field]]
     target_changed = "connect_type" in changed or "connect_address" in changed
     number_changed = "phone_number" in changed

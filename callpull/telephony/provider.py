@@ -11,6 +11,8 @@ from django.conf import settings
 from requests.exceptions import ReadTimeout
 from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
+from twilio.jwt.access_token import AccessToken
+from twilio.jwt.access_token.grants import VoiceGrant
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 from twilio.twiml.voice_response import Dial, VoiceResponse
@@ -61,6 +63,22 @@ def _failure(what: str, exc: Exception) -> ProviderError:
 
 def signature_valid(url: str, params: dict, signature: str) -> bool:
     return bool(signature) and RequestValidator(settings.TWILIO_AUTH_TOKEN).validate(url, params, signature)
+
+
+# Access Tokens ---------------------------------------------------------------
+
+def voice_access_token(*, identity: str, issued_at: int, ttl_seconds: int, push_credential_sid: str | None = None,
+                       outgoing_application_sid: str | None = None) -> str:
+    """A Twilio Access Token (a JWT signed HS256 with the API key's secret; `iss` the API key,
+    `sub` the account; https://www.twilio.com/docs/iam/access-tokens) letting a voice SDK
+    register `identity` and take incoming calls; with `push_credential_sid` the SDK's own
+    incoming-call push, with `outgoing_application_sid` outgoing calls through that TwiML app.
+    Valid from `issued_at` (epoch seconds) for `ttl_seconds`."""
+    grant = VoiceGrant(incoming_allow=True, push_credential_sid=push_credential_sid or None,
+                       outgoing_application_sid=outgoing_application_sid or None)
+    token = AccessToken(settings.TWILIO_ACCOUNT_SID, settings.TWILIO_API_KEY_SID, settings.TWILIO_API_KEY_SECRET,
+                        grants=[grant], identity=identity, nbf=issued_at, valid_until=issued_at + ttl_seconds)
+    return token.to_jwt()
 
 
 # TwiML ---------------------------------------------------------------------

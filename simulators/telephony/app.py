@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qsl, unquote, urlencode
 
-from simulators.telephony import strict, twiml
+from simulators.telephony import strict, tokens, twiml
 from simulators.telephony.carrier import Carrier, check_e164
 from simulators.telephony.config import SimulatorConfig
 from simulators.telephony.outbound import Outbound
@@ -66,7 +66,10 @@ SURFACE = [
     ("GET /simulator/conferences/{sid or friendly name}", "one conference"),
     ("GET /simulator/devices", "configured device behaviours"),
     ("POST /simulator/devices", "{address, behaviour: answer|no-answer|busy|fail, answer_after?, hangup_after?, "
-                                "press?, press_after?}"),
+                                "press?, press_after?, access_token?}"),
+    ("POST /simulator/devices/hangup", "{address}: the device hangs up its live call (its voice SDK's disconnect)"),
+    ("POST /simulator/devices/mute", "{address, muted}: the device mutes or unmutes its microphone (its voice "
+                                     "SDK's mute; recorded on the leg only)"),
     ("DELETE /simulator/state", "forget every call, device and forwarding"),
     ("GET /simulator/rest-log", "the Twilio REST requests received, oldest first: {method, path, query, status}"),
     ("POST /simulator/carrier/mmi", "{line, code}: dial **67*<number>#, *#67#, ##67#, *67#, #67#"),
@@ -161,6 +164,8 @@ class SimulatorApp:
             (r"/conferences", {"GET": self.conferences_list}),
             (r"/conferences/(?P<conference>[^/]+)", {"GET": self.conferences_detail}),
             (r"/devices", {"GET": self.devices_list, "POST": self.devices_set}),
+            (r"/devices/hangup", {"POST": self.devices_hangup}),
+            (r"/devices/mute", {"POST": self.devices_mute}),
             (r"/state", {"DELETE": self.state_reset}),
             (r"/rest-log", {"GET": self.rest_log_list}),
             (r"/carrier/mmi", {"POST": self.carrier_mmi}),
@@ -511,9 +516,37 @@ class SimulatorApp:
         if press is not None and action != "answer":
             raise SimulatorError(400, "invalid_input", "press needs behaviour answer: only a call answered hears "
                                                        "a <Gather>.")
-        behaviour = Behaviour(action, press=press, **numbers)
+        registration = self._registration(address.strip(), data.get("access_token"))
+        behaviour = Behaviour(action, press=press, **numbers,
+                              token_identity=registration.identity if registration else None,
+                              token_expires_at=registration.expires_at if registration else None)
         self.provider.set_device(address.strip(), behaviour)
         return Response(200, {"address": address.strip(), **behaviour.as_json()})
+
+    def _registration(self, address: str, token) -> tokens.Registration | None:
+        """A device's voice SDK registering with an Access Token: checked as Twilio checks it
+        (tokens.py), refused with 401 and Twilio's error code. No token: None (not checked)."""
+        if token is None:
+            return None
+        if not address.startswith("client:"):
+            raise SimulatorError(400, "invalid_input", "access_token is for client:<identity> addresses only.")
+        try:
+            return tokens.verify(token, account_sid=self.config.account_sid, api_keys=dict(self.config.api_keys),
+                                 identity=address.removeprefix("client:"))
+        except tokens.TokenRefused as exc:
+            raise SimulatorError(401, str(exc.code), str(exc)) from None
+
+    async def devices_hangup(self, request: Request) -> Response:
+        legs = self.provider.device_hangup(_address(request.json()))
+        return Response(202, [leg.as_json() for leg in legs])
+
+    async def devices_mute(self, request: Request) -> Response:
+        data = request.json()
+        muted = data.get("muted", True)
+        if not isinstance(muted, bool):
+            raise SimulatorError(400, "invalid_input", "muted must be true or false.")
+        legs = self.provider.device_mute(_address(data), muted)
+        return Response(200, [leg.as_json() for leg in legs])
 
     async def state_reset(self, request: Request) -> Response:
         await self.provider.reset()
@@ -555,6 +588,13 @@ class SimulatorApp:
         else:
             self.carrier.hangup(call)
         return Response(200, self.carrier.as_json(call))
+
+
+def _address(data: dict) -> str:
+    address = data.get("address")
+    if not isinstance(address, str) or not address.strip():
+        raise SimulatorError(400, "invalid_input", "address is required: client:<identity>, sip:… or +1….")
+    return address.strip()
 
 
 def _page(request: Request, key: str, items: list[dict]) -> dict:

@@ -30,6 +30,9 @@ class SimulatorConfig:
     auth_token: str
     public_base_url: str
     server_numbers: tuple[str, ...]
+    # The account's API keys (SID → secret) that sign the Access Tokens simulated devices register
+    # with (tokens.py): the product's TWILIO_API_KEY_SID / TWILIO_API_KEY_SECRET.
+    api_keys: tuple[tuple[str, str], ...] = ()
     answer_delay_seconds: float = 1.0
     backend_url: str | None = None
     # The provider waits this long for a webhook's answer (Twilio: 15 s).
@@ -61,11 +64,17 @@ class SimulatorConfig:
             auth_token=settings.TWILIO_AUTH_TOKEN,
             public_base_url=settings.PUBLIC_BASE_URL.rstrip("/"),
             server_numbers=tuple(settings.SERVER_NUMBERS),
+            api_keys=_api_keys(),
             answer_delay_seconds=_seconds("SIMULATOR_ANSWER_DELAY_SECONDS", 1.0),
             backend_url=_url("SIMULATOR_BACKEND_URL"),
         )
         values.update(overrides)
         return cls(**values)
+
+
+def _api_keys() -> tuple[tuple[str, str], ...]:
+    sid, secret = getattr(settings, "TWILIO_API_KEY_SID", None), getattr(settings, "TWILIO_API_KEY_SECRET", None)
+    return ((sid, secret),) if sid and secret else ()
 
 
 def _variable(name: str) -> str | None:

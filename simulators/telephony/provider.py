@@ -66,10 +66,17 @@ class Behaviour:
     hangup_after: float | None = None  # the device hangs up this long after answering
     press: str | None = None  # keys it presses in every <Gather> it hears (None: none, like voicemail)
     press_after: float | None = None  # seconds into the <Gather> it presses them (None: at once)
+    # A `client:` device registered with an Access Token (tokens.py): its identity, and when the
+    # token expires (epoch seconds). None: registered without one.
+    token_identity: str | None = None
+    token_expires_at: int | None = None
 
     def as_json(self) -> dict:
+        token = None if self.token_identity is None else {
+            "identity": self.token_identity,
+            "expires_at": datetime.fromtimestamp(self.token_expires_at, UTC).isoformat().replace("+00:00", "Z")}
         return {"behaviour": self.action, "answer_after": self.answer_after, "hangup_after": self.hangup_after,
-                "press": self.press, "press_after": self.press_after}
+                "press": self.press, "press_after": self.press_after, "access_token": token}
 
 
 class Leg:
@@ -751,6 +758,31 @@ class Provider(ConferenceEngine):
             raise SimulatorError(409, "call_ended", f"Call {target.sid} has already ended.")
         self._hang_up(target, party)
         return target
+
+    def device_legs(self, address: str) -> list[Leg]:
+        """The answered, live legs to a device address (`client:web-1f…` or `web-1f…`)."""
+        wanted = {address, address if address.startswith("client:") else f"client:{address}"}
+        return [leg for leg in self.calls.values() if leg.to in wanted and not leg.ended and leg.answered_at]
+
+    def device_hangup(self, address: str) -> list[Leg]:
+        """The device at `address` hangs up its live call (its voice SDK's `disconnect()`)."""
+        legs = self.device_legs(address)
+        if not legs:
+            raise SimulatorError(409, "no_call", f"{address} has no live call.")
+        for leg in legs:
+            self._hang_up(leg, "device")
+        return legs
+
+    def device_mute(self, address: str, muted: bool) -> list[Leg]:
+        """The device at `address` mutes or unmutes its microphone (its voice SDK's `mute()`):
+        local to the device, so the provider's conference state does not change; the leg
+        records `device_muted` / `device_unmuted`."""
+        legs = self.device_legs(address)
+        if not legs:
+            raise SimulatorError(409, "no_call", f"{address} has no live call.")
+        for leg in legs:
+            leg.record("device_muted" if muted else "device_unmuted")
+        return legs
 
     def _hang_up(self, leg: Leg, by: str) -> None:
         leg.record("hangup", by=by)

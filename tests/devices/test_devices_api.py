@@ -139,8 +139,9 @@ def test_patch_sets_and_clears_connect(tablet, tablet_api):
     set_ = tablet_api.patch(f"{URL}/me", {"connect": {"type": "sip", "address": "sip:tab@pbx.example"},
                                           "password": PASSWORD}, format="json")
     assert set_.json()["connect"] == {"type": "sip", "address": "sip:tab@pbx.example", "verified": True}
+    # Clearing it returns to the device's own voice identity (a tablet always has a client target).
     cleared = tablet_api.patch(f"{URL}/me", {"connect": None}, format="json")
-    assert cleared.json()["connect"] is None
+    assert cleared.json()["connect"] == {"type": "client", "address": tablet[0].voice_identity, "verified": True}
 
 
 def test_patch_refuses_kind_changes(tablet_api):
@@ -225,7 +226,8 @@ def test_a_client_target_is_verified_a_number_is_not_and_a_new_target_starts_ove
     assert patch({"type": "number", "address": "+15550002222"})["verified"] is True  # the same target: kept
     assert patch({"type": "number", "address": "+15550004444"}, password=PASSWORD)["verified"] is False
     assert tablet[0].connect_verified_at is None
-    assert patch(None) is None and tablet[0].connect_verified_at is None
+    assert patch(None) == {"type": "client", "address": tablet[0].voice_identity, "verified": True}
+    assert tablet[0].connect_verified_at is not None
 
 
 # Sensitive changes need the password or the current PIN ------------------------------
@@ -241,12 +243,13 @@ def test_number_and_sip_targets_and_phone_numbers_need_the_password_or_pin(table
         assert response.status_code == 403, (proof, response.content)
         assert error_code(response) == "reauthentication_required"
     tablet[0].refresh_from_db()
-    assert (tablet[0].connect_type, tablet[0].phone_number) == ("", "")
+    before = ("client", tablet[0].voice_identity, "")  # its default target, no phone number
+    assert (tablet[0].connect_type, tablet[0].connect_address, tablet[0].phone_number) == before
     response = tablet_api.patch(f"{URL}/me", {**change, "password": PASSWORD}, format="json")
     assert response.status_code == 200
     assert "password" not in response.json()
     tablet[0].refresh_from_db()
-    assert tablet[0].connect_type or tablet[0].phone_number
+    assert (tablet[0].connect_type, tablet[0].connect_address, tablet[0].phone_number) != before
 
 
 def test_the_current_pin_will_do_once_one_is_set(tablet, tablet_api):

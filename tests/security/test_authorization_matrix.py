@@ -85,6 +85,10 @@ MATRIX = {
                                                           401, 401, 401, 409, 409, 409),
     ("POST", "api/v1/devices/me/number-verification/confirm"): _r(
         "none", "/api/v1/devices/me/number-verification/confirm", {"code": "123456"}, 401, 401, 401, 409, 409, 409),
+    # A token for the calling device's own voice identity; a handset has none (403 no_voice_identity),
+    # so the other user's column is her tablet (its own identity).
+    ("POST", "api/v1/devices/me/voice-token"): _r("none", "/api/v1/devices/me/voice-token", None,
+                                                  401, 401, 401, 200, 200, 403, other="tablet"),
     ("POST", "api/v1/pairing-codes"): _r("none", "/api/v1/pairing-codes", {}, 401, 401, 401, 201, 201, 201),
     ("POST", "api/v1/ws-tickets"): _r("none", "/api/v1/ws-tickets", {}, 401, 401, 401, 201, 201, 201),
     ("GET", "api/v1/account"): _r("none", "/api/v1/account", None, 401, 401, 401, 200, 200, 200),
@@ -156,6 +160,8 @@ RULES = {
         "none", "/api/v1/devices/me", {"connect": SIP_ELSEWHERE, "password": PASSWORD}, 401, 401, 401, 400, 400, 400),
     ("PATCH", "api/v1/devices/<str:device_id>", "own SIP target on SIP_DOMAINS, the password"): _r(
         "none", "/api/v1/devices/me", {"connect": SIP_OURS, "password": PASSWORD}, 401, 401, 401, 200, 200, 200),
+    ("POST", "api/v1/devices/me/voice-token", "another identity asked for (ignored: always the caller's own)"): _r(
+        "none", "/api/v1/devices/me/voice-token", {"identity": "tablet-1"}, 401, 401, 401, 403, 200, 403),
     ("POST", "api/v1/devices", "a handset with a pairing code"): _r(
         "none", "/api/v1/devices", "PAIRED_HANDSET", 403, 403, 403, 403, 403, 403),
     ("POST", "api/v1/devices", "a handset with the password"): _r(
