@@ -257,3 +257,19 @@ def test_a_client_that_stops_answering_pings_is_closed_and_one_that_answers_is_k
         assert reply(alive, timeout=10)["type"] == "pong"
     silent.close()
     assert httpx.get(server.base_url + "/", trust_env=False).status_code == 200
+
+
+def test_a_busy_port_is_one_line_naming_the_port_variable(tmp_path):
+    """`make run` on a port another program holds: no start-up summary, no traceback."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        env = {**os.environ, "DJANGO_SETTINGS_MODULE": "callpull.settings",
+               "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"}
+        done = subprocess.run([sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(port)],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    output = (done.stdout + done.stderr).strip()
+    assert done.returncode == 1, output
+    assert len(output.splitlines()) == 1 and "PORT" in output and str(port) in output, output
+    assert "Traceback" not in output and "starting" not in output

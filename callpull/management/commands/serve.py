@@ -22,6 +22,7 @@ fallback that needs nothing of uvicorn's but its documented options.
 import argparse
 import asyncio
 import logging
+import socket
 
 import uvicorn
 from django.conf import settings
@@ -138,6 +139,23 @@ def _seconds_or_off(value: str) -> float | None:
     return seconds or None
 
 
+def _bind_error(host: str, port: int) -> OSError | None:
+    """Why the server could not listen on host:port (a port in use, an address not ours), or
+    None: checked before start-up, so a busy port is one line, not a start-up summary and a
+    traceback. Bound as uvicorn binds (SO_REUSEADDR), then released at once."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror as error:
+        return OSError(error.errno, f"unknown host ({error.strerror})")
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            return error
+    return None
+
+
 class Command(BaseCommand):
     help = "Serve HTTP and WebSocket with uvicorn."
 
@@ -171,6 +189,10 @@ class Command(BaseCommand):
         if ws_ping_interval is not None and ws_ping_timeout is None:
             logging.getLogger("callpull").warning("--ws-ping-timeout 0: sockets of vanished clients are only "
                                                   "noticed by TCP, which can take hours")
+        taken = _bind_error(host, port)
+        if taken is not None:
+            raise CommandError(f"Cannot listen on {host}:{port}: {taken.strerror}. Stop what holds it, or choose "
+                               f"another port with the PORT variable (make run PORT={port + 1}).")
         # proxy_headers=False: uvicorn would otherwise take X-Forwarded-For (and -Proto) from any
         # client on loopback as the client's address. The app reads X-Forwarded-For itself, and
         # only from TRUSTED_PROXIES (devices.api.client_ip).
