@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run test install install-dev browser migrate lock clean
+.PHONY: run test install install-dev browser migrate lock clean vendor
 
 $(VENV)/.runtime: requirements.txt constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,26 @@ lock:
 
 clean:
 	rm -rf $(VENV) callpull.sqlite3* .pytest_cache
+
+# The browser libraries of the web companion, vendored (no CDN, no build step): web/package.json
+# pins @twilio/voice-sdk to one exact version and web/package-lock.json pins what npm fetches
+# (with its integrity hash). `make vendor` installs exactly that (npm ci), copies the SDK's
+# browser bundle (dist/twilio.min.js, the global `Twilio`) and its licence into
+# callpull/static/callpull/vendor/ under the version's name, and writes their SHA256SUMS.
+# The copies are committed: `make test` needs no npm (tests/callpull/test_vendor.py checks them).
+VENDOR      := callpull/static/callpull/vendor
+VOICE_SDK   := $(shell sed -n 's/^ *"@twilio\/voice-sdk": "\([0-9][0-9.]*\)".*/\1/p' web/package.json)
+
+vendor:
+	@test -n "$(VOICE_SDK)" || { echo "web/package.json pins no exact @twilio/voice-sdk version" >&2; exit 1; }
+	cd web && npm ci --ignore-scripts --no-audit --no-fund
+	@installed=$$(node -p 'require("./web/node_modules/@twilio/voice-sdk/package.json").version'); \
+	  test "$$installed" = "$(VOICE_SDK)" || { echo "npm installed @twilio/voice-sdk $$installed, not $(VOICE_SDK)" >&2; exit 1; }
+	mkdir -p $(VENDOR)
+	rm -f $(VENDOR)/twilio-voice-sdk-*
+	cp web/node_modules/@twilio/voice-sdk/dist/twilio.min.js $(VENDOR)/twilio-voice-sdk-$(VOICE_SDK).min.js
+	cp web/node_modules/@twilio/voice-sdk/LICENSE.md $(VENDOR)/twilio-voice-sdk-$(VOICE_SDK).LICENSE.md
+	cd $(VENDOR) && sha256sum twilio-voice-sdk-$(VOICE_SDK).min.js twilio-voice-sdk-$(VOICE_SDK).LICENSE.md > SHA256SUMS
 
 # Benchmarks (bench/README.md): `make bench` runs the quick profile (a few minutes),
 # `make bench PROFILE=full` the long one. Results: bench/results/latest.{md,json}, plots.

@@ -33,6 +33,23 @@ from devices.services import connect_usable
 log = logging.getLogger(__name__)
 
 
+# What a `client` leg tells the device's voice SDK about itself, as custom parameters of the
+# participant's `To` (docs/PROVIDER.md, "Client legs' parameters"): the web companion
+# (static/callpull/web/voice-twilio.js, LEG_PARAMETERS) accepts only the leg of the answer or
+# move it made. `callpull_pull` only on a leg dialled for a move.
+CLIENT_LEG_PARAMETERS = ("callpull_call", "callpull_leg", "callpull_pull")
+
+
+def client_leg_parameters(leg: CallLeg) -> dict[str, str]:
+    """The custom parameters of `leg` (a device's `client` leg): its call, itself, and the pull
+    it was dialled for, if any."""
+    parameters = {"callpull_call": str(leg.call_id), "callpull_leg": str(leg.pk)}
+    pull_id = Pull.objects.filter(leg_id=leg.pk).values_list("pk", flat=True).first()
+    if pull_id is not None:
+        parameters["callpull_pull"] = str(pull_id)
+    return parameters
+
+
 def _urls(call: Call, leg: CallLeg) -> dict:
     return {"status_url": webhook_url("status", call=call.pk, leg=leg.pk),
             "conference_status_url": webhook_url("conference", call=call.pk),
@@ -71,6 +88,7 @@ def _dial(leg_id) -> None:
         leg_failed(leg=leg, reason="target_not_verified", now=timezone.now())
         return
     urls = _urls(call, leg)
+    parameters = client_leg_parameters(leg) if kind == "client" else None
 
     def request(elapsed: float, tries: int) -> None:
         if tries > 1 and not CallLeg.objects.filter(pk=leg.pk, state=LegState.DIALING).exists():
@@ -88,7 +106,8 @@ def _dial(leg_id) -> None:
                 added = provider.participant_add(
                     conference=call.conference_name, kind=kind, address=address,
                     caller_id=call.line.server_number.number, label=str(leg.pk), timeout=timeout,
-                    status_url=urls["status_url"], conference_status_url=urls["conference_status_url"])
+                    status_url=urls["status_url"], conference_status_url=urls["conference_status_url"],
+                    parameters=parameters)
                 actions.conference_sid_learnt(call.pk, added.conference_sid)
                 sid = added.call_sid
         except provider.ProviderError as exc:

@@ -4,20 +4,38 @@ everything it does goes through the public API and the device WebSocket.
 
 The page runs under a strict Content-Security-Policy (no inline script or style, no
 third-party origin), set here and only on this view.
+
+Its voice client (static/callpull/web/voice.js) is the simulator's in the embedded default
+(settings.SIMULATOR_ENABLED) and Twilio's Voice JavaScript SDK otherwise: the page says which
+in `<html data-voice>`, and then loads the SDK vendored by `make vendor` (static/callpull/vendor/,
+from our origin, no CDN) and lets it reach Twilio's signalling and event hosts (`*.twilio.com`).
 """
 
+from pathlib import Path
+
+from django.conf import settings
 from django.shortcuts import render
 from django.views.decorators.http import require_safe
 
+# The Voice JS SDK's browser bundle, as `make vendor` names it (twilio-voice-sdk-<version>.min.js).
+VENDOR = Path(__file__).resolve().parent / "static" / "callpull" / "vendor"
+VOICE_SDK = next((f"callpull/vendor/{path.name}" for path in sorted(VENDOR.glob("twilio-voice-sdk-*.min.js"))), None)
+# Where the SDK connects (its signalling `wss://voice-js.<edge>.twilio.com/signal`, its events
+# `https://eventgw[.<region>].twilio.com`, its sounds on `https://sdk.twilio.com`, which it
+# may play from an <audio> element); the call's audio is WebRTC, which CSP does not govern.
+TWILIO_HOSTS = "wss://*.twilio.com https://*.twilio.com"
+TWILIO_MEDIA = "https://sdk.twilio.com"
 
-def content_security_policy(host: str) -> str:
+
+def content_security_policy(host: str, *, twilio: bool = False) -> str:
     return "; ".join([
         "default-src 'none'",
         "script-src 'self'",
         "style-src 'self'",
         "img-src 'self' data:",
         # 'self' covers ws: and wss: to the same host in CSP 3; older engines need them named.
-        f"connect-src 'self' ws://{host} wss://{host}",
+        f"connect-src 'self' ws://{host} wss://{host}" + (f" {TWILIO_HOSTS}" if twilio else ""),
+        *([f"media-src {TWILIO_MEDIA}"] if twilio else []),
         "base-uri 'none'",
         "form-action 'none'",
         "frame-ancestors 'none'",
@@ -26,8 +44,10 @@ def content_security_policy(host: str) -> str:
 
 @require_safe
 def companion(request):
-    response = render(request, "callpull/companion.html")
-    response["Content-Security-Policy"] = content_security_policy(request.get_host())
+    twilio = not settings.SIMULATOR_ENABLED
+    response = render(request, "callpull/companion.html", {
+        "voice_provider": "twilio" if twilio else "simulator", "voice_sdk": VOICE_SDK if twilio else None})
+    response["Content-Security-Policy"] = content_security_policy(request.get_host(), twilio=twilio)
     response["Referrer-Policy"] = "same-origin"
     response["Cache-Control"] = "no-cache"
     return response

@@ -6,6 +6,7 @@ the provider's REST API (`TWILIO_API_BASE`, the bundled simulator by default).
 import logging
 from functools import lru_cache
 from typing import NamedTuple
+from urllib.parse import urlencode
 
 from django.conf import settings
 from requests.exceptions import ReadTimeout
@@ -203,8 +204,13 @@ def call_redirect(call_sid: str, url: str) -> None:
         raise _failure(f"redirect of {call_sid}", exc) from exc
 
 
-def _to_address(kind: str, address: str) -> str:
-    return f"client:{address}" if kind == "client" else address
+def _to_address(kind: str, address: str, parameters: dict[str, str] | None = None) -> str:
+    """What `To` says: `client:<identity>`, with `parameters` as its query string (Twilio's
+    custom parameters for a client callee, which its Voice SDKs hand to the app:
+    docs/PROVIDER.md, "Client legs' parameters"); a SIP URI or number as it is."""
+    if kind != "client":
+        return address
+    return f"client:{address}?{urlencode(parameters)}" if parameters else f"client:{address}"
 
 
 class Added(NamedTuple):
@@ -215,12 +221,14 @@ class Added(NamedTuple):
 
 
 def participant_add(*, conference: str, kind: str, address: str, caller_id: str, label: str, status_url: str,
-                    conference_status_url: str, timeout: int, muted: bool = False) -> Added:
+                    conference_status_url: str, timeout: int, muted: bool = False,
+                    parameters: dict[str, str] | None = None) -> Added:
     """Dial `address` into the conference named `conference` (its friendly name: Twilio
-    creates a participant under a friendly name, and creates the conference if it is new)."""
+    creates a participant under a friendly name, and creates the conference if it is new).
+    `parameters`: custom parameters a `client` callee's voice SDK receives with the call."""
     try:
         participant = _client().conferences(conference).participants.create(
-            from_=caller_id, to=_to_address(kind, address), label=label, timeout=timeout, muted=muted,
+            from_=caller_id, to=_to_address(kind, address, parameters), label=label, timeout=timeout, muted=muted,
             beep="false", start_conference_on_enter=True, end_conference_on_exit=False,
             status_callback=status_url, status_callback_method="POST",
             status_callback_event=["initiated", "ringing", "answered", "completed"],

@@ -132,6 +132,7 @@ class FakeProvider:
         self.ended_conferences = set()  # friendly names conference_sid_for finds no live conference for
         self.failures = {}  # kind → ProviderErrors still to raise
         self.placed = []  # every call_place_url's arguments
+        self.parameters = {}  # leg label → the custom parameters participant_add sent (a client leg's)
 
     def _maybe_refuse(self, what):
         if self.refuse:
@@ -147,10 +148,11 @@ class FakeProvider:
             raise self.failures[kind].pop(0)
 
     def participant_add(self, *, conference, kind, address, caller_id, label, status_url, conference_status_url,
-                        timeout, muted=False):
+                        timeout, muted=False, parameters=None):
         from callpull.telephony.provider import Added
 
         self._maybe_refuse("add")
+        self.parameters[label] = parameters
         self._maybe_fail("add", ("add", conference, f"{kind}:{address}", label))
         sid = "CA" + uuid.uuid4().hex
         self.sids[label] = sid
