@@ -23,6 +23,7 @@ from urllib.parse import parse_qsl, unquote, urlencode
 from simulators.telephony import strict, tokens, twiml
 from simulators.telephony.carrier import Carrier, check_e164
 from simulators.telephony.config import SimulatorConfig
+from simulators.telephony.media import MediaEngine
 from simulators.telephony.outbound import Outbound
 from simulators.telephony.provider import BEHAVIOURS, WITHHELD, Behaviour, Callback, Provider, SimulatorError
 
@@ -70,6 +71,10 @@ SURFACE = [
     ("POST /simulator/devices/hangup", "{address}: the device hangs up its live call (its voice SDK's disconnect)"),
     ("POST /simulator/devices/mute", "{address, muted}: the device mutes or unmutes its microphone (its voice "
                                      "SDK's mute; recorded on the leg only)"),
+    ("POST /simulator/media", "{address, access_token, sdp}: a browser tab's WebRTC offer for the call dialled "
+                              "next to its address; answers {peer, type: answer, sdp} (call audio)"),
+    ("GET /simulator/media", "every media peer, and what every caller heard (no frames)"),
+    ("GET /simulator/media/{sid}", "a call's audio: what the caller heard (frames, levels, max_gap_ms) and its peers"),
     ("DELETE /simulator/state", "forget every call, device and forwarding"),
     ("GET /simulator/rest-log", "the Twilio REST requests received, oldest first: {method, path, query, status}"),
     ("POST /simulator/carrier/mmi", "{line, code}: dial **67*<number>#, *#67#, ##67#, *67#, #67#"),
@@ -136,6 +141,7 @@ class SimulatorApp:
         self.outbound = Outbound(config)
         self.provider = Provider(config, self.outbound)
         self.carrier = Carrier(self.provider)
+        self.media = MediaEngine(self.provider)
         # Every Twilio REST request and its answer's status, for tests that check what the product asked.
         self.rest_log: deque[dict] = deque(maxlen=REST_LOG_SIZE)
         self.spec = strict.load()
@@ -166,6 +172,8 @@ class SimulatorApp:
             (r"/devices", {"GET": self.devices_list, "POST": self.devices_set}),
             (r"/devices/hangup", {"POST": self.devices_hangup}),
             (r"/devices/mute", {"POST": self.devices_mute}),
+            (r"/media", {"GET": self.media_list, "POST": self.media_offer}),
+            (r"/media/(?P<sid>[^/]+)", {"GET": self.media_detail}),
             (r"/state", {"DELETE": self.state_reset}),
             (r"/rest-log", {"GET": self.rest_log_list}),
             (r"/carrier/mmi", {"POST": self.carrier_mmi}),
@@ -226,6 +234,7 @@ class SimulatorApp:
 
     async def aclose(self) -> None:
         """Stop every simulated call (no callbacks) and close the HTTP clients."""
+        await self.media.reset()
         await self.provider.reset()
         await self.outbound.aclose()
 
@@ -548,7 +557,26 @@ class SimulatorApp:
         legs = self.provider.device_mute(_address(data), muted)
         return Response(200, [leg.as_json() for leg in legs])
 
+    async def media_offer(self, request: Request) -> Response:
+        """A browser tab's WebRTC offer, with its device's Access Token (media.py)."""
+        data = request.json()
+        address = _address(data)
+        if not address.startswith("client:"):
+            address = f"client:{address}"
+        if data.get("access_token") is None:
+            raise SimulatorError(401, str(tokens.INVALID), "access_token is required: the device's voice token.")
+        self._registration(address, data.get("access_token"))
+        peer, sdp = await self.media.offer(address, data.get("sdp"))
+        return Response(201, {"peer": peer.id, "type": "answer", "sdp": sdp})
+
+    async def media_list(self, request: Request) -> Response:
+        return Response(200, self.media.summary())
+
+    async def media_detail(self, request: Request) -> Response:
+        return Response(200, self.media.stats(request.args["sid"]))
+
     async def state_reset(self, request: Request) -> Response:
+        await self.media.reset()
         await self.provider.reset()
         self.carrier.reset()
         self.rest_log.clear()

@@ -338,10 +338,12 @@ class ConferenceEngine:
         if label and room is not None and room.find(label):
             raise SimulatorError(400, "16025", f"A participant labelled {label!r} is already in the conference.")
         room = room or self._room_for(key, conference_callback)
+        to, parameters = twiml.client_parameters(to)  # the device is rung at its identity, told the parameters
         leg = self._new_leg(direction="outbound-api", from_=from_, to=to, status="queued")
+        leg.parameters = parameters
         leg.callback = callback
         leg.record("created", **{"from": from_}, to=to, conference_sid=room.sid, friendly_name=room.friendly_name,
-                   label=label)
+                   label=label, **({"parameters": parameters} if parameters else {}))
         participant = Participant(room, leg, source="api", label=label, muted=muted, beep=beep,
                                   start_conference_on_enter=start_conference_on_enter,
                                   end_conference_on_exit=end_conference_on_exit, wait_url=wait_url,

@@ -114,6 +114,9 @@ class Leg:
         self.participant = None  # its current conference.Participant, if in (or joining) a conference
         self.participations: list = []  # every conference.Participant it has been
         self.gathering: Gathering | None = None  # a <Gather> waiting for keys
+        # The custom parameters a `client` callee's voice SDK receives with this call (from the
+        # query of a participant create's `To`: twiml.client_parameters).
+        self.parameters: dict[str, str] = {}
 
     @property
     def ended(self) -> bool:
@@ -151,6 +154,7 @@ class Leg:
             "sid": self.sid, "parent_call_sid": self.parent.sid if self.parent else None,
             "direction": self.direction, "from": self.from_, "to": self.to,
             "forwarded_from": self.forwarded_from, "caller_name": self.caller_name,
+            "parameters": dict(self.parameters),
             "status": self.status, "activity": self.activity,
             "created_at": iso(self.created_at), "answered_at": iso(self.answered_at),
             "ended_at": iso(self.ended_at), "duration": self.duration if self.ended else None,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
+from urllib.parse import parse_qsl
 
 DIAL_EVENTS = ("initiated", "ringing", "answered", "completed")
 # What <Conference statusCallbackEvent> may name (Twilio's list); the simulator sends the first six.
@@ -60,6 +61,17 @@ class Reject:
 class Redirect:
     url: str
     method: str
+
+
+def client_parameters(to: str) -> tuple[str, dict[str, str]]:
+    """A REST `To` of `client:<identity>?name=value&…` (Twilio's custom parameters for a client
+    callee, https://www.twilio.com/docs/voice/how-share-information-between-your-applications)
+    as the address the device registered (`client:<identity>`) and the parameters its voice SDK
+    receives with the call (`call.customParameters`). Any other `To`: as it is, no parameters."""
+    if not to.startswith("client:") or "?" not in to:
+        return to, {}
+    address, query = to.split("?", 1)
+    return address, dict(parse_qsl(query, keep_blank_values=True))
 
 
 @dataclass(frozen=True)

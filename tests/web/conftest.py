@@ -4,8 +4,11 @@ Playwright, against a real server started by the end-to-end harness.
 - `web_server` (session): one server with the harness's ring settings (the embedded
   simulator on the server's own port, a fast sweeper, FCM pointed at the fake) and a
   two-second WebSocket heartbeat, so the page's pings are seen within a test.
-- `browser` (session): /usr/bin/chromium (or CALLPULL_CHROMIUM), never a downloaded
-  browser. Playwright gives every launch a fresh, empty profile directory.
+- `browser` (package): /usr/bin/chromium (or CALLPULL_CHROMIUM), never a downloaded
+  browser. Playwright gives every launch a fresh, empty profile directory. Its media
+  devices are fake and allowed without a prompt; the microphone plays a steady tone
+  (`fake_microphone`, a WAV written for the session), so the caller's side hears sound
+  in every 20 ms frame and a gap in it means the audio path stopped.
 - `open_page` (function): `open_page(width=…, height=…)` opens the companion in a
   new context (its own localStorage). Console errors and uncaught exceptions fail
   the test (a Content-Security-Policy violation is a console error); the page's last
@@ -17,8 +20,11 @@ from tests/e2e/conftest.py, so both suites start servers the same way.
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import struct
+import wave
 
 import pytest
 
@@ -57,14 +63,32 @@ def web_server(environment, ring_settings):  # noqa: F811
 
 
 @pytest.fixture(scope="session")
-def browser():
+def fake_microphone(tmp_path_factory):
+    """A 2 s, 440 Hz tone at half scale (48 kHz mono), which Chromium's fake microphone loops."""
+    path = tmp_path_factory.mktemp("media") / "microphone.wav"
+    rate = 48000
+    samples = b"".join(struct.pack("<h", int(16000 * math.sin(2 * math.pi * 440 * n / rate))) for n in range(2 * rate))
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(samples)
+    return path
+
+
+# Package scope: Playwright's sync API keeps an event loop running in this thread while the
+# browser is open, and tests run after tests/web (tests/simulator) call asyncio.run().
+@pytest.fixture(scope="package")
+def browser(fake_microphone):
     from playwright.sync_api import sync_playwright
 
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"No Chromium at {CHROMIUM}: `make test` installs Debian's chromium "
                     "(or: apt-get install chromium). Browser downloads are not used.", pytrace=False)
     with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        media = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+                 f"--use-file-for-fake-audio-capture={fake_microphone}"]
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS + media)
         try:
             yield launched
         finally:

@@ -46,7 +46,8 @@ def test_signing_in_registers_this_tab_as_a_web_device_that_stays_signed_in_and_
     # The server knows it as a web device the provider can reach, online over its socket.
     device = home.devices()[stored["device"]["id"]]
     assert (device["kind"], device["platform"], device["online"]) == ("web", "web", True), device
-    assert device["connect"]["type"] == "client" and re.fullmatch(r"web-[0-9a-f]{18}", device["connect"]["address"])
+    assert re.fullmatch(r"d[0-9a-f]{32}", device["voice_identity"]), device
+    assert (device["connect"]["type"], device["connect"]["address"]) == ("client", device["voice_identity"]), device
 
     # The devices panel lists it as this browser, and the handset with it.
     mine = companion.device_row(device["id"])

@@ -63,11 +63,11 @@ export async function api(method, path, { body, token = session.load()?.token, a
   return payload;
 }
 
-// How this browser presents itself when it registers.
+// How this browser presents itself when it registers. No `connect`: the server gives a web
+// device a voice identity and reaches it at `client:<identity>`, the identity its voice
+// token (POST /devices/me/voice-token) is for.
 export function browserDevice(name) {
-  const random = crypto.getRandomValues(new Uint8Array(9));
-  const address = "web-" + Array.from(random, (b) => b.toString(16).padStart(2, "0")).join("");
-  return { name, kind: "web", platform: "web", ring_enabled: true, connect: { type: "client", address } };
+  return { name, kind: "web", platform: "web", ring_enabled: true };
 }
 
 export function defaultDeviceName() {

@@ -50,6 +50,8 @@ const state = {
   calls: new Map(),     // call id → the newest state of the call seen (events, lists, details)
   known: new Map(),     // device id → {name, kind, removed}: devices calls name, removed ones too
   voice: null,          // this browser's voice client (voice.js), once its device is loaded
+  audioPending: 0,      // answers and moves whose audio is being prepared
+  outputs: [],          // the audio outputs the browser lets the page choose ({id, label})
   devicesLoaded: false,
   declinedHere: new Set(),
   history: [],
@@ -189,10 +191,51 @@ function dismissIncoming(callId) {
   renderIncoming();
 }
 
+// This tab's audio (voice.js): ready before it answers or moves a call here, so the voice
+// client takes the call dialled for that answer or move; stopped once no call is here.
+async function prepareAudio(expected) {
+  if (!state.voice?.prepare) return;
+  state.audioPending += 1;
+  try {
+    await state.voice.prepare(expected);
+  } catch (error) {
+    notify(`No sound in this browser: ${error.message}`);
+  } finally {
+    state.audioPending -= 1;
+  }
+}
+
+function syncAudio() {
+  const voice = state.voice;
+  if (!voice?.active || state.audioPending) return;
+  const wanted = [...state.live.values()].some((entry) => entry.holder === state.me
+    || (entry.call.state !== "connected" && entry.call.answered_by === state.me)
+    || (entry.pull && ["requesting", "awaiting_approval", "approved"].includes(entry.pull.state)));
+  if (!wanted) voice.release();
+}
+
+function meterLoop() {
+  const meters = document.querySelectorAll(".live-card[data-here='true'] .level-meter");
+  if (meters.length && state.voice?.level) {
+    const level = Math.min(1, state.voice.level() * 4);
+    for (const meter of meters) meter.value = level;
+  }
+  requestAnimationFrame(meterLoop);
+}
+
+async function chooseOutput(id) {
+  try {
+    await state.voice.setOutput(id);
+  } catch (error) {
+    notify(`Could not switch the audio output: ${error.message}`);
+  }
+}
+
 async function answer(callId) {
   const entry = state.incoming.get(callId);
   entry.busy = true;
   renderIncoming();
+  await prepareAudio({ call: callId });
   try {
     const answered = noteCall(await call("POST", `/calls/${callId}/answer`));
     setIncoming(answered, { status: "answered_here", text: "Answered here — connecting…", busy: false });
@@ -369,10 +412,13 @@ async function moveHere(callId) {
   const entry = state.live.get(callId);
   entry.pull = { state: "requesting" };
   renderLive();
+  await prepareAudio({ call: callId, move: true });
   try {
     const { pull } = await call("POST", `/calls/${callId}/pull`);
+    state.voice?.expect?.(callId, pull.id);  // the leg of this move is the one to take (voice-twilio.js)
     applyPull(entry, pull);
   } catch (error) {
+    state.voice?.expect?.(callId, null);
     entry.pull = null;
     notify(`Could not move the call here: ${error.message}`);
   }
@@ -478,7 +524,15 @@ function renderLive() {
           disabled: !voice?.available || entry.hangingUp, onclick: () => hangUp(call.id) }, "Hang up"),
         h("button", { type: "button", class: "mute-call", "data-key": `mute-call:${call.id}`,
           "aria-pressed": entry.muted ? "true" : "false", disabled: !voice?.available || entry.hangingUp,
-          onclick: () => toggleMute(call.id) }, "Mute")) : null;
+          onclick: () => toggleMute(call.id) }, "Mute"),
+        voice?.active ? h("meter", { class: "level-meter", min: "0", max: "1", value: "0",
+          "aria-label": "Caller's sound level", title: "Caller's sound level" }) : null,
+        voice?.active && voice.canChooseOutput && state.outputs.length ? h("label", { class: "output-choice" },
+          h("span", { class: "visually-hidden", text: "Audio output" }),
+          h("select", { class: "audio-output", "data-key": `output:${call.id}`,
+            onchange: (event) => chooseOutput(event.target.value) },
+          ...state.outputs.map((output) => h("option", { value: output.id, selected: output.id === voice.sinkId,
+            text: output.label })))) : null) : null;
       const unavailable = controls && voice && !voice.available
         ? h("p", { class: "muted small voice-unavailable", text: voice.reason }) : null;
       return h("article", { class: "call-card live-card", dataset: { callId: call.id, here: here ? "true" : "false",
@@ -499,6 +553,7 @@ function renderLive() {
     });
     replace($("#live-calls"), cards.length ? cards : h("p", { class: "muted empty", text: "No call in progress." }));
   });
+  syncAudio();
   tick();
 }
 
@@ -532,9 +587,11 @@ async function loadDevices() {
   }
   const mine = state.devices.get(state.me);
   if (mine && (!state.voice || state.voice.address !== mine.connect?.address)) {
-    const voice = await voiceClient(mine.connect);
+    const voice = await voiceClient(mine.connect, { voiceToken: () => call("POST", "/devices/me/voice-token") });
     if (state.me === mine.id) {
+      state.voice?.release?.();
       state.voice = voice;
+      state.outputs = voice.outputs ? await voice.outputs().catch(() => []) : [];
       renderLive();
     }
   }
@@ -1025,7 +1082,9 @@ function resetState() {
   state.live.clear();
   state.calls.clear();
   state.known.clear();
+  state.voice?.release?.();
   state.voice = null;
+  state.outputs = [];
   state.devicesLoaded = false;
   state.declinedHere.clear();
   state.history = [];
@@ -1152,6 +1211,7 @@ function start() {
     if (!session.load() && connection) signedOut("This browser was signed out in another tab.");
   });
   setInterval(tick, 1000);
+  requestAnimationFrame(meterLoop);
   // No event says a device was removed while offline: re-read the list now and then, and
   // whenever the tab comes back into view.
   setInterval(() => { if (connection) attempt(loadDevices, "Could not load devices"); }, 30000);
