@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from callpull.models import Call, Pull
 from callpull.representations import call_to_dict, pull_to_dict
 from devices.models import Device, DeviceKind
-from notifications import fcm
+from notifications import apns, fcm
 from notifications.fanout import fanout
 
 
@@ -64,5 +64,5 @@ def announce_pull(pull: Pull, event_type: str, *, now: datetime, push_to: list[D
     call = pull.call
     devices = all_devices(call)
     notify(call, event_type, devices, now=now, push=False, pull=pull_to_dict(pull), **extra)
-    if push_to and fcm.enabled():
+    if push_to and (fcm.enabled() or apns.enabled()):
         notify(call, event_type, push_to, now=now, online=set(), pull=pull_to_dict(pull), **extra)

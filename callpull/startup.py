@@ -10,7 +10,7 @@ from django.db.models import Count
 
 from callpull.models import Line
 from callpull.sweeper import sweep_loop
-from notifications import fcm, presence, push_results
+from notifications import apns, fcm, presence, push_results
 
 log = logging.getLogger("callpull")
 
@@ -28,6 +28,9 @@ def describe() -> list[str]:
         layer = "in-memory: one process only (set REDIS_URL for several workers)"
     fcm = (f"on ({settings.FCM_ENDPOINT})" if settings.FCM_CREDENTIALS_FILE
            else "off: no FCM_CREDENTIALS_FILE, devices are reached over WebSocket only")
+    apns_line = (f"on ({settings.APNS_ENDPOINT}, topic {settings.APNS_BUNDLE_ID}[.voip], key {settings.APNS_KEY_ID})"
+                 if settings.APNS_KEY_FILE
+                 else "off: no APNS_KEY_FILE, iOS devices are reached over WebSocket/FCM only")
     if settings.SIMULATOR_ENABLED:  # no TWILIO_ACCOUNT_SID: the development account
         provider = f"the bundled carrier/provider simulator at {settings.TWILIO_API_BASE}/"
     else:
@@ -36,6 +39,7 @@ def describe() -> list[str]:
         f"database:      {db}",
         f"channel layer: {layer}",
         f"FCM:           {fcm}",
+        f"APNs:          {apns_line}",
         f"voice provider: {provider}",
         f"public URL:    {settings.PUBLIC_BASE_URL} (server numbers: {', '.join(settings.SERVER_NUMBERS)})",
         f"sign-up:       {'open' if settings.ALLOW_SIGNUP else 'closed'}",
@@ -87,10 +91,15 @@ async def warm_up() -> None:
     would otherwise build (the FCM sender), off the loop."""
     await asyncio.to_thread(_announce_server_numbers_in_thread)
     await asyncio.to_thread(fcm.start)
+    try:
+        await asyncio.to_thread(apns.start)
+    except Exception as error:  # noqa: BLE001 - a key that cannot sign yet is reported by the first push
+        log.warning("apns sender not started: %s", error)
 
 
 async def shutdown() -> None:
     """Let in-process helpers finish cleanly (FCM sends, then the recording of their
     results). The development entry point closes the simulator after this."""
     fcm.shutdown(timeout=2.0)
+    apns.shutdown(timeout=2.0)
     await asyncio.to_thread(push_results.RECORDER.flush, 2.0)

@@ -59,6 +59,12 @@ class Device(models.Model):
     kind = models.CharField(max_length=16, choices=DeviceKind.choices)
     platform = models.CharField(max_length=16, choices=Platform.choices)
     fcm_token = models.CharField(max_length=4096, blank=True, default="")
+    apns_voip_token = models.CharField(
+        max_length=200, blank=True, default="",
+        help_text="PushKit (VoIP) device token, hex: call.ringing goes to it as an APNs VoIP push.")
+    apns_token = models.CharField(
+        max_length=200, blank=True, default="",
+        help_text="APNs device token for alerts, hex: call.answered_elsewhere, call.ended, pull.requested.")
     ring_enabled = models.BooleanField(default=True)
     connect_type = models.CharField(max_length=16, choices=ConnectType.choices, blank=True, default="")
     connect_address = models.CharField(max_length=255, blank=True, default="")

@@ -36,6 +36,11 @@ class ConnectSerializer(serializers.Serializer):
         return {"type": kind, "address": address}
 
 
+# An APNs device token as the app reads it from `deviceToken` / PushKit's `credentials.token`,
+# written as hex: 32 bytes today (64 digits); Apple says not to assume a fixed length.
+APNS_TOKEN = r"^(?:[0-9A-Fa-f]{2}){32,100}$"
+
+
 class DeviceInput(serializers.Serializer):
     """`device` in registration, and the body of PATCH /devices/{id} (partial)."""
 
@@ -43,6 +48,18 @@ class DeviceInput(serializers.Serializer):
     kind = serializers.ChoiceField(choices=DeviceKind.choices)
     platform = serializers.ChoiceField(choices=Platform.choices)
     fcm_token = serializers.CharField(max_length=4096, required=False, allow_blank=True)
+    apns_voip_token = serializers.RegexField(
+        APNS_TOKEN, max_length=200, required=False, allow_blank=True,
+        help_text="PushKit VoIP device token (hex, 64 digits or more); empty to remove it. Never echoed.")
+    apns_token = serializers.RegexField(
+        APNS_TOKEN, max_length=200, required=False, allow_blank=True,
+        help_text="APNs device token for alerts (hex, 64 digits or more); empty to remove it. Never echoed.")
+
+    def validate_apns_voip_token(self, value):
+        return value.lower()
+
+    def validate_apns_token(self, value):
+        return value.lower()
     ring_enabled = serializers.BooleanField(required=False)
     connect = ConnectSerializer(required=False, allow_null=True)
     phone_number = serializers.CharField(max_length=32, required=False, allow_blank=True,
@@ -79,13 +96,16 @@ class DeviceUpdateInput(DeviceInput):
 class DeviceOutput(serializers.ModelSerializer):
     connect = serializers.SerializerMethodField()
     fcm_registered = serializers.SerializerMethodField()
+    apns_voip_registered = serializers.SerializerMethodField()
+    apns_registered = serializers.SerializerMethodField()
     online = serializers.SerializerMethodField()
     me = serializers.SerializerMethodField()
 
     class Meta:
         model = Device
         fields = ["id", "name", "kind", "platform", "ring_enabled", "connect", "voice_identity", "phone_number",
-                  "fcm_registered", "online", "last_seen_at", "created_at", "me"]
+                  "fcm_registered", "apns_voip_registered", "apns_registered", "online", "last_seen_at",
+                  "created_at", "me"]
 
     @extend_schema_field(inline_serializer("ConnectTarget", {
         "type": serializers.ChoiceField(choices=ConnectType.choices), "address": serializers.CharField(),
@@ -100,6 +120,12 @@ class DeviceOutput(serializers.ModelSerializer):
 
     def get_fcm_registered(self, device) -> bool:
         return bool(device.fcm_token)
+
+    def get_apns_voip_registered(self, device) -> bool:
+        return bool(device.apns_voip_token)
+
+    def get_apns_registered(self, device) -> bool:
+        return bool(device.apns_token)
 
     def get_online(self, device) -> bool:
         return bool(getattr(device, "online", False))

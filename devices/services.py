@@ -39,8 +39,8 @@ from devices.signals import device_revoked, transfer_pin_check
 log = logging.getLogger(__name__)
 User = get_user_model()
 
-DEVICE_FIELDS = ("name", "kind", "platform", "fcm_token", "ring_enabled", "connect_type", "connect_address",
-                 "phone_number")
+DEVICE_FIELDS = ("name", "kind", "platform", "fcm_token", "apns_voip_token", "apns_token", "ring_enabled",
+                 "connect_type", "connect_address", "phone_number")
 
 
 @dataclass(frozen=True)
@@ -304,7 +304,8 @@ def ws_ticket_redeem(*, ticket: str, now: datetime) -> Device | None:
 
 # Fields only the device itself may change; another device of the user may rename it,
 # turn its ringing on or off, and revoke it.
-OWN_DEVICE_FIELDS = ("connect_type", "connect_address", "phone_number", "fcm_token")
+OWN_DEVICE_FIELDS = ("connect_type", "connect_address", "phone_number", "fcm_token", "apns_voip_token",
+                     "apns_token")
 
 
 def device_update(*, device: Device, data: dict, by: Device, now: datetime, password: str | None = None,
@@ -316,7 +317,7 @@ def device_update(*, device: Device, data: dict, by: Device, now: datetime, pass
     Target and phone number changes are written to the audit log."""
     if by.pk != device.pk and any(field in data for field in OWN_DEVICE_FIELDS):
         raise ServiceError("own_device_only", "Only a device itself may change its connect target, phone number "
-                                           "or FCM token; other devices may rename it, turn its ringing on or "
+                                           "or push tokens; other devices may rename it, turn its ringing on or "
                                            "off, or remove it.")
     data = with_default_connect(data, voice_identity=device.voice_identity)
     changed = [field for field in DEVICE_FIELDS if field in data and getattr(device, field) != data[field]]
@@ -351,7 +352,8 @@ def device_revoke(*, device: Device, now: datetime, by: Device | None = None, cl
     """Revoke at once: the token stops working, credentials it created die with it.
     `by` is the device that asked (None: not a device, e.g. an operator)."""
     with transaction.atomic():
-        Device.all_objects.filter(pk=device.pk).update(revoked_at=now, fcm_token="")
+        Device.all_objects.filter(pk=device.pk).update(revoked_at=now, fcm_token="", apns_voip_token="",
+                                                            apns_token="")
         WsTicket.objects.filter(device=device, used_at__isnull=True).update(used_at=now)
         PairingCode.objects.filter(created_by=device, used_at__isnull=True).update(expires_at=now)
         audit.audit_record(user=device.user, device=by, action=audit.DEVICE_REVOKED,

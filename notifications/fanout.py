@@ -1,5 +1,6 @@
 """Sending one event to a set of devices: a WebSocket frame to each connected
-one, an FCM data message to each with a token, and a delivery record for each.
+one, an FCM data message to each with a token, an APNs push to each iOS device with
+the token that event goes to (`apns_pushes_for`), and a delivery record for each.
 
 The frame is serialised once; all group sends go out in one trip to the event
 loop; FCM runs in the background (notifications.fcm) and reports back per
@@ -32,7 +33,7 @@ from django.utils import timezone
 from redis.exceptions import RedisError
 
 from devices.models import Device, DeviceConnection, live_after
-from notifications import fcm, push_results
+from notifications import apns, fcm, push_results
 from notifications.events import FRAME_MESSAGE, frame
 from notifications.layers import send_many
 from notifications.models import Delivery, Transport
@@ -50,6 +51,7 @@ class FanoutResult:
     event_id: str
     websocket: list = field(default_factory=list)  # device ids a frame went to
     fcm: list = field(default_factory=list)        # device ids a push was queued for
+    apns: list = field(default_factory=list)       # device ids an APNs push was queued for
     acked: list = field(default_factory=list)      # device ids whose ack came back while we waited
 
 
@@ -129,6 +131,7 @@ class Outgoing:
     pushes: list = field(default_factory=list)
     on_fcm_accepted: Callable[[object], None] | None = None
     deliveries: list = field(default_factory=list)  # the Delivery rows written, in the order written
+    apns_pushes: list = field(default_factory=list)
 
 
 def fanout_prepare(*, event_type: str, payload: dict, devices: Sequence[Device], ref, now: datetime,
@@ -159,6 +162,13 @@ def fanout_prepare(*, event_type: str, payload: dict, devices: Sequence[Device],
                 pushes.append(fcm.Push(device_id=str(device.pk), token=device.fcm_token, data=data,
                                        collapse_key=collapse_key or str(ref), deadline=expires))
         result.fcm = [device.pk for device in devices if device.fcm_token and device.pk not in no_push]
+    apns_pushes = []
+    if fcm_data is not None and apns.enabled():
+        apns_pushes = apns_pushes_for(event_type, devices, data={**fcm_data, "type": event_type, "id": event_id},
+                                      collapse_key=collapse_key or str(ref),
+                                      deadline=(deadline or now + timedelta(seconds=30)).timestamp(),
+                                      no_push=no_push)
+        result.apns = [push.device_id for push in apns_pushes]
 
     sent_at = timezone.now()
     deliveries = Delivery.objects.bulk_create(
@@ -166,9 +176,47 @@ def fanout_prepare(*, event_type: str, payload: dict, devices: Sequence[Device],
                   queued_at=now, sent_at=sent_at, attempts=1) for pk in result.websocket]
         + [Delivery(event_id=event_id, event_type=event_type, ref=ref, device_id=push.device_id,
                     transport=Transport.FCM, queued_at=now) for push in pushes]
+        + [Delivery(event_id=event_id, event_type=event_type, ref=ref, device_id=push.device_id,
+                    transport=Transport.APNS, queued_at=now) for push in apns_pushes]
     )
     return Outgoing(result=result, event_type=event_type, ref=ref, text=text, channels=channels, pushes=pushes,
-                    on_fcm_accepted=on_fcm_accepted, deliveries=deliveries)
+                    on_fcm_accepted=on_fcm_accepted, deliveries=deliveries, apns_pushes=apns_pushes)
+
+
+# APNs: only `call.ringing` is a VoIP push (iOS 13+ terminates an app that gets a VoIP push
+# and shows no CallKit call); these go as alert pushes to the device's `apns_token`.
+APNS_ALERTS = {
+    "call.answered_elsewhere": ("Call answered", "Answered on another device"),
+    "call.ended": ("Call ended", "The call has ended"),
+    "pull.requested": ("Move the call?", "Another device asks to take over the call"),
+}
+
+
+def apns_pushes_for(event_type: str, devices: Sequence[Device], *, data: dict[str, str], collapse_key: str,
+                    deadline: float, no_push=frozenset()) -> list:
+    """The APNs pushes of an event: `call.ringing` as a PushKit VoIP push to each
+    `apns_voip_token`, the events of APNS_ALERTS as alert pushes to each `apns_token`,
+    nothing for other events. The payload carries the FCM data message's fields."""
+    voip = event_type == "call.ringing"
+    if voip:
+        payload, field_name = dict(data), "apns_voip_token"
+    elif event_type in APNS_ALERTS:
+        title, body = APNS_ALERTS[event_type]
+        payload = {"aps": {"alert": {"title": title, "body": body}, "thread-id": collapse_key}, **data}
+        field_name = "apns_token"
+    else:
+        return []
+    pushes = []
+    for device in devices:
+        token = getattr(device, field_name)
+        if not token or device.pk in no_push:
+            continue
+        try:
+            pushes.append(apns.Push(device_id=str(device.pk), token=token, payload=payload,
+                                    collapse_key=collapse_key, deadline=deadline, voip=voip))
+        except ValueError as error:  # over APNs' payload limit: no push, the rest of the ring goes on
+            log.warning("apns push not built event=%s device=%s: %s", event_type, device.pk, error)
+    return pushes
 
 
 def fanout_send(outgoing: Outgoing, *, wait_ack: float = 0) -> FanoutResult:
@@ -182,10 +230,13 @@ def fanout_send(outgoing: Outgoing, *, wait_ack: float = 0) -> FanoutResult:
     if pushes:
         # Outcomes are recorded on the delivery rows in batches (notifications.push_results).
         fcm.send_many(pushes, on_result=push_results.RECORDER.callback(result.event_id, outgoing.on_fcm_accepted))
+    if outgoing.apns_pushes:
+        apns.send_many(outgoing.apns_pushes, on_result=push_results.RECORDER.callback(
+            result.event_id, outgoing.on_fcm_accepted, transport=Transport.APNS))
     if result.websocket:
         result.acked = async_to_sync(_send_all)(outgoing.channels, outgoing.text, result.event_id, wait_ack)
-    log.info("fanout %s ref=%s event=%s websocket=%d fcm=%d", outgoing.event_type, outgoing.ref, result.event_id,
-             len(result.websocket), len(pushes))
+    log.info("fanout %s ref=%s event=%s websocket=%d fcm=%d apns=%d", outgoing.event_type, outgoing.ref,
+             result.event_id, len(result.websocket), len(pushes), len(outgoing.apns_pushes))
     return result
 
 
@@ -201,10 +252,11 @@ def fanout(*, wait_ack: float = 0, **event) -> FanoutResult:
 
 
 def any_receipt(*, ref, event_type: str) -> bool:
-    """Whether some device acknowledged an event of this type about `ref`, or FCM
+    """Whether some device acknowledged an event of this type about `ref`, or FCM or APNs
     accepted a push of one."""
     return (Delivery.objects.filter(ref=ref, event_type=event_type)
-            .filter(Q(delivered_at__isnull=False) | Q(transport=Transport.FCM, sent_at__isnull=False, error=""))
+            .filter(Q(delivered_at__isnull=False)
+                    | Q(transport__in=[Transport.FCM, Transport.APNS], sent_at__isnull=False, error=""))
             .exists())
 
 

@@ -11,6 +11,7 @@ from django.db import models
 class Transport(models.TextChoices):
     WEBSOCKET = "websocket"
     FCM = "fcm"
+    APNS = "apns"
 
 
 class Delivery(models.Model):

@@ -1,4 +1,4 @@
-"""Recording FCM outcomes on their delivery rows, in batches.
+"""Recording push outcomes (FCM and APNs) on their delivery rows, in batches.
 
 `notifications.fcm` reports one `PushResult` per push, from its results thread. Writing
 each one as it comes (a database connection, an UPDATE, and more for a dead token) put a
@@ -33,6 +33,7 @@ from django.db import close_old_connections, connection
 from django.db.models import Case, DateTimeField, Q, Value, When
 
 from devices.models import Device
+from notifications import metrics
 from notifications.models import Delivery, Transport
 
 log = logging.getLogger(__name__)
@@ -45,9 +46,10 @@ IDLE_CLOSE_SECONDS = 1.0
 
 @dataclass(frozen=True)
 class Outcome:
-    result: object  # notifications.fcm.PushResult
+    result: object  # notifications.fcm.PushResult or notifications.apns.PushResult (the same shape)
     event_id: str
     on_accepted: Callable[[object], None] | None
+    transport: str = Transport.FCM
 
 
 class PushRecorder:
@@ -61,10 +63,12 @@ class PushRecorder:
         self._busy = False
         self._thread: threading.Thread | None = None
 
-    def callback(self, event_id: str, on_accepted: Callable[[object], None] | None = None):
-        """The `on_result` for `fcm.send_many` of one event's pushes."""
+    def callback(self, event_id: str, on_accepted: Callable[[object], None] | None = None,
+                 transport: str = Transport.FCM):
+        """The `on_result` for `fcm.send_many` (or `apns.send_many`, with `transport`) of one
+        event's pushes."""
         def on_result(result) -> None:
-            self.add(Outcome(result, str(event_id), on_accepted))
+            self.add(Outcome(result, str(event_id), on_accepted, transport))
         return on_result
 
     def add(self, outcome: Outcome) -> None:
@@ -113,6 +117,9 @@ def record(outcomes: list[Outcome]) -> None:
 
 
 def _record(outcomes: list[Outcome]) -> None:
+    for outcome in outcomes:
+        result = outcome.result
+        metrics.push_outcome(str(outcome.transport), "accepted" if result.ok else result.error or "unknown")
     try:
         _write(outcomes)
     except Exception:
@@ -135,20 +142,21 @@ def _record(outcomes: list[Outcome]) -> None:
 
 
 def _write(outcomes: list[Outcome]) -> None:
-    groups: dict[tuple[str, str, int], list[Outcome]] = {}
+    groups: dict[tuple[str, str, int, str], list[Outcome]] = {}
     for outcome in outcomes:
-        key = (outcome.event_id, outcome.result.error or "", outcome.result.attempts)
+        key = (outcome.event_id, outcome.result.error or "", outcome.result.attempts, outcome.transport)
         groups.setdefault(key, []).append(outcome)
-    for (event_id, error, attempts), group in groups.items():
+    for (event_id, error, attempts, transport), group in groups.items():
         sent_at = None
         accepted = [o.result for o in group if o.result.sent_at]
         if accepted:
             sent_at = Case(*(When(device_id=r.push.device_id, then=Value(datetime.fromtimestamp(r.sent_at, tz=UTC)))
                              for r in accepted), default=Value(None), output_field=DateTimeField())
         (Delivery.objects.filter(event_id=event_id, device_id__in=[o.result.push.device_id for o in group],
-                                 transport=Transport.FCM)
-         .update(sent_at=sent_at, error=error, attempts=attempts))
-    dead = [o.result.push for o in outcomes if o.result.drop_token]
+                                 transport=transport)
+         .update(sent_at=sent_at, error=error[:40], attempts=attempts))
+    dead = [o.result.push for o in outcomes if o.result.drop_token and o.transport == Transport.FCM]
+    _drop_apns([o for o in outcomes if o.result.drop_token and o.transport == Transport.APNS])
     if dead:
         dropped = Device.all_objects.filter(reduce(or_, (Q(pk=p.device_id, fcm_token=p.token) for p in dead))).update(
             fcm_token="")
@@ -157,6 +165,17 @@ def _write(outcomes: list[Outcome]) -> None:
                      push.collapse_key)
         if dropped < len(dead):
             log.info("%d of %d dead fcm tokens had already changed", len(dead) - dropped, len(dead))
+
+
+def _drop_apns(outcomes: list[Outcome]) -> None:
+    """APNs said a token is dead (Unregistered, BadDeviceToken, DeviceTokenNotForTopic): clear
+    it, the PushKit token for a VoIP push, the alert token otherwise, unless it changed since."""
+    for outcome in outcomes:
+        push = outcome.result.push
+        token_field = "apns_voip_token" if push.voip else "apns_token"
+        dropped = Device.all_objects.filter(pk=push.device_id, **{token_field: push.token}).update(**{token_field: ""})
+        log.info("apns token dropped device=%s field=%s reason=%s call=%s dropped=%s", push.device_id, token_field,
+                 outcome.result.error, push.collapse_key, bool(dropped))
 
 
 RECORDER = PushRecorder()

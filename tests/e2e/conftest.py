@@ -12,6 +12,8 @@ point simulators.asgi, with the simulator at /simulator/, unless Twilio credenti
 
 - `fake_fcm` (session): simulators.fcm.FakeFCM in this process, with a
   service-account file (`fake_fcm.credentials_file`) whose token_uri is the fake.
+- `fake_apns` (session): simulators.apns.FakeAPNs in this process, with the .p8 key
+  it trusts (`fake_apns.settings()`: APNS_* for a server).
 - `ring_settings` (session): what a server needs to take calls end to end: the
   embedded simulator's REST base on the server's own port, a short simulated answer
   delay, a fast sweeper, and real firebase-admin pointed at `fake_fcm`.
@@ -25,6 +27,7 @@ import time
 
 import pytest
 
+from simulators.apns import FakeAPNs
 from simulators.fcm import FakeFCM
 from tests.e2e.support import Environment, Server, Servers, simulator_api_base
 
@@ -70,6 +73,18 @@ def servers(environment, request):
 def fake_fcm(tmp_path_factory):
     fake = FakeFCM().start()
     fake.credentials_file = fake.write_credentials(tmp_path_factory.mktemp("fcm") / "service-account.json")
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_apns(tmp_path_factory):
+    """simulators.apns.FakeAPNs (HTTP/2) in this process, with the .p8 key it trusts;
+    `fake_apns.settings()` are the APNS_* settings of a server that sends to it."""
+    fake = FakeAPNs().start()
+    fake.write_key(tmp_path_factory.mktemp("apns") / "AuthKey_FAKEKEY001.p8")
     try:
         yield fake
     finally:

@@ -31,12 +31,14 @@ import httpx
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from callpull import settings as product_settings
+
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "correct horse battery staple"
 
 # Variables of the product's configuration that a developer's shell might set;
 # servers under test get only what a test asks for.
-_CONFIG_VARIABLES = (
+_NAMED_VARIABLES = (
     "DATABASE_URL", "REDIS_URL", "ALLOWED_HOSTS", "WEBSOCKET_ALLOWED_ORIGINS", "ALLOW_SIGNUP",
     "SERVER_NUMBERS", "PUBLIC_BASE_URL", "FCM_CREDENTIALS_FILE", "FCM_ENDPOINT", "TWILIO_ACCOUNT_SID",
     "TWILIO_AUTH_TOKEN", "TWILIO_API_BASE", "PAIRING_CODE_TTL_SECONDS", "WS_TICKET_TTL_SECONDS",
@@ -49,6 +51,9 @@ _CONFIG_VARIABLES = (
     "RATE_LIMIT_LOGIN_ADDRESS", "RATE_LIMIT_TRANSFER_PIN", "RATE_LIMIT_DIAL_IN_PIN", "RATE_LIMIT_PIN_PER_ACCOUNT",
     "RATE_LIMIT_PAIRING_CODE", "RATE_LIMIT_NUMBER_VERIFICATION", "RATE_LIMIT_NUMBER_VERIFICATION_DAILY",
 )
+# ... and every name callpull.settings defines (APNS_*, VOICE_*, METRICS_TOKEN…), so a setting added
+# later cannot leak from a developer's shell into a server under test either.
+_CONFIG_VARIABLES = frozenset(_NAMED_VARIABLES) | {name for name in vars(product_settings) if name.isupper()}
 
 # The server number every e2e server hands out, and the origin it believes it is
 # published at (deliberately not its loopback address, so a same-origin browser

@@ -1,0 +1,369 @@
+"""A local APNs-compatible server for tests, the demo and the benchmarks, speaking
+Apple's provider API over HTTP/2 (h2c with prior knowledge: plain TCP, no TLS), built on
+the `h2` library directly on asyncio.
+
+`POST /3/device/{hex token}` with Apple's request headers. Like APNs it answers 200 with
+an `apns-id` header, or a status, `apns-id` and `{"reason": "…"}` (plus `timestamp` for
+410). It refuses, as Apple documents:
+
+- no `authorization: bearer …` (403 MissingProviderToken); a JWT not signed with the key
+  it generated, or of another key id or team (403 InvalidProviderToken); one issued
+  more than an hour ago (403 ExpiredProviderToken);
+- a method other than POST (405 MethodNotAllowed), another path (404 BadPath);
+- no or a wrong `apns-topic` (400 MissingTopic / 400 TopicDisallowed), a `voip` push
+  whose topic does not end in `.voip` or an `alert` push whose topic does (400
+  DeviceTokenNotForTopic), an unknown `apns-push-type` (400 InvalidPushType), a priority
+  other than 5, 10 or 1 (400 BadPriority), an `apns-expiration` that is not a number (400
+  BadExpirationDate), an `apns-collapse-id` over 64 bytes (400 BadCollapseId);
+- a token that is not hex (400 BadDeviceToken), an empty or non-JSON body (400
+  PayloadEmpty / BadMessageId…: 400 PayloadEmpty), a payload over 5120 bytes for VoIP or
+  4096 for others (413 PayloadTooLarge).
+
+Failures are scripted as rules (`fail(reason, token=…, times=…)`, `delay(ms, token=…)`),
+like simulators.fcm's: `Unregistered` (410), `BadDeviceToken`, `DeviceTokenNotForTopic`
+(400), `ExpiredProviderToken` (403), `TooManyRequests` (429), `InternalServerError`
+(500), `ServiceUnavailable` (503), and `timeout` (no answer until the client gives up).
+Every request is recorded (`requests()`, `accepted()`), headers and JWT included.
+
+Over HTTP/2 (`curl --http2-prior-knowledge`) when run as `python manage.py fakeapns`:
+GET /_fake/requests, DELETE /_fake (reset), POST /_fake/rules {"fail": "Unregistered",
+"token": "…", "times": 1} or {"delay_ms": 500}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import re
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+DEFAULT_TEAM = "CALLPULL01"
+DEFAULT_KEY_ID = "FAKEKEY001"
+DEFAULT_BUNDLE = "org.callpull.app"
+TOKEN_MAX_AGE_SECONDS = 3600
+HANG_SECONDS = 60.0
+VOIP_LIMIT, OTHER_LIMIT = 5120, 4096
+_PATH = re.compile(r"^/3/device/(?P<token>[^/]*)$")
+_HEX = re.compile(r"^[0-9a-fA-F]+$")
+PUSH_TYPES = {"alert", "background", "voip", "location", "complication", "fileprovider", "mdm",
+              "liveactivity", "pushtotalk", "widgets", "controls"}
+FAILURES = {"Unregistered": 410, "BadDeviceToken": 400, "DeviceTokenNotForTopic": 400,
+            "ExpiredProviderToken": 403, "TooManyRequests": 429, "InternalServerError": 500,
+            "ServiceUnavailable": 503, "timeout": 0}
+
+
+def write_key(path: str | Path) -> tuple[Path, ec.EllipticCurvePrivateKey]:
+    """A fresh P-256 key as a .p8 file (PKCS#8 PEM, as Apple's download is)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    path.chmod(0o600)
+    return path, key
+
+
+@dataclass
+class Rule:
+    fail: str | None = None
+    delay_ms: float = 0
+    token: str | None = None
+    times: int | None = None
+    id: int = 0
+
+    def __post_init__(self):
+        if self.fail is None and not self.delay_ms:
+            raise ValueError("A rule needs fail or delay_ms")
+        if self.fail is not None and self.fail not in FAILURES:
+            raise ValueError(f"Unknown failure {self.fail!r}; one of {', '.join(FAILURES)}")
+
+
+@dataclass(frozen=True)
+class Received:
+    token: str
+    headers: dict
+    payload: dict | None
+    status: int
+    reason: str | None
+    apns_id: str
+    received_at: float
+    jwt: str = field(default="", repr=False)
+
+    @property
+    def accepted(self) -> bool:
+        return self.status == 200
+
+
+class FakeAPNs:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, team_id: str = DEFAULT_TEAM,
+                 key_id: str = DEFAULT_KEY_ID, bundle_id: str = DEFAULT_BUNDLE, latency_ms: float = 0):
+        self.host, self.port = host, port
+        self.team_id, self.key_id, self.bundle_id = team_id, key_id, bundle_id
+        self.latency_ms = latency_ms
+        self.public_key = None
+        self.key_file: Path | None = None
+        self._lock = threading.Lock()
+        self._rules: list[Rule] = []
+        self._records: list[Received] = []
+        self._ids = itertools.count(1)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.base_events.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- set-up ---
+
+    def write_key(self, path: str | Path) -> Path:
+        self.key_file, key = write_key(path)
+        self.public_key = key.public_key()
+        return self.key_file
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def settings(self) -> dict:
+        """What a server needs to send to this fake (APNS_* settings)."""
+        return {"APNS_KEY_FILE": str(self.key_file), "APNS_KEY_ID": self.key_id, "APNS_TEAM_ID": self.team_id,
+                "APNS_BUNDLE_ID": self.bundle_id, "APNS_ENDPOINT": self.url}
+
+    def start(self, timeout: float = 10.0) -> FakeAPNs:
+        ready = threading.Event()
+
+        def run():
+            self._loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self._loop)
+            self._server = self._loop.run_until_complete(
+                asyncio.start_server(self._serve, self.host, self.port))
+            self.port = self._server.sockets[0].getsockname()[1]
+            ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name="fake-apns", daemon=True)
+        self._thread.start()
+        if not ready.wait(timeout):
+            raise RuntimeError("fake APNs did not start")
+        return self
+
+    def serve_forever(self) -> None:
+        if self._thread is None:
+            self.start()
+        self._thread.join()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self._loop is None:
+            return
+        self._loop.call_soon_threadsafe(self._server.close)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout)
+
+    def __enter__(self) -> FakeAPNs:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # --- control ---
+
+    def fail(self, reason: str, *, token: str | None = None, times: int | None = None) -> Rule:
+        return self.add_rule(Rule(fail=reason, token=token, times=times))
+
+    def delay(self, ms: float, *, token: str | None = None, times: int | None = None) -> Rule:
+        return self.add_rule(Rule(delay_ms=ms, token=token, times=times))
+
+    def add_rule(self, rule: Rule) -> Rule:
+        with self._lock:
+            rule.id = next(self._ids)
+            self._rules.append(rule)
+        return rule
+
+    def reset(self) -> None:
+        with self._lock:
+            self._rules.clear()
+            self._records.clear()
+        self.latency_ms = 0
+
+    def requests(self, token: str | None = None) -> list[Received]:
+        with self._lock:
+            return [r for r in self._records if token is None or r.token == token]
+
+    def accepted(self, token: str | None = None) -> list[Received]:
+        return [r for r in self.requests(token) if r.accepted]
+
+    def _pick(self, token: str) -> tuple[Rule | None, float]:
+        fail, delay = None, self.latency_ms
+        with self._lock:
+            for rule in list(self._rules):
+                if rule.token not in (None, token):
+                    continue
+                if rule.fail is not None and fail is not None:
+                    continue
+                if rule.fail is not None:
+                    fail = rule
+                else:
+                    delay += rule.delay_ms
+                if rule.times is not None:
+                    rule.times -= 1
+                    if rule.times <= 0:
+                        self._rules.remove(rule)
+        return fail, delay
+
+    # --- the protocol ---
+
+    def _check_jwt(self, authorization: str) -> tuple[str | None, str]:
+        if not authorization.lower().startswith("bearer "):
+            return "MissingProviderToken", ""
+        token = authorization[7:].strip()
+        try:
+            header = jwt.get_unverified_header(token)
+            claims = jwt.decode(token, self.public_key, algorithms=["ES256"],
+                                options={"verify_iat": False, "require": ["iss", "iat"]})
+        except jwt.PyJWTError:
+            return "InvalidProviderToken", token
+        if header.get("kid") != self.key_id or claims.get("iss") != self.team_id:
+            return "InvalidProviderToken", token
+        if not isinstance(claims["iat"], int) or time.time() - claims["iat"] > TOKEN_MAX_AGE_SECONDS:
+            return "ExpiredProviderToken", token
+        return None, token
+
+    def _judge(self, method: str, path: str, headers: dict, body: bytes) -> tuple[str, int, str | None, dict | None,
+                                                                                  str]:
+        """(token, status, reason, payload, jwt) of one request, before scripted rules."""
+        match = _PATH.match(path)
+        token = match["token"] if match else ""
+        if match is None:
+            return token, 404, "BadPath", None, ""
+        if method != "POST":
+            return token, 405, "MethodNotAllowed", None, ""
+        problem, bearer = self._check_jwt(headers.get("authorization", ""))
+        if problem:
+            return token, 403, problem, None, bearer
+        push_type = headers.get("apns-push-type", "alert")
+        topic = headers.get("apns-topic")
+        if push_type not in PUSH_TYPES:
+            return token, 400, "InvalidPushType", None, bearer
+        if not topic:
+            return token, 400, "MissingTopic", None, bearer
+        if topic not in (self.bundle_id, self.bundle_id + ".voip"):
+            return token, 400, "TopicDisallowed", None, bearer
+        if (push_type == "voip") != topic.endswith(".voip"):
+            return token, 400, "DeviceTokenNotForTopic", None, bearer
+        if headers.get("apns-priority", "10") not in ("10", "5", "1"):
+            return token, 400, "BadPriority", None, bearer
+        if not headers.get("apns-expiration", "0").isdigit():
+            return token, 400, "BadExpirationDate", None, bearer
+        if len(headers.get("apns-collapse-id", "").encode()) > 64:
+            return token, 400, "BadCollapseId", None, bearer
+        if not token or not _HEX.match(token) or len(token) < 64:
+            return token, 400, "BadDeviceToken", None, bearer
+        if len(body) > (VOIP_LIMIT if push_type == "voip" else OTHER_LIMIT):
+            return token, 413, "PayloadTooLarge", None, bearer
+        try:
+            payload = json.loads(body) if body else None
+        except ValueError:
+            payload = None
+        if not isinstance(payload, dict):
+            return token, 400, "PayloadEmpty", None, bearer
+        return token, 200, None, payload, bearer
+
+    async def _answer(self, method: str, path: str, headers: dict, body: bytes) -> tuple[int, dict, bytes]:
+        if path.startswith("/_fake"):
+            return self._control(method, path, body)
+        apns_id = headers.get("apns-id") or str(uuid.uuid4()).upper()
+        token, status, reason, payload, bearer = self._judge(method, path, headers, body)
+        rule, delay = self._pick(token) if status == 200 else (None, self.latency_ms)
+        if delay:
+            await asyncio.sleep(delay / 1000)
+        if rule is not None:
+            if rule.fail == "timeout":
+                await asyncio.sleep(HANG_SECONDS)
+                status, reason = 503, "ServiceUnavailable"
+            else:
+                status, reason = FAILURES[rule.fail], rule.fail
+        record = Received(token=token, headers=dict(headers), payload=payload, status=status, reason=reason,
+                          apns_id=apns_id, received_at=time.time(), jwt=bearer)
+        with self._lock:
+            self._records.append(record)
+        if status == 200:
+            return 200, {"apns-id": apns_id}, b""
+        answer = {"reason": reason}
+        if status == 410:
+            answer["timestamp"] = int(time.time() * 1000)
+        return status, {"apns-id": apns_id, "content-type": "application/json"}, json.dumps(answer).encode()
+
+    def _control(self, method: str, path: str, body: bytes) -> tuple[int, dict, bytes]:
+        ok = {"content-type": "application/json"}
+        if method == "GET" and path == "/_fake/requests":
+            return 200, ok, json.dumps([{**asdict(r), "jwt": ""} for r in self.requests()]).encode()
+        if method == "DELETE" and path == "/_fake":
+            self.reset()
+            return 204, {}, b""
+        if method == "POST" and path == "/_fake/rules":
+            try:
+                rule = self.add_rule(Rule(**json.loads(body)))
+            except (ValueError, TypeError) as error:
+                return 400, ok, json.dumps({"error": str(error)}).encode()
+            return 201, ok, json.dumps(asdict(rule)).encode()
+        return 404, ok, b'{"error": "unknown control path"}'
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
+        conn.initiate_connection()
+        writer.write(conn.data_to_send())
+        streams: dict[int, tuple[dict, bytearray]] = {}
+        tasks: set[asyncio.Task] = set()
+        lock = asyncio.Lock()
+
+        async def respond(stream_id: int, headers: dict, body: bytes) -> None:
+            status, extra, content = await self._answer(headers.get(":method", ""), headers.get(":path", ""),
+                                                        headers, body)
+            async with lock:
+                try:
+                    conn.send_headers(stream_id, [(":status", str(status)), *extra.items(),
+                                                  ("content-length", str(len(content)))],
+                                      end_stream=not content)
+                    if content:
+                        conn.send_data(stream_id, content, end_stream=True)
+                    writer.write(conn.data_to_send())
+                except Exception:  # noqa: BLE001 - the client reset the stream or went away
+                    pass
+
+        try:
+            while data := await reader.read(65536):
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.RequestReceived):
+                        streams[event.stream_id] = ({k: v for k, v in event.headers}, bytearray())
+                    elif isinstance(event, h2.events.DataReceived):
+                        streams[event.stream_id][1].extend(event.data)
+                        conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                    elif isinstance(event, h2.events.StreamEnded):  # the request is complete
+                        if event.stream_id in streams:
+                            headers, body = streams.pop(event.stream_id)
+                            task = asyncio.create_task(respond(event.stream_id, headers, bytes(body)))
+                            tasks.add(task)
+                            task.add_done_callback(tasks.discard)
+                    elif isinstance(event, h2.events.StreamReset):
+                        streams.pop(event.stream_id, None)
+                    elif isinstance(event, h2.events.ConnectionTerminated):
+                        return
+                async with lock:
+                    writer.write(conn.data_to_send())
+                await writer.drain()
+        except (ConnectionError, h2.exceptions.ProtocolError):
+            pass
+        finally:
+            for task in tasks:
+                task.cancel()
+            writer.close()
