@@ -21,8 +21,12 @@ PostgreSQL cut), and a restart of the private redis-server when one is used.
 At the end it counts: calls placed and calls terminal (must be equal); for each
 online device, rings expected and rings acked (the server's `notification_delivered`
 on the call's timeline); tokens FCM reported unregistered still on their devices
-(must be 0); 5xx answers other than 503 (must be 0) and 503s. It prints progress
-while it runs and writes JSON and markdown.
+(must be 0); 5xx answers other than 503 (must be 0) and 503s. Then it scrapes the
+server's `/metrics` and checks the counts add up to its own (`_metrics_check`): rings
+counted = calls the server holds, sockets open = the apps' sockets, FCM pushes accepted
+= the fake's accepted messages (give or take pushes the fake took after the client gave up on
+them), first receipts = calls rejected on a receipt. It prints progress while it runs and
+writes JSON and markdown.
 
 A "ring expected" is a (call, WebSocket secondary) pair whose socket was open from
 before the ring report until two seconds after its answer, with no fault that drops
@@ -48,6 +52,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from simulators.fcm import FakeFCM
 from tests.e2e.support import (
@@ -82,6 +87,7 @@ SETTINGS = {
     "FCM_HTTP_TIMEOUT_SECONDS": 2,
     "FCM_RETRY_BUDGET_SECONDS": 3,
     "LOG_LEVEL": "INFO",
+    "METRICS_TOKEN": "soak-metrics-token-" + "0" * 16,
 }
 FAULT_KINDS = ("fcm_errors", "fcm_timeouts", "fcm_latency", "socket_drop", "database", "redis_restart")
 SCENARIOS = (("tablet_answers", 45), ("caller_gives_up", 20), ("declined", 10), ("handset_answers", 10),
@@ -604,14 +610,98 @@ def _summarize(http: Http, people: list[User], records: list[CallRecord], faults
                    "log": [{"t": round(f.at - t0, 1), "kind": f.kind, "detail": f.detail} for f in faults.log]},
         "reconnects": sum(max(0, len(app.connections) - 1) for u in people for app in u.apps.values()),
     }
+    summary["metrics"] = _metrics_check(http, people, reported, calls, fcm_requests,
+                                        database_faults=bool(database_faults))
     summary["checks"] = {
         "every_call_terminal": terminal == len(reported) and len(reported) > 0,
         "every_expected_ring_acked": received == expected and acked + acks_lost == expected,
         "no_unregistered_token_remains": not dead_remaining,
         "no_5xx_but_503": other_5xx == 0,
+        "metrics_add_up": summary["metrics"]["add_up"],
     }
     summary["ok"] = all(summary["checks"].values())
     return summary
+
+
+def scrape_metrics(http: Http) -> dict:
+    """The server's /metrics: (name, sorted labels) -> value."""
+    response = call(http.server, "GET", "/metrics",
+                    headers={"Authorization": f"Bearer {SETTINGS['METRICS_TOKEN']}"})
+    response.raise_for_status()
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def _metrics_check(http: Http, people: list[User], reported: list[CallRecord], calls: dict, fcm_requests: list, *,
+                   database_faults: bool) -> dict:
+    """/metrics scraped at the end, against the soak's own totals (both printed).
+
+    - rings: `callpull_rings_total` = the calls the server holds for the soak's users (every
+      report that created one, including those whose answer a fault cut off);
+    - sockets: `callpull_websockets_open` = the apps' sockets open now (every fault is over);
+    - FCM: `callpull_pushes_total{transport="fcm",outcome="accepted"}` is at most the pushes the
+      fake accepted (one per token and event), and at least that less the pushes that ended in
+      a retryable error (the fake took one after the client stopped waiting for it); each
+      token the fake reported unregistered is counted once as `unregistered` per push to it;
+    - first receipts: `callpull_ring_first_receipt_seconds_count` = the calls whose timeline
+      shows a reject on a receipt (in the report's answer, or `delivered` later); with
+      database faults, at least that (a reject whose timeline line the fault cut off)."""
+    samples = scrape_metrics(http)
+
+    def metric(name: str, **labels) -> float:
+        return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    held = {r.id for r in reported}
+    for user in people:  # the calls the server holds, reported or not (newest 200 per user)
+        response = http.request("GET", "/api/v1/calls?limit=200", token=user.handset.token, patience=5)
+        if response is not None and response.status_code == 200:
+            held |= {c["id"] for c in response.json()}
+    sockets = sum(1 for user in people for app in user.apps.values() if app.connected)
+    accepted, unregistered = set(), set()
+    for r in fcm_requests:
+        if r.validate_only:
+            continue
+        key = (r.token, (r.message.get("data") or {}).get("id"))
+        if r.accepted:
+            accepted.add(key)
+        elif r.error == "unregistered":
+            unregistered.add(key)
+    pushes = {}  # outcome -> FCM pushes
+    for (name, labels), value in samples.items():
+        if name == "callpull_pushes_total" and dict(labels).get("transport") == "fcm":
+            pushes[dict(labels)["outcome"]] = value
+    retryable = sum(v for outcome, v in pushes.items() if outcome in ("unavailable", "internal", "timeout",
+                                                                       "quota_exceeded", "unknown"))
+    on_receipt = 0
+    for record in reported:
+        timeline = (calls.get(record.id) or {}).get("timeline") or []
+        if any(e["event"] == "reject_instructed" and ((e.get("detail") or {}).get("transport") == "http"
+                                                      or (e.get("detail") or {}).get("reason") == "delivered")
+               for e in timeline):
+            on_receipt += 1
+    scraped = {"rings": metric("callpull_rings_total"), "websockets_open": metric("callpull_websockets_open"),
+               "fcm_pushes": pushes, "first_receipts": metric("callpull_ring_first_receipt_seconds_count"),
+               "first_receipt_seconds_sum": round(metric("callpull_ring_first_receipt_seconds_sum"), 3),
+               "webhooks": sum(v for (name, _), v in samples.items() if name == "callpull_webhook_seconds_count"),
+               "provider_errors": sum(v for (name, _), v in samples.items()
+                                      if name == "callpull_provider_errors_total")}
+    soak = {"calls_held": len(held), "sockets_open": sockets, "fcm_accepted": len(accepted),
+            "fcm_unregistered": len(unregistered), "rejects_on_receipt": on_receipt}
+    got_accepted = pushes.get("accepted", 0)
+    checks = {
+        "rings": scraped["rings"] == soak["calls_held"],
+        "websockets_open": scraped["websockets_open"] == sockets,
+        "fcm_accepted": got_accepted <= len(accepted) <= got_accepted + retryable,
+        "fcm_unregistered": pushes.get("unregistered", 0) == len(unregistered),
+        "first_receipts": (scraped["first_receipts"] >= on_receipt if database_faults
+                           else scraped["first_receipts"] == on_receipt),
+    }
+    log(f"/metrics: {json.dumps(scraped)}")
+    log(f"soak's own totals: {json.dumps(soak)}; add up: {json.dumps(checks)}")
+    return {"scraped": scraped, "soak": soak, "checks": checks, "add_up": all(checks.values())}
 
 
 def _arrival(app: Companion, call_id: str) -> float | None:
@@ -703,6 +793,7 @@ def markdown(summary: dict) -> str:
         f"| HTTP 503 | {http['503']} |",
         f"| faults injected | {faults['count']} |",
         "",
+        *_metrics_lines(summary.get("metrics")),
         f"Final states: {_pairs(calls['states'])}. End reasons: {_pairs(calls['end_reasons'])}.",
         f"Instructions: {_pairs(calls['instructions'])}. Scenarios: {_pairs(calls['scenarios'])}.",
         f"Faults: {_pairs(faults['by_kind'])}. FCM errors seen by the fake: {_pairs(fcm['errors'])}.",
@@ -729,6 +820,32 @@ def markdown(summary: dict) -> str:
     lines += ["", "Fault log (seconds from start):", "",
               *(f"- {f['t']} s {f['kind']}: {f['detail']}" for f in faults["log"])]
     return "\n".join(lines) + "\n"
+
+
+def _metrics_lines(metrics: dict | None) -> list[str]:
+    if not metrics:
+        return []
+    scraped, soak, checks = metrics["scraped"], metrics["soak"], metrics["checks"]
+    mark = {True: "yes", False: "**NO**"}
+    return [
+        "`/metrics` at the end against the soak's own totals:",
+        "",
+        "| count | /metrics | soak | adds up |",
+        "| --- | --- | --- | --- |",
+        f"| rings (calls the server holds) | {scraped['rings']:g} | {soak['calls_held']} | {mark[checks['rings']]} |",
+        f"| WebSockets open | {scraped['websockets_open']:g} | {soak['sockets_open']} | "
+        f"{mark[checks['websockets_open']]} |",
+        f"| FCM pushes accepted | {scraped['fcm_pushes'].get('accepted', 0):g} | {soak['fcm_accepted']} | "
+        f"{mark[checks['fcm_accepted']]} |",
+        f"| FCM pushes unregistered | {scraped['fcm_pushes'].get('unregistered', 0):g} | {soak['fcm_unregistered']} | "
+        f"{mark[checks['fcm_unregistered']]} |",
+        f"| first receipts (rejects on a receipt) | {scraped['first_receipts']:g} | {soak['rejects_on_receipt']} | "
+        f"{mark[checks['first_receipts']]} |",
+        "",
+        f"FCM push outcomes: {_pairs({k: f'{v:g}' for k, v in scraped['fcm_pushes'].items()})}; webhooks "
+        f"{scraped['webhooks']:g}; provider errors {scraped['provider_errors']:g}.",
+        "",
+    ]
 
 
 def _pairs(counter: dict) -> str:

@@ -25,6 +25,7 @@ from django.utils import timezone
 from callpull.models import Call, CallLeg
 from callpull.statemachine import Step, record
 from callpull.telephony import provider
+from notifications import metrics
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ def provider_request(action: str, request, *, budget: float, call_id=None, call_
         log.info("provider %s moot, the provider says it is over (call=%s sid=%s): %s",
                  action, call_id, call_sid, error)
         return
+    metrics.provider_error(action)
     delay = settings.PROVIDER_RETRY_BACKOFF_SECONDS * 2 ** (tries - 1)
     if error.transient and tries < RETRY_ATTEMPTS and elapsed + delay <= budget:
         log.warning("provider %s failed (try %d), trying again in %.1f s (call=%s sid=%s): %s",

@@ -32,7 +32,7 @@ from callpull.verification import require_verified_target
 from devices.errors import ServiceError, not_found, one_or_not_found
 from devices.models import Device, DeviceKind
 from devices.phone import to_e164
-from notifications import fcm
+from notifications import apns, fcm, metrics
 from notifications.fanout import Outgoing, any_receipt, fanout_prepare, fanout_send, with_sockets
 from notifications.models import Delivery
 
@@ -129,6 +129,7 @@ def call_report(*, device: Device, report_id, line: str, caller: str | None, cal
         if existing is None:
             raise
         return Report(existing, _finish_report(existing), False)
+    metrics.ring_created()
 
     instruction = decided or _ring_send(call, outgoing)
     stored_at = timezone.now()
@@ -156,7 +157,8 @@ def _ring_prepare(call: Call, *, now: datetime) -> tuple[Instruction | None, Out
         # No way to bring the call to another device: leave it to the handset.
         return Instruction(KEEP_RINGING, "forwarding_not_active"), None
     targets, online = with_sockets(ring_targets_query(call), now)
-    pushable = fcm.enabled() and any(d.fcm_token for d in targets)
+    pushable = ((fcm.enabled() and any(d.fcm_token for d in targets))
+                or (apns.enabled() and any(d.apns_voip_token for d in targets)))
     if not online and not pushable:
         return Instruction(KEEP_RINGING, "no_reachable_device"), None
     # `immediate`: the first receipt decides. An ack within RING_ACK_WAIT_SECONDS goes
@@ -173,7 +175,7 @@ def _ring_send(call: Call, outgoing: Outgoing) -> Instruction:
     if wait and outgoing.result.websocket:
         _connection_back_to_pool()
     result = fanout_send(outgoing, wait_ack=wait)
-    if not result.websocket and not result.fcm:
+    if not result.websocket and not result.fcm and not result.apns:
         return Instruction(KEEP_RINGING, "no_reachable_device")
     if not immediate:
         return Instruction(KEEP_RINGING, "policy_on_answer")
@@ -236,6 +238,7 @@ def _store_instruction(call: Call, instruction: Instruction, *, now: datetime,
             call.refresh_from_db()
             return instruction_of(call), None
         call.reject_sent_at = now
+        metrics.first_receipt((now - call.created_at).total_seconds())  # a reject in the answer follows a receipt
         step = Step("reject_instructed", call.reported_by_id, {"transport": transport})
         record(call, now=now, step=step)
         return instruction, step
@@ -280,6 +283,7 @@ def _reject_if_awaiting(*call_ids) -> None:
                  .filter(pk__in=call_ids, state=CallState.RINGING, keep_ringing_reason=AWAITING_DELIVERY,
                          reject_sent_at__isnull=True)):
         if _send_reject(call, now=now, reason="delivered"):
+            metrics.first_receipt((now - call.created_at).total_seconds())
             log.info("reject sent after delivery call=%s", call.pk)
 
 

@@ -121,6 +121,13 @@ if VOICE_TOKEN_TTL_SECONDS > 86400:
     raise ImproperlyConfigured(f"VOICE_TOKEN_TTL_SECONDS={VOICE_TOKEN_TTL_SECONDS} is over 86400 (24 hours), "
                                "the longest an access token may live")
 
+# /metrics (callpull.metrics): Prometheus' text format, readable only with
+# `Authorization: Bearer <METRICS_TOKEN>`. Unset, the endpoint is off (404). Call volumes are
+# business data: a long random token, sent only over TLS.
+METRICS_TOKEN = env_str("METRICS_TOKEN")
+if METRICS_TOKEN is not None and len(METRICS_TOKEN) < 16:
+    raise ImproperlyConfigured("METRICS_TOKEN must be at least 16 characters")
+
 FCM_CREDENTIALS_FILE = env_file("FCM_CREDENTIALS_FILE")
 FCM_ENDPOINT = env_url("FCM_ENDPOINT", "https://fcm.googleapis.com", schemes=("http", "https"))
 # One FCM HTTP request may take this long; a push is retried (quota, 5xx, timeouts) only
@@ -128,6 +135,20 @@ FCM_ENDPOINT = env_url("FCM_ENDPOINT", "https://fcm.googleapis.com", schemes=("h
 # arrives after the ring is worthless.
 FCM_HTTP_TIMEOUT_SECONDS = env_float("FCM_HTTP_TIMEOUT_SECONDS", 3.0, minimum=0.1)
 FCM_RETRY_BUDGET_SECONDS = env_float("FCM_RETRY_BUDGET_SECONDS", 4.0, minimum=0.0)
+
+# APNs (notifications.apns): token-based authentication with the .p8 signing key of the
+# Apple developer account. All five or none: APNs is off without them.
+APNS_KEY_FILE = env_file("APNS_KEY_FILE")
+APNS_KEY_ID = env_str("APNS_KEY_ID")
+APNS_TEAM_ID = env_str("APNS_TEAM_ID")
+APNS_BUNDLE_ID = env_str("APNS_BUNDLE_ID")
+APNS_ENDPOINT = env_url("APNS_ENDPOINT", None, schemes=("http", "https"))
+_apns = {"APNS_KEY_FILE": APNS_KEY_FILE, "APNS_KEY_ID": APNS_KEY_ID, "APNS_TEAM_ID": APNS_TEAM_ID,
+         "APNS_BUNDLE_ID": APNS_BUNDLE_ID, "APNS_ENDPOINT": APNS_ENDPOINT}
+if any(_apns.values()) and not all(_apns.values()):
+    raise ImproperlyConfigured("Set all of " + ", ".join(_apns) + " or none; missing: "
+                               + ", ".join(name for name, value in _apns.items() if not value))
+APNS_HTTP_TIMEOUT_SECONDS = env_float("APNS_HTTP_TIMEOUT_SECONDS", 3.0, minimum=0.1)
 
 REDIS_URL = env_url("REDIS_URL", None, schemes=("redis", "rediss", "unix"))
 

@@ -5,6 +5,7 @@ from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from callpull.api.errors import envelope
+from callpull.metrics import metrics
 from callpull.web import companion
 
 handler400 = "callpull.api.errors.handler400"
@@ -36,4 +37,5 @@ urlpatterns = [
     path("api/v1/", include("callpull.api.urls")),
     path("api/<path:rest>", api_not_found),
     path("telephony/twilio/", include("callpull.telephony.urls")),
+    path("metrics", metrics, name="metrics"),
 ]

@@ -27,7 +27,7 @@ from django.utils import timezone
 
 from devices import services as device_services
 from devices.auth import bearer_token, device_for_token
-from notifications import fanout, presence
+from notifications import fanout, metrics, presence
 from notifications.events import CLOSE_MESSAGE, FRAME_MESSAGE, device_group, frame, user_group
 from notifications.signals import device_connected
 
@@ -303,6 +303,7 @@ class DeviceConsumer:
         for group in self._groups():
             await self.channel_layer.group_add(group, self.channel_name)
         presence.LIVE.add(self.channel_name)  # before its row exists: a heartbeat in between keeps it
+        metrics.websocket_opened()
         came_online = await database_sync_to_async(_open)(device, self.channel_name)
         _, hello = frame("hello", device={"id": str(device.pk), "name": device.name, "kind": device.kind},
                          heartbeat=settings.PRESENCE_HEARTBEAT_SECONDS)
@@ -334,6 +335,8 @@ class DeviceConsumer:
         log.info("websocket closed device=%s code=%s", self.device_id, code)
 
     async def _forget(self):
+        if self.channel_name in presence.LIVE:
+            metrics.websocket_closed()
         presence.LIVE.discard(self.channel_name)
         await fanout.ACKS.flush()  # this socket's last acks, recorded before it is gone
         try:

@@ -15,6 +15,7 @@ path and query it was sent to; otherwise 403. Two kinds, decided per endpoint:
 """
 
 import logging
+import time
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
@@ -27,6 +28,7 @@ from django.views.decorators.http import require_POST
 
 from callpull.api.errors import unavailable
 from callpull.telephony import provider, services
+from notifications import metrics
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,13 @@ def _endpoint(handler, *, reports_state: bool):
     @csrf_exempt
     @require_POST
     def view(request):
+        started = time.perf_counter()
+        try:
+            return respond(request)
+        finally:
+            metrics.webhook_seconds(handler.__name__, time.perf_counter() - started)
+
+    def respond(request):
         try:
             params = {key: request.POST.get(key) for key in request.POST}
         except (SuspiciousOperation, MultiPartParserError) as exc:

@@ -33,7 +33,7 @@ DOC = ROOT / "docs" / "CONTRACT.md"
 PRODUCT = ("callpull", "notifications", "devices")
 # Dev tools that play a client (simulate_call, listen): what they read is not what the product sends.
 NOT_PRODUCT = {"migrations", "management"}
-PREFIXES = ("/api/v1/", "/telephony/twilio/")
+PREFIXES = ("/api/v1/", "/telephony/twilio/", "/metrics")
 METHODS = ("get", "post", "put", "patch", "delete")
 
 SENDERS = {"notify", "fanout", "fanout_prepare", "call_event", "announce_pull", "frame"}

@@ -134,6 +134,8 @@ MATRIX = {
     ("POST", "telephony/twilio/fallback"): _r("none", "/telephony/twilio/fallback", {}, *UNSIGNED),
     ("POST", "telephony/twilio/dial-status"): _r("none", "/telephony/twilio/dial-status", {}, *UNSIGNED),
     ("POST", "telephony/twilio/status"): _r("none", "/telephony/twilio/status", {}, *UNSIGNED),
+    # Metrics take METRICS_TOKEN (set in the test), never a device token.
+    ("GET", "metrics"): _r("none", "/metrics", None, 401, 401, 401, 401, 401, 401),
 }
 
 # The same endpoints with the bodies their finer rules are about (issue 12): sensitive changes
@@ -352,6 +354,7 @@ def _sync_doc(table: str):
 @pytest.mark.django_db
 def test_authorization_matrix(fake_provider, settings):
     settings.ALLOW_SIGNUP = True
+    settings.METRICS_TOKEN = "metrics-" + "m" * 24
     scenario = Scenario(fake_provider)
     results, problems = {}, []
     for key, row in [*MATRIX.items(), *RULES.items()]:
