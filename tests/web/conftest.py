@@ -27,6 +27,7 @@ import struct
 import wave
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.e2e.conftest import (  # noqa: F401  (fixtures and hooks, re-registered for tests/web)
     _fresh_cache,
@@ -40,6 +41,11 @@ from tests.e2e.support import Servers
 from tests.web.support import SCREENSHOTS, CompanionPage
 
 CHROMIUM = os.environ.get("CALLPULL_CHROMIUM", "/usr/bin/chromium")
+
+# How long an expectation waits for the page (Playwright's default is 5 s). Answering or moving a
+# call here first sets up the tab's audio with the simulator (WebRTC offer and answer): over 5 s was
+# seen under CI's second pass, with PostgreSQL, Redis and the server on the same two cores.
+expect.set_options(timeout=10_000)
 
 # Chromium as the machine notes prescribe: no sandbox (root), nothing that phones home.
 # Audio may start without a click, so the ring can be observed in a headless run.
