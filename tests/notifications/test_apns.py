@@ -263,6 +263,8 @@ def test_an_unregistered_voip_token_is_dropped_and_recorded(fake_apns, ipad):
     call_id, _ = _fan("call.ringing", ipad, fake_apns)
 
     wait_until(lambda: Delivery.objects.filter(ref=call_id, error="Unregistered").exists())
+    # The dead token is cleared right after the outcome is written (push_results), not with it.
+    wait_until(lambda: type(ipad).all_objects.filter(pk=ipad.pk, apns_voip_token="").exists())
     ipad.refresh_from_db()
     assert ipad.apns_voip_token == "" and ipad.apns_token == ALERT
 

@@ -103,9 +103,9 @@ def test_the_tab_answers_a_simulated_call_moves_it_and_hangs_up(open_page, web_s
 
     card, call_id = ringing_card(companion, process)
     card.get_by_role("button", name="Answer").click()
-    # The tab first sets up its audio with the simulator (WebRTC offer and answer), then answers:
-    # seconds on a loaded machine (CI's second pass runs PostgreSQL and Redis beside it).
-    expect(card).to_contain_text("Answered here", timeout=15000)
+    # "Answered here — connecting…" lasts only until the forwarded call connects (simulate_call's
+    # handset rejects at once: a few hundred ms), shorter than the page's polling may see: the
+    # outcome is checked instead (tests/web/test_calls.py checks the connecting card on its own).
     live = companion.live(call_id)
     history = page.locator(f'.history-item[data-call-id="{call_id}"]')
 
