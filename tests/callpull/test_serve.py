@@ -46,6 +46,23 @@ def test_serve_passes_deflate_pings_and_uvicorns_own_protocols(uvicorn_run):
     assert (options["ws_ping_interval"], options["ws_ping_timeout"]) == (5.0, None)
 
 
+def test_serve_empties_the_metrics_directory_of_an_earlier_run(uvicorn_run, tmp_path, monkeypatch):
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    (directory / "counter_123.db").write_bytes(b"old counts")
+    (directory / "keep.txt").write_text("not prometheus_client's")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(directory))
+    call_command("serve")
+    assert uvicorn_run, "the server still starts"
+    assert sorted(p.name for p in directory.iterdir()) == ["keep.txt"]
+
+
+def test_serve_creates_a_missing_metrics_directory(uvicorn_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "new"))
+    call_command("serve")
+    assert (tmp_path / "new").is_dir()
+
+
 # The protocol's inbox and flag behave as asyncio.Queue and asyncio.Event ----------
 
 def test_inbox_hands_items_out_in_order_to_a_waiting_getter():

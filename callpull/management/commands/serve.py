@@ -22,7 +22,9 @@ fallback that needs nothing of uvicorn's but its documented options.
 import argparse
 import asyncio
 import logging
+import os
 import socket
+from pathlib import Path
 
 import uvicorn
 from django.conf import settings
@@ -139,6 +141,23 @@ def _seconds_or_off(value: str) -> float | None:
     return seconds or None
 
 
+def _empty_metrics_directory() -> int:
+    """Empty PROMETHEUS_MULTIPROC_DIR (create it if missing) before the workers start:
+    prometheus_client's multiprocess mode adds up every `*.db` file there, and a previous
+    run's files would be counted again (its documentation: the directory must be wiped
+    between runs). Only its `*.db` files go. Returns how many were removed."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path:
+        return 0
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    removed = 0
+    for stale in directory.glob("*.db"):
+        stale.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
 def _bind_error(host: str, port: int) -> OSError | None:
     """Why the server could not listen on host:port (a port in use, an address not ours), or
     None: checked before start-up, so a busy port is one line, not a start-up summary and a
@@ -193,6 +212,10 @@ class Command(BaseCommand):
         if taken is not None:
             raise CommandError(f"Cannot listen on {host}:{port}: {taken.strerror}. Stop what holds it, or choose "
                                f"another port with the PORT variable (make run PORT={port + 1}).")
+        removed = _empty_metrics_directory()
+        if removed:
+            logging.getLogger("callpull").info("PROMETHEUS_MULTIPROC_DIR: %d file(s) of an earlier run removed",
+                                               removed)
         # proxy_headers=False: uvicorn would otherwise take X-Forwarded-For (and -Proto) from any
         # client on loopback as the client's address. The app reads X-Forwarded-For itself, and
         # only from TRUSTED_PROXIES (devices.api.client_ip).
