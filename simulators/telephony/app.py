@@ -77,10 +77,15 @@ SURFACE = [
     ("GET /simulator/media/{sid}", "a call's audio: what the caller heard (frames, levels, max_gap_ms) and its peers"),
     ("DELETE /simulator/state", "forget every call, device and forwarding"),
     ("GET /simulator/rest-log", "the Twilio REST requests received, oldest first: {method, path, query, status}"),
-    ("POST /simulator/carrier/mmi", "{line, code}: dial **67*<number>#, *#67#, ##67#, *67#, #67#"),
-    ("GET /simulator/carrier/lines/{line}", "the line's forwarding on busy"),
+    ("POST /simulator/carrier/mmi", "{line, code}: call forwarding codes 21, 67, 61, 62, 004, 002: **SC*<number>#, "
+                                    "**61*<number>**<T>#, *SC#, #SC#, *#SC#, ##SC#"),
+    ("GET /simulator/carrier/lines/{line}", "the line's forwarding (busy at the top, every kind under forwarding), "
+                                            "handset power, simultaneous ring"),
+    ("PATCH /simulator/carrier/lines/{line}", "{handset?: on|off, simultaneous_ring?: E.164 or null}"),
+    ("POST /simulator/carrier/lines/{line}/handset", "{state: on|off}: the handset is switched on or off"),
     ("GET /simulator/carrier/calls", "every call to a handset"),
-    ("POST /simulator/carrier/calls", "{line, caller, caller_name?}: the handset rings"),
+    ("POST /simulator/carrier/calls", "{line, caller, caller_name?}: forwarded at once, not reachable, or the "
+                                      "handset rings (and simultaneous ring, the no-reply timer start)"),
     ("GET /simulator/carrier/calls/{id}", "one call to a handset"),
     ("POST /simulator/carrier/calls/{id}/reject", "the handset rejects: forwarded on busy, or busy"),
     ("POST /simulator/carrier/calls/{id}/answer", "answered on the handset"),
@@ -177,7 +182,8 @@ class SimulatorApp:
             (r"/state", {"DELETE": self.state_reset}),
             (r"/rest-log", {"GET": self.rest_log_list}),
             (r"/carrier/mmi", {"POST": self.carrier_mmi}),
-            (r"/carrier/lines/(?P<line>[^/]+)", {"GET": self.carrier_line}),
+            (r"/carrier/lines/(?P<line>[^/]+)", {"GET": self.carrier_line, "PATCH": self.carrier_line_update}),
+            (r"/carrier/lines/(?P<line>[^/]+)/handset", {"POST": self.carrier_handset}),
             (r"/carrier/calls", {"GET": self.carrier_calls, "POST": self.carrier_call_create}),
             (r"/carrier/calls/(?P<id>[^/]+)", {"GET": self.carrier_call_detail}),
             (r"/carrier/calls/(?P<id>[^/]+)/(?P<action>reject|answer|hangup)", {"POST": self.carrier_call_act}),
@@ -234,6 +240,7 @@ class SimulatorApp:
 
     async def aclose(self) -> None:
         """Stop every simulated call (no callbacks) and close the HTTP clients."""
+        await self.carrier.reset()
         await self.media.reset()
         await self.provider.reset()
         await self.outbound.aclose()
@@ -288,6 +295,7 @@ class SimulatorApp:
             "server_numbers": list(self.config.server_numbers),
             "webhooks": {"voice": self.config.voice_url, "status": self.config.status_url},
             "answer_delay_seconds": self.config.answer_delay_seconds,
+            "carrier_timer_scale": self.config.carrier_timer_scale,
             "api_description": {key: self.spec.source[key] for key in ("repository", "commit", "path")},
             "ignored_parameters": [{"operation": operation, "parameter": name}
                                    for operation, name in self.ignored_parameters],
@@ -576,9 +584,9 @@ class SimulatorApp:
         return Response(200, self.media.stats(request.args["sid"]))
 
     async def state_reset(self, request: Request) -> Response:
+        await self.carrier.reset()  # first: no carrier timer places a call after the provider's reset
         await self.media.reset()
         await self.provider.reset()
-        self.carrier.reset()
         self.rest_log.clear()
         return Response(200, {"reset": True})
 
@@ -592,7 +600,22 @@ class SimulatorApp:
         return Response(200, self.carrier.dial_mmi(data.get("line"), data.get("code")))
 
     async def carrier_line(self, request: Request) -> Response:
-        return Response(200, self.carrier.forwarding_of(check_e164(request.args["line"], "line")))
+        return Response(200, self.carrier.line_json(check_e164(request.args["line"], "line")))
+
+    async def carrier_line_update(self, request: Request) -> Response:
+        data = request.json()
+        unknown = set(data) - {"handset", "simultaneous_ring"}
+        if unknown:
+            raise SimulatorError(400, "invalid_input", f"Unknown fields {', '.join(sorted(unknown))}: handset, "
+                                                       "simultaneous_ring.")
+        return Response(200, self.carrier.set_line(request.args["line"], handset=data.get("handset"),
+                                                   simultaneous_ring=data.get("simultaneous_ring", ...)))
+
+    async def carrier_handset(self, request: Request) -> Response:
+        state = request.json().get("state")
+        if state not in ("on", "off"):
+            raise SimulatorError(400, "invalid_input", "state must be on or off.")
+        return Response(200, self.carrier.set_line(request.args["line"], handset=state))
 
     async def carrier_calls(self, request: Request) -> Response:
         return Response(200, [self.carrier.as_json(call) for call in self.carrier.calls.values()])

@@ -4,6 +4,8 @@ from Django settings, its own knobs from its own environment variables (or given
 - `SIMULATOR_ANSWER_DELAY_SECONDS` (default 1): how long a dialled device rings before it answers.
 - `SIMULATOR_BACKEND_URL` (default none): where webhooks are sent, when not to the server
   the simulator is mounted in (see `outbound.Outbound`).
+- `SIMULATOR_CARRIER_TIMER_SCALE` (default 1): the carrier's no-reply timer lasts the line's
+  T (5..30 s) times this; 0.05 makes T=20 s last 1 s (tests).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ class SimulatorConfig:
     api_keys: tuple[tuple[str, str], ...] = ()
     answer_delay_seconds: float = 1.0
     backend_url: str | None = None
+    # The carrier's no-reply timer (carrier.py) lasts the line's T seconds times this.
+    carrier_timer_scale: float = 1.0
     # The provider waits this long for a webhook's answer (Twilio: 15 s).
     webhook_timeout_seconds: float = 15.0
     # Status and conference callbacks that get no answer or a 502/503/504 are tried again
@@ -67,6 +71,7 @@ class SimulatorConfig:
             api_keys=_api_keys(),
             answer_delay_seconds=_seconds("SIMULATOR_ANSWER_DELAY_SECONDS", 1.0),
             backend_url=_url("SIMULATOR_BACKEND_URL"),
+            carrier_timer_scale=_seconds("SIMULATOR_CARRIER_TIMER_SCALE", 1.0),
         )
         values.update(overrides)
         return cls(**values)

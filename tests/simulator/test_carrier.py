@@ -24,8 +24,8 @@ def test_forwarding_on_busy_is_registered_interrogated_and_erased(sim):
     assert mmi(sim, "##67#").json()["active"] is False
     interrogated = mmi(sim, "*#67#").json()
     assert (interrogated["active"], interrogated["target"]) == (False, None)
-    assert sim.http.get(f"/simulator/carrier/lines/{LINE}").json() == {
-        "line": LINE, "service": "cfb", "active": False, "target": None}
+    assert sim.http.get(f"/simulator/carrier/lines/{LINE}").json().items() >= {
+        "line": LINE, "service": "cfb", "active": False, "target": None}.items()
 
 
 def test_forwarding_can_be_deactivated_and_activated_again(sim):
@@ -36,7 +36,7 @@ def test_forwarding_can_be_deactivated_and_activated_again(sim):
     assert mmi(sim, "*67#").json()["active"] is True
 
 
-@pytest.mark.parametrize("code", ["", "*#21#", "**67*#", "**67*5550100#", "*#67", "67", "##67*+15555550100#",
+@pytest.mark.parametrize("code", ["", "*#33#", "**67*#", "**67*5550100#", "*#67", "67", "##67*+15555550100#",
                                   "*67#"])
 def test_bad_codes_are_refused_with_a_json_error(sim, code):
     response = mmi(sim, code)
