@@ -1,8 +1,9 @@
 """The bundled carrier and voice-provider simulator.
 
 It plays the two outside parties of a call so the whole flow runs on one
-machine: a GSM carrier with call forwarding on busy (MMI service code 67) and a
-Twilio-compatible voice provider that posts signed webhooks to the backend,
+machine: a GSM carrier with call forwarding (3GPP TS 22.030 MMI codes: on busy 67, on
+no answer 61 with its timer, when unreachable 62, always 21, the groups 004 and 002) and
+simultaneous ring, and a Twilio-compatible voice provider that posts signed webhooks to the backend,
 follows the TwiML it answers and takes Twilio-shaped REST updates of live calls.
 
 It talks to the backend only over HTTP, never through the ORM, and never
