@@ -149,6 +149,9 @@ if any(_apns.values()) and not all(_apns.values()):
     raise ImproperlyConfigured("Set all of " + ", ".join(_apns) + " or none; missing: "
                                + ", ".join(name for name, value in _apns.items() if not value))
 APNS_HTTP_TIMEOUT_SECONDS = env_float("APNS_HTTP_TIMEOUT_SECONDS", 3.0, minimum=0.1)
+# A PEM bundle of the CAs that verify an https APNS_ENDPOINT (a local APNs server's own CA);
+# unset: the system's CAs (Apple's servers).
+APNS_CA_FILE = env_file("APNS_CA_FILE")
 
 REDIS_URL = env_url("REDIS_URL", None, schemes=("redis", "rediss", "unix"))
 
@@ -235,6 +238,40 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
     # (The tests' database is named by tests/conftest.py: a file, not shared-cache memory.)
+
+# Web Push (notifications.webpush) to browsers' push services, signed with VAPID (RFC 8292).
+# VAPID_PRIVATE_KEY_FILE: a PEM EC P-256 private key; VAPID_SUBJECT: a mailto: or https: contact
+# the push services may use (both, or neither: Web Push is off). In the embedded default (the
+# simulator on, no key given) a key is generated on first use and kept next to the SQLite
+# database (`<database>.vapid.pem`, out of git), so browsers' subscriptions survive restarts.
+VAPID_PRIVATE_KEY_FILE = env_file("VAPID_PRIVATE_KEY_FILE")
+VAPID_SUBJECT = env_str("VAPID_SUBJECT")
+if VAPID_SUBJECT is not None and not VAPID_SUBJECT.startswith(("mailto:", "https://")):
+    raise ImproperlyConfigured("VAPID_SUBJECT must be a mailto: or https: URL (RFC 8292 section 2.1)")
+if bool(VAPID_PRIVATE_KEY_FILE) != bool(VAPID_SUBJECT) and not SIMULATOR_ENABLED:
+    raise ImproperlyConfigured("Set both VAPID_PRIVATE_KEY_FILE and VAPID_SUBJECT, or neither")
+VAPID_KEY_GENERATED = False
+if VAPID_PRIVATE_KEY_FILE is None and SIMULATOR_ENABLED:
+    _database_name = str(DATABASES["default"].get("NAME") or "")
+    _on_file = DATABASES["default"]["ENGINE"].endswith("sqlite3") and _database_name not in ("", ":memory:")
+    VAPID_PRIVATE_KEY_FILE = f"{_database_name}.vapid.pem" if _on_file else str(BASE_DIR / "callpull.vapid.pem")
+    VAPID_KEY_GENERATED = True
+if VAPID_SUBJECT is None and SIMULATOR_ENABLED:
+    VAPID_SUBJECT = "mailto:callpull-development@example.invalid"
+WEBPUSH_ENABLED = VAPID_PRIVATE_KEY_FILE is not None
+# Where a subscription's endpoint may point (devices.webpush): host suffixes of the browser
+# vendors' push services over https; an entry with a port (host:port) is that origin exactly,
+# http allowed (a local push service). The embedded default adds the simulator's own origins.
+_WEBPUSH_VENDORS = ["fcm.googleapis.com", "updates.push.services.mozilla.com", "push.services.mozilla.com",
+                    "web.push.apple.com", "notify.windows.com"]
+if SIMULATOR_ENABLED:
+    for _url in (PUBLIC_BASE_URL, TWILIO_API_BASE):
+        _parts = urlsplit(_url)
+        _WEBPUSH_VENDORS.append(f"{_parts.hostname}:{_parts.port or (443 if _parts.scheme == 'https' else 80)}")
+WEBPUSH_PUSH_SERVICES = env_list("WEBPUSH_PUSH_SERVICES", list(dict.fromkeys(_WEBPUSH_VENDORS)))
+# One request to a push service may take this long; a push is retried (429, 5xx) only within
+# the ring window.
+WEBPUSH_HTTP_TIMEOUT_SECONDS = env_float("WEBPUSH_HTTP_TIMEOUT_SECONDS", 3.0, minimum=0.1)
 
 # The API and the pages run on a thread pool (callpull/http.py), one thread per request from
 # start to end. A ring report with policy immediate holds its thread while it waits up to

@@ -10,7 +10,7 @@ from django.db.models import Count
 
 from callpull.models import Line
 from callpull.sweeper import sweep_loop
-from notifications import apns, fcm, presence, push_results
+from notifications import apns, fcm, presence, push_results, webpush
 
 log = logging.getLogger("callpull")
 
@@ -31,6 +31,8 @@ def describe() -> list[str]:
     apns_line = (f"on ({settings.APNS_ENDPOINT}, topic {settings.APNS_BUNDLE_ID}[.voip], key {settings.APNS_KEY_ID})"
                  if settings.APNS_KEY_FILE
                  else "off: no APNS_KEY_FILE, iOS devices are reached over WebSocket/FCM only")
+    webpush_line = (f"on (VAPID key {settings.VAPID_PRIVATE_KEY_FILE})" if settings.WEBPUSH_ENABLED
+                    else "off: no VAPID_PRIVATE_KEY_FILE")
     if settings.SIMULATOR_ENABLED:  # no TWILIO_ACCOUNT_SID: the development account
         provider = f"the bundled carrier/provider simulator at {settings.TWILIO_API_BASE}/"
     else:
@@ -40,6 +42,7 @@ def describe() -> list[str]:
         f"channel layer: {layer}",
         f"FCM:           {fcm}",
         f"APNs:          {apns_line}",
+        f"Web Push:      {webpush_line}",
         f"voice provider: {provider}",
         f"public URL:    {settings.PUBLIC_BASE_URL} (server numbers: {', '.join(settings.SERVER_NUMBERS)})",
         f"sign-up:       {'open' if settings.ALLOW_SIGNUP else 'closed'}",
@@ -95,6 +98,10 @@ async def warm_up() -> None:
         await asyncio.to_thread(apns.start)
     except Exception as error:  # noqa: BLE001 - a key that cannot sign yet is reported by the first push
         log.warning("apns sender not started: %s", error)
+    try:
+        await asyncio.to_thread(webpush.start)  # loads (or generates) the VAPID key
+    except Exception as error:  # noqa: BLE001 - an unreadable key is reported by the first push
+        log.warning("webpush sender not started: %s", error)
 
 
 async def shutdown() -> None:
@@ -102,4 +109,5 @@ async def shutdown() -> None:
     results). The development entry point closes the simulator after this."""
     fcm.shutdown(timeout=2.0)
     apns.shutdown(timeout=2.0)
+    webpush.shutdown(timeout=2.0)
     await asyncio.to_thread(push_results.RECORDER.flush, 2.0)

@@ -65,6 +65,9 @@ class Device(models.Model):
     apns_token = models.CharField(
         max_length=200, blank=True, default="",
         help_text="APNs device token for alerts, hex: call.answered_elsewhere, call.ended, pull.requested.")
+    webpush_subscription = models.JSONField(
+        null=True, blank=True,
+        help_text="A browser's Web Push subscription {endpoint, keys: {p256dh, auth}} (write-only on the API).")
     ring_enabled = models.BooleanField(default=True)
     connect_type = models.CharField(max_length=16, choices=ConnectType.choices, blank=True, default="")
     connect_address = models.CharField(max_length=255, blank=True, default="")

@@ -9,6 +9,7 @@ from devices.errors import ServiceError
 from devices.models import ConnectType, Device, DeviceKind, Platform
 from devices.phone import to_e164
 from devices.services import connect_usable, sip_domain_allowed
+from devices.webpush import check_subscription
 
 CLIENT_IDENTITY = re.compile(r"^[A-Za-z0-9_.@-]{1,121}$")
 SIP_URI = re.compile(r"^sips?:[^\s<>\"]+@[^\s<>\"]+$")
@@ -41,6 +42,17 @@ class ConnectSerializer(serializers.Serializer):
 APNS_TOKEN = r"^(?:[0-9A-Fa-f]{2}){32,100}$"
 
 
+class WebPushSubscriptionField(serializers.JSONField):
+    """A browser's push subscription, `{endpoint, keys: {p256dh, auth}}` (devices.webpush
+    checks it: a known push service, a P-256 key, a 16-byte secret); null removes it."""
+
+    def to_internal_value(self, data):
+        try:
+            return check_subscription(super().to_internal_value(data))
+        except ValueError as exc:
+            raise serializers.ValidationError(exc.args[0]) from None
+
+
 class DeviceInput(serializers.Serializer):
     """`device` in registration, and the body of PATCH /devices/{id} (partial)."""
 
@@ -54,6 +66,10 @@ class DeviceInput(serializers.Serializer):
     apns_token = serializers.RegexField(
         APNS_TOKEN, max_length=200, required=False, allow_blank=True,
         help_text="APNs device token for alerts (hex, 64 digits or more); empty to remove it. Never echoed.")
+    webpush_subscription = WebPushSubscriptionField(
+        required=False, allow_null=True, write_only=True,
+        help_text="The browser's Web Push subscription (PushSubscription.toJSON(): {endpoint, keys: {p256dh, "
+                  "auth}}); null to remove it. Never echoed.")
 
     def validate_apns_voip_token(self, value):
         return value.lower()
@@ -98,13 +114,14 @@ class DeviceOutput(serializers.ModelSerializer):
     fcm_registered = serializers.SerializerMethodField()
     apns_voip_registered = serializers.SerializerMethodField()
     apns_registered = serializers.SerializerMethodField()
+    webpush = serializers.SerializerMethodField()
     online = serializers.SerializerMethodField()
     me = serializers.SerializerMethodField()
 
     class Meta:
         model = Device
         fields = ["id", "name", "kind", "platform", "ring_enabled", "connect", "voice_identity", "phone_number",
-                  "fcm_registered", "apns_voip_registered", "apns_registered", "online", "last_seen_at",
+                  "fcm_registered", "apns_voip_registered", "apns_registered", "webpush", "online", "last_seen_at",
                   "created_at", "me"]
 
     @extend_schema_field(inline_serializer("ConnectTarget", {
@@ -126,6 +143,10 @@ class DeviceOutput(serializers.ModelSerializer):
 
     def get_apns_registered(self, device) -> bool:
         return bool(device.apns_token)
+
+    def get_webpush(self, device) -> bool:
+        """Whether the device has a Web Push subscription (the subscription itself is never echoed)."""
+        return bool(device.webpush_subscription)
 
     def get_online(self, device) -> bool:
         return bool(getattr(device, "online", False))

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 User = get_user_model()
 
 DEVICE_FIELDS = ("name", "kind", "platform", "fcm_token", "apns_voip_token", "apns_token", "ring_enabled",
-                 "connect_type", "connect_address", "phone_number")
+                 "connect_type", "connect_address", "phone_number", "webpush_subscription")
 
 
 @dataclass(frozen=True)
@@ -305,7 +305,7 @@ def ws_ticket_redeem(*, ticket: str, now: datetime) -> Device | None:
 # Fields only the device itself may change; another device of the user may rename it,
 # turn its ringing on or off, and revoke it.
 OWN_DEVICE_FIELDS = ("connect_type", "connect_address", "phone_number", "fcm_token", "apns_voip_token",
-                     "apns_token")
+                     "apns_token", "webpush_subscription")
 
 
 def device_update(*, device: Device, data: dict, by: Device, now: datetime, password: str | None = None,
@@ -353,7 +353,7 @@ def device_revoke(*, device: Device, now: datetime, by: Device | None = None, cl
     `by` is the device that asked (None: not a device, e.g. an operator)."""
     with transaction.atomic():
         Device.all_objects.filter(pk=device.pk).update(revoked_at=now, fcm_token="", apns_voip_token="",
-                                                            apns_token="")
+                                                            apns_token="", webpush_subscription=None)
         WsTicket.objects.filter(device=device, used_at__isnull=True).update(used_at=now)
         PairingCode.objects.filter(created_by=device, used_at__isnull=True).update(expires_at=now)
         audit.audit_record(user=device.user, device=by, action=audit.DEVICE_REVOKED,

@@ -30,22 +30,22 @@ What Apple documents, and how this module follows it (docs/PUSH.md cites the pag
   tokens in a row) opens a circuit breaker: pushes wait while one probe finds out whether
   APNs is back (as notifications.fcm's breaker does).
 
-Concurrency: one background thread runs an asyncio loop with one `httpx.AsyncClient`
+Concurrency (notifications.pushloop's scaffolding, shared with FCM and Web Push): one
+background thread runs an asyncio loop with one `httpx.AsyncClient`
 (HTTP/2 only: one connection, each push a stream on it), so a worker holds one
 connection to APNs, reused; a second thread calls `on_result`. `send_many` returns at once.
 Against an `http://` endpoint (the local server of simulators.apns) HTTP/2 is spoken with
-prior knowledge (h2c); against `https://` it is negotiated by ALPN.
+prior knowledge (h2c); against `https://` it is negotiated by ALPN, the server verified
+against APNS_CA_FILE when set (a local server's own CA), else the system's CAs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
 import json
 import logging
-import queue
 import random
-import threading
+import ssl
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -54,6 +54,8 @@ from pathlib import Path
 import httpx
 import jwt
 from django.conf import settings
+
+from notifications import pushloop
 
 log = logging.getLogger(__name__)
 
@@ -140,11 +142,7 @@ def start(timeout: float = 10.0) -> None:
 
 
 def shutdown(timeout: float = 5.0) -> None:
-    global _current
-    with _lock:
-        sender, _current = _current, None
-    if sender is not None:
-        sender.close(timeout)
+    SLOT.shutdown(timeout)
 
 
 @dataclass(frozen=True)
@@ -154,31 +152,21 @@ class Config:
     team_id: str
     endpoint: str
     http_timeout: float
+    ca_file: str | None = None  # APNS_CA_FILE: a PEM bundle to verify an https endpoint; None: the system's
 
     @classmethod
     def from_settings(cls) -> Config:
         return cls(str(settings.APNS_KEY_FILE), settings.APNS_KEY_ID, settings.APNS_TEAM_ID,
-                   settings.APNS_ENDPOINT.rstrip("/"), float(settings.APNS_HTTP_TIMEOUT_SECONDS))
+                   settings.APNS_ENDPOINT.rstrip("/"), float(settings.APNS_HTTP_TIMEOUT_SECONDS),
+                   getattr(settings, "APNS_CA_FILE", None) or None)
 
 
-_lock = threading.Lock()
-_current: Sender | None = None
+SLOT: pushloop.Slot[Sender] = pushloop.Slot(Config.from_settings, lambda config: Sender(config))
 
 
 def _sender() -> Sender:
     """The running sender for the current settings; a settings change (tests) replaces it."""
-    global _current
-    config = Config.from_settings()
-    with _lock:
-        if _current is not None and _current.config != config:
-            _current.close(1.0)
-            _current = None
-        if _current is None:
-            _current = Sender(config)
-        return _current
-
-
-atexit.register(shutdown, 1.0)
+    return SLOT.get()
 
 
 @dataclass(frozen=True)
@@ -188,74 +176,40 @@ class Answer:
     reason: str | None = None  # Apple's reason, or ours: timeout, unavailable, expired
 
 
-class Breaker:
-    """APNs failing as a whole: one wait for everyone (see notifications.fcm's breaker,
-    whose rules this follows). Lives on the sender's loop."""
+class Breaker(pushloop.Breaker):
+    """APNs failing as a whole (500/503 or unreachable for BREAKER_THRESHOLD different
+    tokens in a row): notifications.pushloop.Breaker, whose rules notifications.fcm's
+    breaker follows too. Every answer other than a failure of the service closes it (a
+    timeout and a 429 included: 429 is about one device token). Lives on the sender's loop."""
+
+    service = "APNs"
 
     def __init__(self):
-        self.open_until: float | None = None
-        self.delay = BREAKER_OPEN_SECONDS
-        self.failing: set[str] = set()
-        self.probing = False
-        self.error: str | None = None
-        self.changed = asyncio.Event()
+        super().__init__("apns")
 
-    async def admit(self, until: float) -> bool | None:
-        """True: send as the probe; False: send; None: `until` came first."""
-        while self.open_until is not None:
-            now = time.time()
-            if now >= self.open_until and not self.probing:
-                self.probing = True
-                return True
-            if now >= until:
-                return None
-            wake = until if self.probing else min(until, self.open_until)
-            changed = self.changed
-            try:
-                async with asyncio.timeout(max(0.0, wake - now)):
-                    await changed.wait()
-            except TimeoutError:
-                pass
-        return False
+    @property
+    def threshold(self) -> int:
+        return BREAKER_THRESHOLD
+
+    @property
+    def open_seconds(self) -> float:
+        return BREAKER_OPEN_SECONDS
+
+    @property
+    def max_open_seconds(self) -> float:
+        return BREAKER_MAX_OPEN_SECONDS
 
     def outcome(self, token: str, failed_service: bool, error: str | None, probe: bool) -> None:
-        if failed_service:
-            if probe:
-                self._open(error, self.delay * 2)
-            elif self.open_until is None:
-                self.failing.add(token)
-                if len(self.failing) >= BREAKER_THRESHOLD:
-                    self._open(error, BREAKER_OPEN_SECONDS)
-            return
-        self.failing.clear()
-        if self.open_until is not None:
-            log.warning("apns circuit closed: APNs answers again")
-            self.open_until, self.delay, self.probing, self.error = None, BREAKER_OPEN_SECONDS, False, None
-            self._notify()
-
-    def probe_lost(self) -> None:
-        if self.probing:
-            self.probing = False
-            self._notify()
-
-    def _open(self, error: str | None, delay: float) -> None:
-        self.delay = min(max(delay, BREAKER_OPEN_SECONDS), BREAKER_MAX_OPEN_SECONDS)
-        if self.open_until is None:
-            log.warning("apns circuit open: APNs failing (%s); holding pushes %.2fs", error, self.delay)
-        self.open_until, self.error, self.probing = time.time() + self.delay, error, False
-        self.failing.clear()
-        self._notify()
-
-    def _notify(self) -> None:
-        self.changed.set()
-        self.changed = asyncio.Event()
+        self.verdict(token, pushloop.FAILED if failed_service else pushloop.ANSWERED, error, probe)
 
 
-class Sender:
-    """The signing key; a loop in a thread with one HTTP/2 client; a results thread."""
+class Sender(pushloop.Sender):
+    """The signing key; a loop in a thread with one HTTP/2 client; a results thread
+    (notifications.pushloop)."""
+
+    name = "apns"
 
     def __init__(self, config: Config):
-        self.config = config
         self.key = Path(config.key_file).read_text()
         self.token: str | None = None
         self.token_minted_at = 0.0
@@ -264,70 +218,36 @@ class Sender:
         self.breaker: Breaker | None = None
         self.client: httpx.AsyncClient | None = None
         self.slots: asyncio.Semaphore | None = None
-        self.tasks: set[asyncio.Task] = set()
-        self.results: queue.SimpleQueue = queue.SimpleQueue()
-        self.loop = asyncio.new_event_loop()
-        self.loop_thread = threading.Thread(target=self._run_loop, name="apns-sender", daemon=True)
-        self.result_thread = threading.Thread(target=self._run_results, name="apns-results", daemon=True)
-        self.loop_thread.start()
-        self.result_thread.start()
+        super().__init__(config)
         log.info("apns sender started endpoint=%s team=%s key=%s", config.endpoint, config.team_id, config.key_id)
-
-    def _run_loop(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
-
-    def _run_results(self) -> None:
-        while (item := self.results.get()) is not None:
-            on_result, result = item
-            try:
-                on_result(result)
-            except Exception:
-                log.exception("apns on_result failed call=%s device=%s", result.push.collapse_key,
-                              result.push.device_id)
-
-    def submit(self, pushes: list[Push], on_result) -> None:
-        self.loop.call_soon_threadsafe(self._start, pushes, on_result)
-
-    def close(self, timeout: float) -> None:
-        try:
-            asyncio.run_coroutine_threadsafe(self._drain(timeout), self.loop).result(timeout + 2)
-        except Exception:
-            log.exception("apns sender did not drain cleanly")
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.loop_thread.join(timeout)
-        if not self.loop_thread.is_alive():
-            self.loop.close()
-        self.results.put(None)
-        self.result_thread.join(timeout)
 
     # --- on the loop ---
 
     def _ensure_loop_state(self) -> None:
         if self.client is None:
-            # HTTP/2 only: on http:// with prior knowledge (h2c), on https:// by ALPN.
-            self.client = httpx.AsyncClient(http1=False, http2=True, timeout=None,
+            # HTTP/2 only: on http:// with prior knowledge (h2c), on https:// by ALPN, verified
+            # against APNS_CA_FILE when set (a local server's own CA), else the system's CAs.
+            verify: ssl.SSLContext | bool = True
+            if self.config.ca_file:
+                verify = ssl.create_default_context(cafile=self.config.ca_file)
+            self.client = httpx.AsyncClient(http1=False, http2=True, timeout=None, verify=verify,
                                             limits=httpx.Limits(max_connections=1))
             self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
             self.breaker = Breaker()
 
     def _start(self, pushes, on_result) -> None:
         self._ensure_loop_state()
-        for push in pushes:
-            task = self.loop.create_task(self._deliver(push, on_result))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+        super()._start(pushes, on_result)
 
-    async def _drain(self, timeout: float) -> None:
-        pending = set(self.tasks)
-        if pending:
-            _, pending = await asyncio.wait(pending, timeout=timeout)
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+    async def _aclose(self) -> None:
         if self.client is not None:
             await self.client.aclose()
+
+    def _unknown(self, push: Push) -> PushResult:
+        return PushResult(push, False, None, "unknown", False, 0, None)
+
+    async def _send(self, push: Push) -> PushResult:
+        return await self._send_with_retries(push)
 
     async def ensure_token(self, refused: str | None = None) -> str:
         """The provider token: minted once, reused TOKEN_LIFETIME_SECONDS. `refused`: APNs
@@ -344,17 +264,6 @@ class Sender:
             self.tokens_minted += 1
             log.info("apns provider token minted (%d so far)", self.tokens_minted)
         return self.token
-
-    async def _deliver(self, push: Push, on_result) -> None:
-        try:
-            result = await self._send_with_retries(push)
-        except asyncio.CancelledError:
-            self.results.put((on_result, PushResult(push, False, None, "unknown", False, 0, None)))
-            raise
-        except Exception:
-            log.exception("apns push crashed call=%s device=%s", push.collapse_key, push.device_id)
-            result = PushResult(push, False, None, "unknown", False, 0, None)
-        self.results.put((on_result, result))
 
     async def _send_with_retries(self, push: Push) -> PushResult:
         attempts, error = 0, None

@@ -1,11 +1,13 @@
-"""Sending one event to a set of devices: a WebSocket frame to each connected
-one, an FCM data message to each with a token, an APNs push to each iOS device with
-the token that event goes to (`apns_pushes_for`), and a delivery record for each.
+"""Sending one event to a set of devices over every transport each has, at once: a
+WebSocket frame to each connected one, and a push over each push transport of
+PUSH_TRANSPORTS (an FCM data message to each with a token, an APNs push to each iOS
+device with the token that event goes to (`apns_pushes_for`), a Web Push message to each
+browser with a subscription), and a delivery record for each (device, transport).
 
 The frame is serialised once; all group sends go out in one trip to the event
-loop; FCM runs in the background (notifications.fcm) and reports back per
-device, so a slow or failing FCM never delays the WebSocket path or the HTTP
-answer.
+loop; the push transports run in the background (notifications.pushloop) and report
+back per device, so a slow or failing push service never delays the WebSocket path or
+the HTTP answer.
 
 Receipts. A device was *reached* when it acknowledged the frame (`ack`), not
 when the frame was handed to the channel layer: a layer may drop a message
@@ -33,7 +35,7 @@ from django.utils import timezone
 from redis.exceptions import RedisError
 
 from devices.models import Device, DeviceConnection, live_after
-from notifications import apns, fcm, push_results
+from notifications import apns, fcm, push_results, webpush
 from notifications.events import FRAME_MESSAGE, frame
 from notifications.layers import send_many
 from notifications.models import Delivery, Transport
@@ -52,7 +54,13 @@ class FanoutResult:
     websocket: list = field(default_factory=list)  # device ids a frame went to
     fcm: list = field(default_factory=list)        # device ids a push was queued for
     apns: list = field(default_factory=list)       # device ids an APNs push was queued for
+    webpush: list = field(default_factory=list)    # device ids a Web Push message was queued for
     acked: list = field(default_factory=list)      # device ids whose ack came back while we waited
+
+    @property
+    def pushed(self) -> bool:
+        """Whether a push was queued over any push transport."""
+        return any(getattr(self, transport.name) for transport in PUSH_TRANSPORTS)
 
 
 def online_device_ids(device_ids, now: datetime) -> dict:
@@ -128,10 +136,32 @@ class Outgoing:
     ref: object
     text: str = ""
     channels: list = field(default_factory=list)
-    pushes: list = field(default_factory=list)
     on_fcm_accepted: Callable[[object], None] | None = None
     deliveries: list = field(default_factory=list)  # the Delivery rows written, in the order written
-    apns_pushes: list = field(default_factory=list)
+    by_transport: dict = field(default_factory=dict)  # PushTransport name → its pushes
+
+    @property
+    def pushes(self) -> list:
+        """The FCM pushes (kept for callers that read them)."""
+        return self.by_transport.get(Transport.FCM, [])
+
+    @property
+    def apns_pushes(self) -> list:
+        return self.by_transport.get(Transport.APNS, [])
+
+
+@dataclass(frozen=True)
+class PushTransport:
+    """One push service, as the fan-out sees it. `pushes_for(event_type, devices, data=,
+    collapse_key=, deadline=, no_push=)` builds the pushes of an event (each with a
+    `device_id`); `send_many(pushes, on_result)` sends them in the background; `reaches(event_type,
+    device)` says whether the device would get a push of that event (without building it)."""
+
+    name: str  # a Transport value: the delivery rows' `transport` and FanoutResult's attribute
+    enabled: Callable[[], bool]
+    pushes_for: Callable[..., list]
+    send_many: Callable[[list, Callable], None]
+    reaches: Callable[[str, Device], bool]
 
 
 def fanout_prepare(*, event_type: str, payload: dict, devices: Sequence[Device], ref, now: datetime,
@@ -153,34 +183,28 @@ def fanout_prepare(*, event_type: str, payload: dict, devices: Sequence[Device],
     result.websocket = [d.pk for d in devices if d.pk in online]
     channels = [channel for pk in result.websocket for channel in online[pk]]
 
-    pushes = []
-    if fcm_data is not None and fcm.enabled():
-        expires = (deadline or now + timedelta(seconds=30)).timestamp()
+    by_transport: dict[str, list] = {}
+    if fcm_data is not None:
         data = {**fcm_data, "type": event_type, "id": event_id}
-        for device in devices:
-            if device.fcm_token and device.pk not in no_push:
-                pushes.append(fcm.Push(device_id=str(device.pk), token=device.fcm_token, data=data,
-                                       collapse_key=collapse_key or str(ref), deadline=expires))
-        result.fcm = [device.pk for device in devices if device.fcm_token and device.pk not in no_push]
-    apns_pushes = []
-    if fcm_data is not None and apns.enabled():
-        apns_pushes = apns_pushes_for(event_type, devices, data={**fcm_data, "type": event_type, "id": event_id},
-                                      collapse_key=collapse_key or str(ref),
-                                      deadline=(deadline or now + timedelta(seconds=30)).timestamp(),
-                                      no_push=no_push)
-        result.apns = [push.device_id for push in apns_pushes]
+        expires = (deadline or now + timedelta(seconds=30)).timestamp()
+        for transport in PUSH_TRANSPORTS:
+            if not transport.enabled():
+                continue
+            pushes = transport.pushes_for(event_type, devices, data=data, collapse_key=collapse_key or str(ref),
+                                          deadline=expires, no_push=no_push)
+            by_transport[transport.name] = pushes
+            setattr(result, transport.name, [push.device_id for push in pushes])
 
     sent_at = timezone.now()
     deliveries = Delivery.objects.bulk_create(
         [Delivery(event_id=event_id, event_type=event_type, ref=ref, device_id=pk, transport=Transport.WEBSOCKET,
                   queued_at=now, sent_at=sent_at, attempts=1) for pk in result.websocket]
         + [Delivery(event_id=event_id, event_type=event_type, ref=ref, device_id=push.device_id,
-                    transport=Transport.FCM, queued_at=now) for push in pushes]
-        + [Delivery(event_id=event_id, event_type=event_type, ref=ref, device_id=push.device_id,
-                    transport=Transport.APNS, queued_at=now) for push in apns_pushes]
+                    transport=name, queued_at=now) for name, pushes in by_transport.items() for push in pushes]
     )
-    return Outgoing(result=result, event_type=event_type, ref=ref, text=text, channels=channels, pushes=pushes,
-                    on_fcm_accepted=on_fcm_accepted, deliveries=deliveries, apns_pushes=apns_pushes)
+    return Outgoing(result=result, event_type=event_type, ref=ref, text=text, channels=channels,
+                    on_fcm_accepted=on_fcm_accepted, deliveries=deliveries, by_transport=by_transport)
+
 
 
 # APNs: only `call.ringing` is a VoIP push (iOS 13+ terminates an app that gets a VoIP push
@@ -219,24 +243,58 @@ def apns_pushes_for(event_type: str, devices: Sequence[Device], *, data: dict[st
     return pushes
 
 
+def _fcm_pushes_for(event_type: str, devices: Sequence[Device], *, data: dict[str, str], collapse_key: str,
+                    deadline: float, no_push=frozenset()) -> list:
+    """FCM: a data message of every event to each device with a token."""
+    return [fcm.Push(device_id=str(device.pk), token=device.fcm_token, data=data, collapse_key=collapse_key,
+                     deadline=deadline)
+            for device in devices if device.fcm_token and device.pk not in no_push]
+
+
+def _apns_reaches(event_type: str, device: Device) -> bool:
+    if event_type == "call.ringing":
+        return bool(device.apns_voip_token)
+    return event_type in APNS_ALERTS and bool(device.apns_token)
+
+
+# Every push transport, in the order their pushes are handed over (each returns at once).
+PUSH_TRANSPORTS = (  # looked up when called: tests replace a module's functions
+    PushTransport(Transport.FCM, lambda: fcm.enabled(), _fcm_pushes_for,
+                  lambda pushes, on_result: fcm.send_many(pushes, on_result),
+                  lambda event_type, device: bool(device.fcm_token)),
+    PushTransport(Transport.APNS, lambda: apns.enabled(), apns_pushes_for,
+                  lambda pushes, on_result: apns.send_many(pushes, on_result), _apns_reaches),
+    PushTransport(Transport.WEBPUSH, lambda: webpush.enabled(), webpush.pushes_for,
+                  lambda pushes, on_result: webpush.send_many(pushes, on_result),
+                  lambda event_type, device: event_type in webpush.EVENTS and bool(device.webpush_subscription)),
+)
+
+
+def pushable(event_type: str, devices: Sequence[Device]) -> bool:
+    """Whether some device would get a push of this event over some enabled push transport."""
+    return any(transport.enabled() and any(transport.reaches(event_type, device) for device in devices)
+               for transport in PUSH_TRANSPORTS)
+
+
 def fanout_send(outgoing: Outgoing, *, wait_ack: float = 0) -> FanoutResult:
     """Send what `fanout_prepare` recorded: pushes, then frames. With `wait_ack`
     (seconds) and a device online, return once the first device acknowledged the
     frame (`result.acked`) or after `wait_ack`."""
-    result, pushes = outgoing.result, outgoing.pushes
+    result = outgoing.result
     if not result.event_id:
         return result
-    # Pushes first: FCM's round trip then overlaps the wait for a WebSocket receipt.
-    if pushes:
-        # Outcomes are recorded on the delivery rows in batches (notifications.push_results).
-        fcm.send_many(pushes, on_result=push_results.RECORDER.callback(result.event_id, outgoing.on_fcm_accepted))
-    if outgoing.apns_pushes:
-        apns.send_many(outgoing.apns_pushes, on_result=push_results.RECORDER.callback(
-            result.event_id, outgoing.on_fcm_accepted, transport=Transport.APNS))
+    # Pushes first: their round trips then overlap the wait for a WebSocket receipt. Outcomes
+    # are recorded on the delivery rows in batches (notifications.push_results).
+    for transport in PUSH_TRANSPORTS:
+        pushes = outgoing.by_transport.get(transport.name)
+        if pushes:
+            transport.send_many(pushes, push_results.RECORDER.callback(
+                result.event_id, outgoing.on_fcm_accepted, transport=transport.name))
     if result.websocket:
         result.acked = async_to_sync(_send_all)(outgoing.channels, outgoing.text, result.event_id, wait_ack)
-    log.info("fanout %s ref=%s event=%s websocket=%d fcm=%d apns=%d", outgoing.event_type, outgoing.ref,
-             result.event_id, len(result.websocket), len(pushes), len(outgoing.apns_pushes))
+    log.info("fanout %s ref=%s event=%s websocket=%d %s", outgoing.event_type, outgoing.ref, result.event_id,
+             len(result.websocket), " ".join(f"{transport.name}={len(outgoing.by_transport.get(transport.name, []))}"
+                                             for transport in PUSH_TRANSPORTS))
     return result
 
 
@@ -244,19 +302,20 @@ def fanout(*, wait_ack: float = 0, **event) -> FanoutResult:
     """Send an event to devices: `fanout_prepare(**event)`, then `fanout_send`.
 
     `event`: `event_type`, `payload`, `devices`, `ref`, `now`, and optionally
-    `fcm_data` (FCM only when given, and never to the devices in `no_push`), `deadline`, `collapse_key`, `online`
-    (presence the caller already looked up) and `on_fcm_accepted` (called from a
-    background thread with the device id of each push FCM accepted).
+    `fcm_data` (the push transports' data: pushes only when given, and never to the devices in `no_push`),
+    `deadline`, `collapse_key`, `online` (presence the caller already looked up) and `on_fcm_accepted`
+    (called from a background thread with the device id of each push a push service accepted).
     """
     return fanout_send(fanout_prepare(**event), wait_ack=wait_ack)
 
 
 def any_receipt(*, ref, event_type: str) -> bool:
-    """Whether some device acknowledged an event of this type about `ref`, or FCM or APNs
-    accepted a push of one."""
+    """Whether some device acknowledged an event of this type about `ref`, or a push
+    service (any of PUSH_TRANSPORTS) accepted a push of one."""
     return (Delivery.objects.filter(ref=ref, event_type=event_type)
             .filter(Q(delivered_at__isnull=False)
-                    | Q(transport__in=[Transport.FCM, Transport.APNS], sent_at__isnull=False, error=""))
+                    | Q(transport__in=[transport.name for transport in PUSH_TRANSPORTS], sent_at__isnull=False,
+                        error=""))
             .exists())
 
 

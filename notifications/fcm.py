@@ -44,11 +44,12 @@ are used (docs/PUSH.md cites the references).
   once for all pushes, and again some minutes before the token expires). No firebase
   App, no `messaging` module: its encoder and error handler are private API.
 
-Concurrency: one background thread runs an asyncio loop (uvloop) that schedules each
-push, waits out backoffs, cuts a push off at its deadline, and makes the requests: at
-most MAX_IN_FLIGHT at a time, first come first served, over as many pooled keep-alive
-connections. A second thread calls `on_result`, so a slow callback (ORM writes) never
-stalls sending, and calls come in completion order.
+Concurrency (the scaffolding is notifications.pushloop's, shared with APNs and Web Push):
+one background thread runs an asyncio loop (uvloop) that schedules each push, waits out
+backoffs, cuts a push off at its deadline, and makes the requests: at most MAX_IN_FLIGHT
+at a time, first come first served, over as many pooled keep-alive connections. A second
+thread calls `on_result`, so a slow callback (ORM writes) never stalls sending, and calls
+come in completion order.
 
 Why aiohttp rather than httpx or firebase-admin's transports: sending is CPU-bound
 (every push is one HTTP request; FCM v1 has no batch endpoint), so what counts is Python
@@ -71,19 +72,14 @@ prepared breadth-first: the first request leaves once all of them are prepared.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import concurrent.futures
 import datetime
 import json
 import logging
 import math
-import queue
-import random
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -93,6 +89,8 @@ import yarl
 from django.conf import settings
 from firebase_admin import credentials
 from google.auth import exceptions as auth_exceptions
+
+from notifications import pushloop
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +222,7 @@ def send_many(pushes: Iterable[Push], on_result: Callable[[PushResult], None]) -
         return
     if not enabled():
         raise RuntimeError("FCM is off: FCM_CREDENTIALS_FILE is not set (check fcm.enabled() first)")
-    _sender().submit(pushes, on_result, retry_budget=float(settings.FCM_RETRY_BUDGET_SECONDS))
+    _sender().submit(pushes, on_result, float(settings.FCM_RETRY_BUDGET_SECONDS))
 
 
 def start(timeout: float = 10.0) -> None:
@@ -245,11 +243,7 @@ def shutdown(timeout: float = 5.0) -> None:
     """Let pushes in flight finish for up to `timeout` seconds, cancel the rest (reported
     as "unknown"), deliver the last results and forget the sender (credential, access
     token, connections), so the next `send_many` starts afresh from the settings."""
-    global _current
-    with _lock:
-        sender, _current = _current, None
-    if sender is not None:
-        sender.close(timeout)
+    SLOT.shutdown(timeout)
 
 
 # --- the machinery ----------------------------------------------------------------------------
@@ -266,26 +260,16 @@ class _Config:
                    float(settings.FCM_HTTP_TIMEOUT_SECONDS))
 
 
-_lock = threading.Lock()
-_current: _Sender | None = None
+def _build(config: _Config) -> _Sender:
+    return _Sender(config)
+
+
+SLOT = pushloop.Slot(_Config.from_settings, _build)
 
 
 def _sender() -> _Sender:
     """The running sender for the current settings; a settings change (tests) replaces it."""
-    global _current
-    config = _Config.from_settings()
-    with _lock:
-        stale = None
-        if _current is not None and _current.config != config:
-            stale, _current = _current, None
-        if _current is None:
-            if stale is not None:
-                stale.close(timeout=1.0)
-            _current = _Sender(config)
-        return _current
-
-
-atexit.register(shutdown, 1.0)
+    return SLOT.get()
 
 
 def _proxy_for(url: str) -> str | None:
@@ -324,13 +308,14 @@ class _Answer:
     refused_bearer: bool = False  # a 401 about our access token (not THIRD_PARTY_AUTH_ERROR)
 
 
-class _Sender:
+class _Sender(pushloop.Sender):
     """The credential; an asyncio loop in a thread that schedules every push, its
     deadline and its retries and makes the requests (aiohttp); and a thread that
-    reports results."""
+    reports results (notifications.pushloop)."""
+
+    name = "fcm"
 
     def __init__(self, config: _Config):
-        self.config = config
         self.credential = credentials.Certificate(config.credentials_file)
         self.project_id = self.credential.project_id
         if not self.project_id:
@@ -342,7 +327,6 @@ class _Sender:
         self.auth_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fcm-auth")
         self.access_token: str | None = None
         self.token_expires_at = 0.0  # time.time()
-        self.loop = _new_loop()
         self.token_lock = asyncio.Lock()
         self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self.breaker = _Breaker()
@@ -350,46 +334,8 @@ class _Sender:
         self.auth_headers: dict | None = None
         self.auth_headers_for: str | None = None
         self.session: aiohttp.ClientSession | None = None
-        self.tasks: set[asyncio.Task] = set()
-        self.results: queue.SimpleQueue = queue.SimpleQueue()
-        self.loop_thread = threading.Thread(target=self._run_loop, name="fcm-sender", daemon=True)
-        self.result_thread = threading.Thread(target=self._run_results, name="fcm-results", daemon=True)
-        self.loop_thread.start()
-        self.result_thread.start()
+        super().__init__(config, _new_loop())
         log.info("fcm sender started endpoint=%s project=%s", config.endpoint, self.project_id)
-
-    def _run_loop(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
-
-    def _run_results(self) -> None:
-        while (item := self.results.get()) is not None:
-            on_result, result = item
-            try:
-                on_result(result)
-            except Exception:
-                log.exception("fcm on_result failed call=%s device=%s", result.push.collapse_key,
-                              result.push.device_id)
-
-    # --- called from any thread ---
-
-    def submit(self, pushes: list[Push], on_result, retry_budget: float) -> None:
-        self.loop.call_soon_threadsafe(self._start, pushes, on_result, retry_budget)
-
-    def close(self, timeout: float) -> None:
-        limit = time.monotonic() + timeout
-        try:
-            asyncio.run_coroutine_threadsafe(self._drain(timeout), self.loop).result(timeout + 2)
-        except Exception:
-            log.exception("fcm sender did not drain cleanly")
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.loop_thread.join(max(0.1, limit - time.monotonic()))
-        if not self.loop_thread.is_alive():
-            self.loop.close()
-        self.auth_pool.shutdown(wait=False, cancel_futures=True)
-        self.results.put(None)
-        self.result_thread.join(max(0.1, limit - time.monotonic()))
-        log.info("fcm sender stopped")
 
     # --- on the loop ---
 
@@ -397,15 +343,10 @@ class _Sender:
         if len(pushes) <= START_CHUNK:
             self._start_now(pushes, on_result, retry_budget)
         else:
-            task = self.loop.create_task(self._start_in_chunks(pushes, on_result, retry_budget))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            self._spawn(self._start_in_chunks(pushes, on_result, retry_budget))
 
     def _start_now(self, pushes, on_result, retry_budget) -> None:
-        for push in pushes:
-            task = self.loop.create_task(self._deliver(push, on_result, retry_budget))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+        super()._start(pushes, on_result, retry_budget)
 
     async def _start_in_chunks(self, pushes, on_result, retry_budget) -> None:
         """A burst START_CHUNK pushes at a time, the loop turning in between: aiohttp
@@ -417,29 +358,18 @@ class _Sender:
                 await asyncio.sleep(0)
             self._start_now(pushes[index:index + START_CHUNK], on_result, retry_budget)
 
-    async def _drain(self, timeout: float) -> None:
-        pending = set(self.tasks)
-        if pending:
-            _, pending = await asyncio.wait(pending, timeout=timeout)
-        for task in pending:
-            task.cancel()
-        if pending:
-            log.warning("fcm shutdown cancelled %s pushes in flight", len(pending))
-            await asyncio.gather(*pending, return_exceptions=True)
+    async def _aclose(self) -> None:
         if self.session is not None:
             await self.session.close()
 
-    async def _deliver(self, push: Push, on_result, retry_budget: float) -> None:
-        try:
-            result = await self._send_with_retries(push, retry_budget)
-        except asyncio.CancelledError:
-            self.results.put((on_result, PushResult(push, False, None, "unknown", False, 0, None)))
-            raise
-        except Exception:
-            log.exception("fcm push crashed call=%s device=%s token=%s", push.collapse_key, push.device_id,
-                          _short(push.token))
-            result = PushResult(push, False, None, "unknown", False, 0, None)
-        self.results.put((on_result, result))
+    def _stopped(self) -> None:
+        self.auth_pool.shutdown(wait=False, cancel_futures=True)
+
+    def _unknown(self, push: Push) -> PushResult:
+        return PushResult(push, False, None, "unknown", False, 0, None)
+
+    async def _send(self, push: Push, retry_budget: float) -> PushResult:
+        return await self._send_with_retries(push, retry_budget)
 
     async def _send_with_retries(self, push: Push, retry_budget: float) -> PushResult:
         start = time.time()
@@ -578,93 +508,46 @@ class _Sender:
                 self.access_token, self.token_expires_at = info.access_token, _epoch(info.expiry)
 
 
-class _Breaker:
+class _Breaker(pushloop.Breaker):
     """FCM failing as a whole (503, 500, 429, connection refused): one wait for everyone
     instead of every push retrying on its own, which costs a request, an error to parse
     and a log line per push per retry, in the server's process, while FCM can take none.
 
-    Closed: requests go out. Once FCM answered BREAKER_THRESHOLD different tokens in a row
-    with a SERVICE_ERRORS failure (no success, and no answer about a token, in between),
-    it opens: no push is sent for `delay` seconds (BREAKER_OPEN_SECONDS, or FCM's
-    Retry-After). Then it lets one request through, the probe, and holds the others until
-    the probe's answer: FCM answered (accepted it, or refused that token) closes it and
-    releases everyone; a failure (or a timeout) opens it again for twice as long, up to
-    BREAKER_MAX_OPEN_SECONDS. A push waits for it only until its own retry limit (end of
-    the ring window, FCM_RETRY_BUDGET_SECONDS): then it is reported with the error that
-    opened the breaker. A few tokens failing on their own never open it.
+    notifications.pushloop.Breaker, keyed by token: it opens once FCM answered
+    BREAKER_THRESHOLD different tokens in a row with a SERVICE_ERRORS failure, holds every
+    push for BREAKER_OPEN_SECONDS (or FCM's Retry-After), then lets one probe through; a
+    failed (or timed out) probe doubles the wait up to BREAKER_MAX_OPEN_SECONDS; FCM
+    answering about a message (accepting or refusing it) closes it. A push waits for it
+    only until its own retry limit (end of the ring window, FCM_RETRY_BUDGET_SECONDS). A
+    timeout outside a probe says nothing either way: a request may hang for one token."""
 
-    Lives on the sender's loop; no locks."""
+    service = "FCM"
 
     def __init__(self):
-        self.open_until: float | None = None  # time.time(); None when closed
-        self.delay = BREAKER_OPEN_SECONDS
-        self.error: str | None = None          # the failure that opened it
-        self.failing: set[str] = set()         # tokens that failed in a row while closed
-        self.probing = False
-        self.changed = asyncio.Event()         # set (and replaced) whenever it closes or a probe ends
+        super().__init__("fcm")
 
     @property
-    def closed(self) -> bool:
-        return self.open_until is None
+    def threshold(self) -> int:
+        return BREAKER_THRESHOLD
 
-    async def admit(self, until: float) -> bool | None:
-        """Wait until a request may go out. True: send (as the probe if the breaker is
-        open); False: send, but not as the probe (it is closed); None: `until` came first."""
-        while self.open_until is not None:
-            now = time.time()
-            if now >= self.open_until and not self.probing:
-                self.probing = True
-                return True
-            wake = until if self.probing else min(until, self.open_until)
-            if now >= until:
-                return None
-            changed = self.changed
-            try:
-                async with asyncio.timeout(max(0.0, wake - now)):
-                    await changed.wait()
-            except TimeoutError:
-                pass
-        return False
+    @property
+    def open_seconds(self) -> float:
+        return BREAKER_OPEN_SECONDS
+
+    @property
+    def max_open_seconds(self) -> float:
+        return BREAKER_MAX_OPEN_SECONDS
 
     def outcome(self, token: str, error: str | None, retry_after: float | None, probe: bool) -> None:
         """What FCM answered one request (`error` None: accepted; `retry_after`: its
         Retry-After, seconds); `probe`: what admit said."""
         if error in SERVICE_ERRORS or (probe and error == "timeout"):
-            if probe:
-                self._open(error, retry_after, self.delay * 2)
-            elif self.open_until is None:
-                self.failing.add(token)
-                if len(self.failing) >= BREAKER_THRESHOLD:
-                    self._open(error, retry_after, BREAKER_OPEN_SECONDS)
-            return
-        if error == "timeout":
-            return
-        # FCM answered about this message (accepted it, or refused it): it is up.
-        self.failing.clear()
-        if self.open_until is not None:
-            log.warning("fcm circuit closed: FCM answers again")
-            self.open_until, self.error, self.delay, self.probing = None, None, BREAKER_OPEN_SECONDS, False
-            self._notify()
-
-    def probe_lost(self) -> None:
-        """The probe ended without an answer (cancelled, expired, crashed): let another try."""
-        if self.probing:
-            self.probing = False
-            self._notify()
-
-    def _open(self, error: str, retry_after: float | None, delay: float) -> None:
-        self.delay = min(max(delay, BREAKER_OPEN_SECONDS), BREAKER_MAX_OPEN_SECONDS)
-        wait = retry_after if retry_after is not None else self.delay
-        if self.open_until is None:
-            log.warning("fcm circuit open: FCM failing (%s) for %s tokens in a row; holding pushes %.2fs",
-                        error, len(self.failing), wait)
-        self.open_until, self.error, self.probing = time.time() + wait, error, False
-        self.failing.clear()
-        self._notify()
-
-    def _notify(self) -> None:
-        self.changed.set()
-        self.changed = asyncio.Event()
+            verdict = pushloop.FAILED
+        elif error == "timeout":
+            verdict = pushloop.UNKNOWN
+        else:
+            verdict = pushloop.ANSWERED
+        self.verdict(token, verdict, error, probe, retry_after)
 
 
 def _message(push: Push, ttl: int, token: str | None = None) -> dict:
@@ -744,21 +627,9 @@ def _blames_token(message: str, details: list[dict]) -> bool:
 
 def _retry_delay(retry_after: float | None, attempts: int) -> float:
     """Retry-After as FCM gave it (plus a little jitter), else the backoff."""
-    if retry_after is not None:
-        return retry_after + random.uniform(0, BACKOFF_SECONDS)
-    backoff = BACKOFF_SECONDS * 2 ** (attempts - 1)
-    return backoff + random.uniform(0, backoff / 2)
+    return pushloop.retry_delay(retry_after, attempts, BACKOFF_SECONDS)
 
 
 def _retry_after(value: str | None) -> float | None:
     """Seconds from a Retry-After header (delta-seconds or HTTP date), if any."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
+    return pushloop.retry_after_seconds(value)

@@ -9,8 +9,9 @@ here touches the database or the network.
 - `callpull_rings_total`: ring reports that created a call.
 - `callpull_pushes_total{transport, outcome}`: one per push with its final outcome, as
   the transport records it (`accepted`, or the error: `unregistered`, `unavailable`,
-  `timeout`, ...). `transport` is the push service (`fcm`, `apns`, ...): a new transport
-  calls `push_outcome(transport, outcome)` and needs nothing else here.
+  `timeout`, `gone`, ...). `transport` is the push service (`fcm`, `apns`, `webpush`):
+  notifications.push_results calls `push_outcome(transport, outcome)` for every transport of
+  notifications.fanout.PUSH_TRANSPORTS; a new transport needs nothing else here.
 - `callpull_ring_first_receipt_seconds`: from the ring report to the moment the call's
   reject decision learns of the first receipt (a device's ack, or a push service accepting
   a push), for calls whose policy waits for one (`immediate`).

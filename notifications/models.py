@@ -12,6 +12,7 @@ class Transport(models.TextChoices):
     WEBSOCKET = "websocket"
     FCM = "fcm"
     APNS = "apns"
+    WEBPUSH = "webpush"
 
 
 class Delivery(models.Model):

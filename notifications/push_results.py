@@ -1,4 +1,4 @@
-"""Recording push outcomes (FCM and APNs) on their delivery rows, in batches.
+"""Recording push outcomes (FCM, APNs and Web Push) on their delivery rows, in batches.
 
 `notifications.fcm` reports one `PushResult` per push, from its results thread. Writing
 each one as it comes (a database connection, an UPDATE, and more for a dead token) put a
@@ -46,7 +46,7 @@ IDLE_CLOSE_SECONDS = 1.0
 
 @dataclass(frozen=True)
 class Outcome:
-    result: object  # notifications.fcm.PushResult or notifications.apns.PushResult (the same shape)
+    result: object  # a PushResult of notifications.fcm, .apns or .webpush (the same shape)
     event_id: str
     on_accepted: Callable[[object], None] | None
     transport: str = Transport.FCM
@@ -157,10 +157,12 @@ def _write(outcomes: list[Outcome]) -> None:
          .update(sent_at=sent_at, error=error[:40], attempts=attempts))
     dead = [o.result.push for o in outcomes if o.result.drop_token and o.transport == Transport.FCM]
     _drop_apns([o for o in outcomes if o.result.drop_token and o.transport == Transport.APNS])
+    _drop_webpush([o for o in outcomes if o.result.drop_token and o.transport == Transport.WEBPUSH])
     if dead:
         dropped = Device.all_objects.filter(reduce(or_, (Q(pk=p.device_id, fcm_token=p.token) for p in dead))).update(
             fcm_token="")
-        for push, outcome in zip(dead, (o for o in outcomes if o.result.drop_token), strict=True):
+        for push, outcome in zip(dead, (o for o in outcomes if o.result.drop_token and o.transport == Transport.FCM),
+                                 strict=True):
             log.info("fcm token dropped device=%s reason=%s call=%s", push.device_id, outcome.result.error,
                      push.collapse_key)
         if dropped < len(dead):
@@ -175,6 +177,17 @@ def _drop_apns(outcomes: list[Outcome]) -> None:
         token_field = "apns_voip_token" if push.voip else "apns_token"
         dropped = Device.all_objects.filter(pk=push.device_id, **{token_field: push.token}).update(**{token_field: ""})
         log.info("apns token dropped device=%s field=%s reason=%s call=%s dropped=%s", push.device_id, token_field,
+                 outcome.result.error, push.collapse_key, bool(dropped))
+
+
+def _drop_webpush(outcomes: list[Outcome]) -> None:
+    """The push service said a subscription is gone (404, 410): forget it, unless the
+    device has subscribed again since (another endpoint)."""
+    for outcome in outcomes:
+        push = outcome.result.push
+        dropped = Device.all_objects.filter(pk=push.device_id, webpush_subscription__endpoint=push.endpoint).update(
+            webpush_subscription=None)
+        log.info("webpush subscription dropped device=%s reason=%s call=%s dropped=%s", push.device_id,
                  outcome.result.error, push.collapse_key, bool(dropped))
 
 

@@ -2,7 +2,8 @@
 
 `application` is the product's ASGI application (`callpull.asgi.application`) with
 the carrier + voice provider simulator (`simulators.telephony`) mounted at
-/simulator/, in the same process and on the same event loop. The product never
+/simulator/ and the local Web Push service (`simulators.webpush`) at
+/simulator/webpush/, in the same process and on the same event loop. The product never
 imports this package: settings choose this module in the embedded default (no
 Twilio credentials, DEBUG on: `ASGI_APPLICATION = "simulators.asgi.application"`),
 and `manage.py serve` runs whatever ASGI_APPLICATION names. With credentials the
@@ -21,6 +22,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "callpull.settings")
 from callpull.asgi import application as product  # noqa: E402  (sets Django up)
 from simulators.telephony.app import PREFIX, SimulatorApp, create_app  # noqa: E402
 from simulators.telephony.config import SimulatorConfig  # noqa: E402
+from simulators.webpush import PREFIX as WEBPUSH_PREFIX  # noqa: E402
+from simulators.webpush import WebPushService  # noqa: E402
 
 log = logging.getLogger("simulators")
 
@@ -33,8 +36,12 @@ class WithSimulator:
     def __init__(self, product, simulator: SimulatorApp):
         self.product = product
         self.simulator = simulator
+        # The local Web Push service (RFC 8030) under /simulator/webpush/ (simulators.webpush).
+        self.webpush = WebPushService()
 
     async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope.get("path", "").startswith(WEBPUSH_PREFIX + "/"):
+            return await self.webpush(scope, receive, send)
         if scope["type"] == "http" and _under_prefix(scope.get("path", "")):
             return await self.simulator(scope, receive, send)
         if scope["type"] == "lifespan":

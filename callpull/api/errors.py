@@ -55,7 +55,7 @@ STATUS_FOR_CODE = {
     "number_not_allowed": 403, "own_device_only": 403, "reauthentication_required": 403, "secondary_only": 403,
     "signup_disabled": 403, "transfer_pin_not_set": 403, "wrong_pin": 403,
     # 404: absent, or another user's
-    "not_found": 404,
+    "not_found": 404, "webpush_disabled": 404,
     # 409: not in a state that allows it
     "already_answered": 409, "already_here": 409, "already_verified": 409, "call_ended": 409,
     "call_not_movable": 409, "call_not_ringing": 409, "connect_not_verified": 409, "forwarding_not_active": 409,

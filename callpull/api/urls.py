@@ -1,6 +1,6 @@
 from django.urls import path
 
-from callpull.api import call_views, verification_views, views, voice_views
+from callpull.api import call_views, push_views, verification_views, views, voice_views
 
 urlpatterns = [
     path("account", views.AccountApi.as_view(), name="account"),
@@ -10,6 +10,7 @@ urlpatterns = [
     path("devices/me/number-verification/confirm", verification_views.NumberVerificationConfirmApi.as_view(),
          name="number-verification-confirm"),
     path("devices/me/voice-token", voice_views.VoiceTokenApi.as_view(), name="voice-token"),
+    path("push/vapid-public-key", push_views.VapidPublicKeyApi.as_view(), name="vapid-public-key"),
     path("lines", views.LineListCreateApi.as_view(), name="lines"),
     path("lines/<str:line_id>", views.LineDetailApi.as_view(), name="line-detail"),
     path("lines/<str:line_id>/forwarding", views.LineForwardingApi.as_view(), name="line-forwarding"),
