@@ -1,28 +1,67 @@
 from django.contrib import admin
+from django.db.models import Count, OuterRef, Subquery
 
 from callpull.models import AccountSettings, Call, Line, ServerNumber
 from devices.admin import CHANGELIST_CSS, compact_time, shortened
 
 
+def sharing_summary() -> str:
+    """How many lines share their server number with another line: their network-forwarded
+    calls are attributed only when the carrier sends ForwardedFrom (docs/CALLS.md)."""
+    loads = list(Line.objects.order_by().values("server_number").annotate(n=Count("id")).values_list("n", flat=True))
+    sharing = sum(load for load in loads if load > 1)
+    return f"{sum(loads)} lines, {sharing} share a server number"
+
+
 @admin.register(ServerNumber)
 class ServerNumberAdmin(admin.ModelAdmin):
-    list_display = ["number", "active"]
+    list_display = ["number", "active", "line_count"]
     list_filter = ["active"]
 
     class Media:
         css = CHANGELIST_CSS
 
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(line_count=Count("lines"))
+
+    @admin.display(description="lines", ordering="line_count")
+    def line_count(self, number):
+        return number.line_count
+
+    def changelist_view(self, request, extra_context=None):
+        return super().changelist_view(request, {**(extra_context or {}),
+                                                 "title": f"Server numbers ({sharing_summary()})"})
+
 
 @admin.register(Line)
 class LineAdmin(admin.ModelAdmin):
-    list_display = ["number", "owner", "server_number", "policy", "forwarding_state", "verified"]
-    list_filter = ["policy", "forwarding_state", "server_number"]
+    list_display = ["number", "owner", "server_number", "sharing", "policy", "forwarding_state", "network_kinds",
+                    "verified"]
+    list_filter = ["policy", "forwarding_state", "no_answer_state", "unreachable_state", "always_state",
+                   "carrier_profile", "server_number"]
     list_select_related = ["user", "server_number"]
     search_fields = ["number", "user__username"]
-    readonly_fields = ["id", "created_at", "forwarding_verified_at"]
+    readonly_fields = ["id", "created_at", "forwarding_verified_at", "no_answer_verified_at",
+                       "unreachable_verified_at", "always_verified_at"]
 
     class Media:
         css = CHANGELIST_CSS
+
+    def get_queryset(self, request):
+        others = (Line.objects.filter(server_number=OuterRef("server_number")).exclude(pk=OuterRef("pk"))
+                  .order_by().values("server_number").annotate(n=Count("id")).values("n"))
+        return super().get_queryset(request).annotate(sharing_with=Subquery(others))
+
+    def changelist_view(self, request, extra_context=None):
+        return super().changelist_view(request, {**(extra_context or {}), "title": f"Lines ({sharing_summary()})"})
+
+    @admin.display(description="shares number with", ordering="sharing_with")
+    def sharing(self, line):
+        return line.sharing_with or 0
+
+    @admin.display(description="network forwarding")
+    def network_kinds(self, line):
+        return ", ".join(line.network_kinds_active()) or "-"
 
     @admin.display(description="user", ordering="user__username")
     def owner(self, line):
@@ -55,7 +94,7 @@ class CallAdmin(admin.ModelAdmin):
     # The line names its user (searchable by username); five columns fit beside the filters.
     list_display = ["started", "line", "caller", "short_caller_name", "state"]
     list_display_links = ["started"]
-    list_filter = ["state", "policy"]
+    list_filter = ["state", "policy", "forwarding_kind"]
     list_select_related = ["line"]
     list_per_page = 50
     search_fields = ["id", "caller", "line__number", "user__username"]

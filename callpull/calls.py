@@ -6,8 +6,16 @@ Rules that protect users, enforced here:
 - the handset is told to reject only when forwarding on the line is `active` and
   at least one secondary device was reached (it acknowledged the `call.ringing`
   frame, or FCM accepted a push for it, or it answered), never before;
+- on a line forwarded on no answer but not on busy, the secondaries ring at once and
+  the handset is never told to reject (with busy forwarding off the caller would hear
+  busy): the carrier forwards the call itself after the line's timer;
 - every state change is a guarded transition (callpull.statemachine);
 - a call that cannot be helped rings on the handset as if we did not exist.
+
+A call the carrier forwards with no ring report (forwarding on no answer,
+unreachable, always; simultaneous ring) is made by `network_call` when the voice
+webhook brings it; a report for the same ring joins it (docs/CALLS.md,
+"Network-forwarded calls"). Both decide under the line's row lock: never two calls.
 
 Who hears about a call is callpull.events; an answered call's device is dialled
 by callpull.legs; calls whose deadline passed are ended by callpull.sweeper.
@@ -25,20 +33,30 @@ from django.utils import timezone
 
 from callpull import legs
 from callpull.events import announce_end, call_event, handset, notify, ring_targets, ring_targets_query
-from callpull.models import Call, CallState, ForwardingState, Line, Policy, TimelineEntry
+from callpull.mmi import DEFAULT_NO_ANSWER_TIMER
+from callpull.models import Call, CallState, ForwardingKind, ForwardingState, Line, Policy, TimelineEntry
 from callpull.representations import call_timeline
 from callpull.statemachine import PENDING_STATES, Step, record, transition
 from callpull.verification import require_verified_target
 from devices.errors import ServiceError, not_found, one_or_not_found
 from devices.models import Device, DeviceKind
 from devices.phone import to_e164
-from notifications import apns, fcm, metrics
-from notifications.fanout import Outgoing, any_receipt, fanout_prepare, fanout_send, with_sockets
+from notifications import metrics
+from notifications.fanout import Outgoing, any_receipt, fanout_prepare, fanout_send, pushable, with_sockets
 from notifications.models import Delivery
 
 log = logging.getLogger(__name__)
 
 KEEP_RINGING = "keep_ringing"
+# A report joining a call the network forwarded first: the handset keeps ringing.
+FORWARDED_BY_NETWORK = "forwarded_by_network"
+# A report on a line forwarded on no answer but not on busy: the secondaries ring, the
+# handset keeps ringing and the carrier forwards the call after the line's timer.
+FORWARDED_ON_NO_ANSWER = "forwarded_on_no_answer"
+# A network-forwarded call of a line with several network kinds active: which one is unknown.
+NETWORK = "network"
+# The states of a network-forwarded call a late ring report joins (any before its end).
+NETWORK_JOINABLE = (CallState.FORWARDED, CallState.CONNECTED)
 REJECT = "reject"
 AWAITING_DELIVERY = "awaiting_delivery"
 
@@ -54,9 +72,11 @@ class Instruction:
 
 # Lookups ---------------------------------------------------------------------
 
-def _line_for(*, user_id, ref: str) -> Line:
+def _line_for(*, user_id, ref: str, lock: bool = False) -> Line:
     # Unique either way: no ordering, no LIMIT to plan.
     lines = Line.objects.filter(user_id=user_id).order_by()
+    if lock:  # the line's row lock (on SQLite the IMMEDIATE transaction's write lock): see call_report
+        lines = lines.select_for_update()
     try:
         found = list(lines.filter(pk=uuid.UUID(str(ref))))
     except ValueError:
@@ -73,6 +93,27 @@ def _line_for(*, user_id, ref: str) -> Line:
 
 def call_for_user(*, user, call_id) -> Call:
     return one_or_not_found(Call.objects.select_related("line").filter(user=user), call_id, "call")
+
+
+def forwards_on_no_answer(line: Line) -> bool:
+    """Whether a ring on `line` reaches the server number without the handset rejecting
+    it: busy forwarding is not active but forwarding on no answer is, so the carrier
+    forwards the call itself once the line's timer ran out."""
+    return line.forwarding_state != ForwardingState.ACTIVE and line.no_answer_state == ForwardingState.ACTIVE
+
+
+def no_answer_timer(line: Line) -> int:
+    """The line's no-answer timer T in seconds (3GPP TS 22.030), the default when unknown."""
+    return line.no_answer_timer or DEFAULT_NO_ANSWER_TIMER
+
+
+def _ring_window(line: Line) -> int:
+    """How long a reported call rings before it is missed: CALL_RING_SECONDS, and on a line
+    forwarded on no answer at least until the carrier's forward is due (T) plus
+    CALL_FORWARD_WAIT_SECONDS, so that the forward finds the call still pending."""
+    if forwards_on_no_answer(line):
+        return max(settings.CALL_RING_SECONDS, no_answer_timer(line) + settings.CALL_FORWARD_WAIT_SECONDS)
+    return settings.CALL_RING_SECONDS
 
 
 def instruction_of(call: Call) -> Instruction:
@@ -106,29 +147,39 @@ def call_report(*, device: Device, report_id, line: str, caller: str | None, cal
     """
     # A repeat is told apart by the unique (user, report_id) constraint, not by a
     # read first: repeats are rare, and every first report would pay for that read.
+    # The line is read under its row lock: a network-forwarded call for the same ring
+    # (calls.network_call, which takes the same lock) is either seen here, and joined,
+    # or waits for this report's call and is matched to it: never two calls.
     try:
-        line_obj = _line_for(user_id=device.user_id, ref=line)
-        caller_e164 = to_e164(caller, line_obj.region or None, field="caller") if caller else ""
+        with transaction.atomic():
+            line_obj = _line_for(user_id=device.user_id, ref=line, lock=True)
+            caller_e164 = to_e164(caller, line_obj.region or None, field="caller") if caller else ""
+            joined = _join_network_call(line_obj, device=device, report_id=report_id, caller=caller_e164,
+                                        now=now) if line_obj.network_kinds_active() else None
+            if joined is None:
+                call = Call.objects.create(
+                    user_id=device.user_id, line=line_obj, report_id=report_id, reported_by=device,
+                    caller=caller_e164, caller_name=(caller_name or "")[:100], policy=line_obj.policy,
+                    forwarding_kind=ForwardingKind.NO_ANSWER if forwards_on_no_answer(line_obj)
+                    else ForwardingKind.BUSY,
+                    created_at=now, expires_at=now + timedelta(seconds=_ring_window(line_obj)),
+                )
+                reported = Step("reported", device.pk, {"caller": caller_e164 or None})
+                record(call, now=now, step=reported)
+                decided, outgoing = _ring_prepare(call, now=now)
     except ServiceError:
         existing = _reported(device=device, report_id=report_id)
         if existing is None:
             raise
         return Report(existing, _finish_report(existing), False)
-    try:
-        with transaction.atomic():
-            call = Call.objects.create(
-                user_id=device.user_id, line=line_obj, report_id=report_id, reported_by=device,
-                caller=caller_e164, caller_name=(caller_name or "")[:100], policy=line_obj.policy,
-                created_at=now, expires_at=now + timedelta(seconds=settings.CALL_RING_SECONDS),
-            )
-            reported = Step("reported", device.pk, {"caller": caller_e164 or None})
-            record(call, now=now, step=reported)
-            decided, outgoing = _ring_prepare(call, now=now)
     except IntegrityError:  # the same report again, or concurrently
         existing = _reported(device=device, report_id=report_id)
         if existing is None:
             raise
         return Report(existing, _finish_report(existing), False)
+    if joined is not None:
+        log.info("call reported after the network forwarded it: joined call=%s line=%s", joined.pk, line_obj.pk)
+        return Report(joined, instruction_of(joined), False)
     metrics.ring_created()
 
     instruction = decided or _ring_send(call, outgoing)
@@ -143,6 +194,83 @@ def call_report(*, device: Device, report_id, line: str, caller: str | None, cal
     return Report(call, instruction, True, timeline)
 
 
+def _join_network_call(line: Line, *, device: Device, report_id, caller: str, now: datetime) -> Call | None:
+    """The call the network already forwarded for this ring (same line, same caller, not
+    ended, within CALL_MATCH_WINDOW_SECONDS), which this report joins: it takes the
+    report's id (so that a repeat finds it) and the handset keeps ringing (the carrier
+    has the call in hand: simultaneous ring). None when there is none. Called under the
+    line's row lock."""
+    found = (Call.objects.select_related("line")
+             .filter(line=line, reported_by__isnull=True, caller=caller, state__in=NETWORK_JOINABLE,
+                     created_at__gte=now - timedelta(seconds=settings.CALL_MATCH_WINDOW_SECONDS))
+             .exclude(forwarding_kind=ForwardingKind.BUSY).order_by("-created_at").first())
+    if found is None:
+        return None
+    if not Call.objects.filter(pk=found.pk, reported_by__isnull=True).update(
+            reported_by=device, report_id=report_id, keep_ringing_reason=FORWARDED_BY_NETWORK):
+        return None
+    found.reported_by, found.report_id, found.keep_ringing_reason = device, report_id, FORWARDED_BY_NETWORK
+    record(found, now=now, step=Step("reported", device.pk, {"caller": caller or None, "joined": True}))
+    return found
+
+
+def network_call(*, line_id, caller: str | None, call_sid: str, forwarded_from: str | None,
+                 now: datetime) -> tuple[str, Call | None]:
+    """A call the carrier forwarded to the line `line_id` (attributed exactly: its own
+    server number, or ForwardedFrom names it) that matched no pending ring report.
+
+    Under the line's row lock (the lock a ring report takes): ("pending", call) when a
+    report's call from this caller committed meanwhile (claim it as any forwarded call);
+    ("created", call) when the line accepts network forwarding (no_answer, unreachable
+    or always active): the call is made on the spot, `forwarded`, the caller held, and
+    every ring target rings over every transport; else ("refused", None). A retried
+    webhook (same CallSid) finds its call: ("created", call), nothing rung twice."""
+    try:
+        with transaction.atomic():
+            line = Line.objects.select_for_update().filter(pk=line_id).first()
+            kinds = line.network_kinds_active() if line is not None else []
+            if not kinds or _declined_before_the_forward(line, caller=caller or "", now=now):
+                return "refused", None
+            pending = (Call.objects.select_related("line")
+                       .filter(line=line, state__in=PENDING_STATES, provider_call_sid__isnull=True,
+                               caller=caller or "",
+                               created_at__gte=now - timedelta(seconds=settings.CALL_MATCH_WINDOW_SECONDS))
+                       .order_by("-created_at").first())
+            if pending is not None:
+                return "pending", pending
+            call = Call.objects.create(
+                user_id=line.user_id, line=line, report_id=uuid.uuid4(), reported_by=None, caller=caller or "",
+                policy=line.policy, state=CallState.FORWARDED, provider_call_sid=call_sid,
+                forwarding_kind=kinds[0] if len(kinds) == 1 else NETWORK, created_at=now,
+                expires_at=now + timedelta(seconds=settings.CALL_RING_SECONDS))
+            TimelineEntry.objects.bulk_create([
+                TimelineEntry(call=call, at=now, event="forwarded_by_network",
+                              detail={"kinds": kinds, "call_sid": call_sid, "forwarded_from": forwarded_from,
+                                      "caller": caller or None}),
+                TimelineEntry(call=call, at=now, event="caller_held")])
+    except IntegrityError:  # the same CallSid, created by a concurrent retry of this webhook
+        found = Call.objects.select_related("line").filter(provider_call_sid=call_sid).first()
+        return ("created", found) if found is not None else ("refused", None)
+    metrics.ring_created()
+    log.info("network-forwarded call created call=%s line=%s kind=%s sid=%s", call.pk, line.pk,
+             call.forwarding_kind, call_sid)
+    notify(call, "call.ringing", ring_targets(call), now=now)
+    return "created", call
+
+
+def _declined_before_the_forward(line: Line, *, caller: str, now: datetime) -> bool:
+    """Whether this forwarded call is the ring a device already declined everywhere: a
+    reported call from `caller` on `line` that rang on the carrier's no-answer timer
+    (the handset is never told to reject there, so the carrier still forwards it after
+    T) and was declined, created recently enough for this to be its forward (within T +
+    CALL_FORWARD_WAIT_SECONDS). Such a forward is no new call: it gets the line's
+    fallback, as a declined call's forward does on busy."""
+    since = now - timedelta(seconds=no_answer_timer(line) + settings.CALL_FORWARD_WAIT_SECONDS)
+    return Call.objects.filter(line=line, caller=caller, state=CallState.DECLINED, reported_by__isnull=False,
+                               provider_call_sid__isnull=True, keep_ringing_reason=FORWARDED_ON_NO_ANSWER,
+                               created_at__gte=since).exists()
+
+
 def _reported(*, device: Device, report_id) -> Call | None:
     return Call.objects.select_related("line").filter(user_id=device.user_id, report_id=report_id).first()
 
@@ -153,30 +281,34 @@ def _unsaved(call: Call, at: datetime, step: Step) -> TimelineEntry:
 
 def _ring_prepare(call: Call, *, now: datetime) -> tuple[Instruction | None, Outgoing | None]:
     """Who rings, recorded: (an instruction already decided, or what to send)."""
-    if call.line.forwarding_state != ForwardingState.ACTIVE:
+    on_timer = forwards_on_no_answer(call.line)
+    if call.line.forwarding_state != ForwardingState.ACTIVE and not on_timer:
         # No way to bring the call to another device: leave it to the handset.
         return Instruction(KEEP_RINGING, "forwarding_not_active"), None
     targets, online = with_sockets(ring_targets_query(call), now)
-    pushable = ((fcm.enabled() and any(d.fcm_token for d in targets))
-                or (apns.enabled() and any(d.apns_voip_token for d in targets)))
-    if not online and not pushable:
+    if not online and not pushable("call.ringing", targets):
         return Instruction(KEEP_RINGING, "no_reachable_device"), None
     # `immediate`: the first receipt decides. An ack within RING_ACK_WAIT_SECONDS goes
-    # into this answer; a later ack, or FCM accepting a push, sends call.reject.
-    on_accepted = (lambda device_id: _reject_if_awaiting(call.pk)) if call.policy == Policy.IMMEDIATE else None
+    # into this answer; a later ack, or FCM accepting a push, sends call.reject. A line
+    # forwarded on no answer never has the handset reject: no receipt decides anything.
+    on_accepted = (lambda device_id: _reject_if_awaiting(call.pk)) \
+        if call.policy == Policy.IMMEDIATE and not on_timer else None
     outgoing = fanout_prepare(**call_event(call, "call.ringing", targets, now=now, online=online,
                                            on_fcm_accepted=on_accepted))
     return None, outgoing
 
 
 def _ring_send(call: Call, outgoing: Outgoing) -> Instruction:
-    immediate = call.policy == Policy.IMMEDIATE
+    on_timer = forwards_on_no_answer(call.line)
+    immediate = call.policy == Policy.IMMEDIATE and not on_timer
     wait = settings.RING_ACK_WAIT_SECONDS if immediate else 0
     if wait and outgoing.result.websocket:
         _connection_back_to_pool()
     result = fanout_send(outgoing, wait_ack=wait)
-    if not result.websocket and not result.fcm and not result.apns:
+    if not result.websocket and not result.pushed:
         return Instruction(KEEP_RINGING, "no_reachable_device")
+    if on_timer:
+        return Instruction(KEEP_RINGING, FORWARDED_ON_NO_ANSWER)
     if not immediate:
         return Instruction(KEEP_RINGING, "policy_on_answer")
     if result.acked:
@@ -200,8 +332,9 @@ def _finish_report(call: Call) -> Instruction:
     what was recorded; else answer what was decided."""
     if call.reject_sent_at is not None or call.keep_ringing_reason or call.state != CallState.RINGING:
         return instruction_of(call)
-    immediate = call.policy == Policy.IMMEDIATE
-    if call.line.forwarding_state != ForwardingState.ACTIVE:
+    on_timer = forwards_on_no_answer(call.line)
+    immediate = call.policy == Policy.IMMEDIATE and not on_timer
+    if call.line.forwarding_state != ForwardingState.ACTIVE and not on_timer:
         instruction = Instruction(KEEP_RINGING, "forwarding_not_active")
     elif not Delivery.objects.filter(ref=call.pk, event_type="call.ringing").exists():
         instruction = Instruction(KEEP_RINGING, "no_reachable_device")
@@ -214,7 +347,9 @@ def _finish_report(call: Call) -> Instruction:
             result = notify(call, "call.ringing", ring_targets(call), now=timezone.now(), push=False,
                             wait_ack=settings.RING_ACK_WAIT_SECONDS if immediate else 0)
             reached = bool(result.acked)
-        if not immediate:
+        if on_timer:
+            instruction = Instruction(KEEP_RINGING, FORWARDED_ON_NO_ANSWER)
+        elif not immediate:
             instruction = Instruction(KEEP_RINGING, "policy_on_answer")
         elif reached:
             instruction = Instruction(REJECT)
@@ -304,7 +439,15 @@ def call_answer(*, call: Call, device: Device, now: datetime) -> Call:
         raise ServiceError("forwarding_not_active",
                            "Forwarding is not active on this line: take the call on the handset.")
     held = call.state == CallState.FORWARDED
-    wait = settings.DIAL_TIMEOUT_SECONDS + 5 if held else settings.CALL_FORWARD_WAIT_SECONDS
+    if held:
+        wait = settings.DIAL_TIMEOUT_SECONDS + 5
+    elif forwards_on_no_answer(call.line):
+        # No reject goes to the handset: the carrier forwards the call once the line's
+        # timer T runs out (it started about when the handset began to ring, so T from
+        # now is the latest it is due).
+        wait = no_answer_timer(call.line) + settings.CALL_FORWARD_WAIT_SECONDS
+    else:
+        wait = settings.CALL_FORWARD_WAIT_SECONDS
     won = transition(call, "answer", now=now, step=Step("answered", device.pk),
                      fields={"answered_by": device, "expires_at": now + timedelta(seconds=wait)},
                      guard={"answered_by": None})
@@ -358,6 +501,13 @@ def call_handset_event(*, call: Call, device: Device, event: str, now: datetime)
                    "reject_failed": "reject_failed"}
     if not transition(call, transitions[event], now=now, step=Step(f"handset_{event}", device.pk)):
         call.refresh_from_db()
+        if event == "answered" and call.forwarding_kind != ForwardingKind.BUSY:
+            # A report that joined a network-forwarded call (simultaneous ring): the user
+            # picked up on the handset, so the carrier hangs up (or already hung up) the
+            # forwarded leg, and that ends the call. Recorded, nothing else to do.
+            record(call, now=now, step=Step("handset_answered", device.pk, {"state": str(call.state)}))
+            log.info("handset answered a network-forwarded call call=%s state=%s", call.pk, call.state)
+            return call
         raise ServiceError("invalid_state", f"The call is {call.state}; '{event}' does not apply.")
     if event == "answered":
         notify(call, "call.answered_elsewhere", [d for d in ring_targets(call)], now=now,

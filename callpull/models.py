@@ -34,9 +34,42 @@ class ForwardingState(models.TextChoices):
     MISMATCH = "mismatch"
 
 
+class ForwardingKind(models.TextChoices):
+    """When the carrier forwards the line's calls to its server number (3GPP TS 22.030
+    service codes 67, 61, 62, 21; docs/FORWARDING.md)."""
+
+    BUSY = "busy"                # the app-driven flow: the handset rejects, the carrier forwards
+    NO_ANSWER = "no_answer"      # after the line's timer
+    UNREACHABLE = "unreachable"  # handset off or out of coverage
+    ALWAYS = "always"            # unconditional: the handset never rings
+
+
+FORWARDING_KINDS = tuple(ForwardingKind.values)
+# The kinds whose forwarded calls arrive with no ring report: a call made on the spot.
+NETWORK_KINDS = (ForwardingKind.NO_ANSWER, ForwardingKind.UNREACHABLE, ForwardingKind.ALWAYS)
+# A no-answer timer (3GPP TS 22.030 "T"): 5 to 30 seconds in steps of 5.
+NO_ANSWER_TIMERS = (5, 10, 15, 20, 25, 30)
+
+
+def forwarding_fields(kind: str) -> tuple[str, str, str]:
+    """The line's (state, target, verified_at) columns of `kind`: the busy kind keeps the
+    columns it had before the other kinds came (forwarding_state, …)."""
+    prefix = "forwarding" if kind == ForwardingKind.BUSY else kind
+    return f"{prefix}_state", f"{prefix}_target", f"{prefix}_verified_at"
+
+
+def network_forwarding_q(prefix: str = "") -> Q:
+    """Lines on which one of the network kinds is active (`prefix`: a relation path)."""
+    q = Q()
+    for kind in NETWORK_KINDS:
+        q |= Q(**{f"{prefix}{forwarding_fields(kind)[0]}": ForwardingState.ACTIVE})
+    return q
+
+
 class Line(models.Model):
-    """A handset's own phone number, and the forward-on-busy rule that sends its
-    calls to our server number."""
+    """A handset's own phone number, and the forwarding rules that send its calls to our
+    server number: on busy (the app-driven flow, `forwarding_*`), on no answer, when
+    unreachable, always (docs/FORWARDING.md)."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="lines")
@@ -48,6 +81,22 @@ class Line(models.Model):
                                         default=ForwardingState.UNVERIFIED)
     forwarding_target = models.CharField(max_length=20, blank=True, default="")
     forwarding_verified_at = models.DateTimeField(null=True, blank=True)
+    no_answer_state = models.CharField(max_length=16, choices=ForwardingState.choices,
+                                       default=ForwardingState.UNVERIFIED)
+    no_answer_target = models.CharField(max_length=20, blank=True, default="")
+    no_answer_verified_at = models.DateTimeField(null=True, blank=True)
+    no_answer_timer = models.PositiveSmallIntegerField(null=True, blank=True,
+                                                       help_text="Seconds before the carrier forwards (5 to 30).")
+    unreachable_state = models.CharField(max_length=16, choices=ForwardingState.choices,
+                                         default=ForwardingState.UNVERIFIED)
+    unreachable_target = models.CharField(max_length=20, blank=True, default="")
+    unreachable_verified_at = models.DateTimeField(null=True, blank=True)
+    always_state = models.CharField(max_length=16, choices=ForwardingState.choices,
+                                    default=ForwardingState.UNVERIFIED)
+    always_target = models.CharField(max_length=20, blank=True, default="")
+    always_verified_at = models.DateTimeField(null=True, blank=True)
+    carrier_profile = models.CharField(max_length=32, default="3gpp",
+                                       help_text="Whose forwarding codes the line's carrier uses (callpull.mmi).")
     fallback_number = models.CharField(max_length=20, blank=True, default="",
                                        help_text="Where an unmatched forwarded call goes, e.g. voicemail.")
     registered_by = models.ForeignKey("devices.Device", null=True, on_delete=models.SET_NULL, related_name="+")
@@ -58,6 +107,13 @@ class Line(models.Model):
 
     def __str__(self):
         return self.number
+
+    def forwarding_state_of(self, kind: str) -> str:
+        return getattr(self, forwarding_fields(kind)[0])
+
+    def network_kinds_active(self) -> list[str]:
+        """The network kinds (no_answer, unreachable, always) that are active."""
+        return [str(kind) for kind in NETWORK_KINDS if self.forwarding_state_of(kind) == ForwardingState.ACTIVE]
 
 
 class AccountSettings(models.Model):
@@ -106,6 +162,10 @@ class Call(models.Model):
     caller_name = models.CharField(max_length=100, blank=True, default="")
     state = models.CharField(max_length=24, choices=CallState.choices, default=CallState.RINGING)
     policy = models.CharField(max_length=16, choices=Policy.choices)
+    forwarding_kind = models.CharField(
+        max_length=16, default="busy",
+        help_text="busy: a call a handset reported; for a call the network forwarded with no ring report, the "
+                  "line's only active network kind, else `network` (the webhook does not say why).")
     keep_ringing_reason = models.CharField(max_length=40, blank=True, default="")
     answered_by = models.ForeignKey("devices.Device", null=True, blank=True, on_delete=models.SET_NULL,
                                     related_name="+")

@@ -24,6 +24,8 @@ def call_to_dict(call: Call) -> dict:
         "caller_name": call.caller_name or None,
         "state": call.state,
         "policy": call.policy,
+        "forwarding_kind": call.forwarding_kind,
+        "reported_by": str(call.reported_by_id) if call.reported_by_id else None,
         "answered_by": str(call.answered_by_id) if call.answered_by_id else None,
         "held_by": str(call.held_by_id) if call.held_by_id else None,
         "transferred_to": call.transferred_to or None,

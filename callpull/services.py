@@ -11,7 +11,16 @@ from django.contrib.auth.hashers import check_password, make_password
 from django.db import IntegrityError, transaction
 from django.db.models import Count
 
-from callpull.models import AccountSettings, ForwardingState, Line, ServerNumber
+from callpull import mmi
+from callpull.models import (
+    NO_ANSWER_TIMERS,
+    AccountSettings,
+    ForwardingKind,
+    ForwardingState,
+    Line,
+    ServerNumber,
+    forwarding_fields,
+)
 from devices import audit
 from devices.errors import ServiceError
 from devices.models import Device
@@ -70,7 +79,10 @@ def line_update(*, line: Line, data: dict) -> Line:
     if "fallback_number" in data and data["fallback_number"]:
         data = {**data, "fallback_number": to_e164(data["fallback_number"], line.region or None,
                                                    field="fallback_number")}
-    changed = [field for field in ("policy", "fallback_number") if field in data]
+    if "carrier_profile" in data and not mmi.profile_known(data["carrier_profile"]):
+        raise ServiceError("invalid_input", "Unknown carrier profile.",
+                           fields={"carrier_profile": [f"One of: {', '.join(sorted(mmi.PROFILES))}."]})
+    changed = [field for field in ("policy", "fallback_number", "carrier_profile") if field in data]
     for field in changed:
         setattr(line, field, data[field])
     if changed:
@@ -78,13 +90,27 @@ def line_update(*, line: Line, data: dict) -> Line:
     return line
 
 
-def line_forwarding_confirm(*, line: Line, state: str, target: str | None, now: datetime) -> Line:
-    """Record what the handset's interrogation (*#67#) reported.
+def line_forwarding_confirm(*, line: Line, state: str, target: str | None, now: datetime,
+                            kind: str = ForwardingKind.BUSY, timer: int | None = None) -> Line:
+    """Record what the handset's interrogation of `kind` reported (*#67#, *#61#, *#62#,
+    *#21#; `conditional`: busy, no_answer and unreachable at once, as *#004# does).
 
     `active` counts only when the reported target is this line's server number;
     forwarding elsewhere is `mismatch`, and the backend will not ask the handset
-    to reject calls on it.
+    to reject calls on it (busy) nor take the network's forwarded calls as the line's.
+    `timer` (5 to 30 s in steps of 5) is the no-answer timer, for no_answer and
+    conditional only.
     """
+    if kind not in mmi.CODE_KINDS:
+        raise ServiceError("invalid_input", "Unknown forwarding kind.",
+                           fields={"kind": [f"One of: {', '.join(mmi.CODE_KINDS)}."]})
+    kinds = mmi.CONDITIONAL_KINDS if kind == mmi.CONDITIONAL else (ForwardingKind(kind),)
+    if timer is not None and ForwardingKind.NO_ANSWER not in kinds:
+        raise ServiceError("invalid_input", "timer applies to no_answer and conditional only.",
+                           fields={"timer": ["Only with kind no_answer or conditional."]})
+    if timer is not None and timer not in NO_ANSWER_TIMERS:
+        raise ServiceError("invalid_input", "timer is 5 to 30 seconds in steps of 5.",
+                           fields={"timer": ["One of 5, 10, 15, 20, 25, 30."]})
     target_e164 = to_e164(target, line.region or None, field="target") if target else ""
     if state == ForwardingState.ACTIVE:
         if not target_e164:
@@ -93,10 +119,16 @@ def line_forwarding_confirm(*, line: Line, state: str, target: str | None, now: 
         new_state = ForwardingState.ACTIVE if target_e164 == line.server_number.number else ForwardingState.MISMATCH
     else:
         new_state = ForwardingState.INACTIVE
-    Line.objects.filter(pk=line.pk).update(forwarding_state=new_state, forwarding_target=target_e164,
-                                           forwarding_verified_at=now)
-    line.forwarding_state, line.forwarding_target, line.forwarding_verified_at = new_state, target_e164, now
-    log.info("line forwarding line=%s reported=%s state=%s", line.pk, state, new_state)
+    values = {}
+    for each in kinds:
+        state_field, target_field, verified_field = forwarding_fields(each)
+        values.update({state_field: new_state, target_field: target_e164, verified_field: now})
+    if ForwardingKind.NO_ANSWER in kinds:
+        values["no_answer_timer"] = timer
+    Line.objects.filter(pk=line.pk).update(**values)
+    for field, value in values.items():
+        setattr(line, field, value)
+    log.info("line forwarding line=%s kind=%s reported=%s state=%s", line.pk, kind, state, new_state)
     return line
 
 

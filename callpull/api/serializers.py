@@ -3,26 +3,55 @@
 from rest_framework import serializers
 
 from callpull import mmi
-from callpull.models import AccountSettings, CallState, ForwardingState, Line, Policy, PullState
+from callpull.models import (
+    FORWARDING_KINDS,
+    AccountSettings,
+    CallState,
+    ForwardingKind,
+    ForwardingState,
+    Line,
+    Policy,
+    PullState,
+    forwarding_fields,
+)
 
 
 class LineOutput(serializers.ModelSerializer):
     server_number = serializers.CharField(source="server_number.number")
-    forwarding = serializers.SerializerMethodField()
-    mmi = serializers.SerializerMethodField()
+    forwarding = serializers.SerializerMethodField(help_text="The busy kind (as forwarding_kinds.busy).")
+    mmi = serializers.SerializerMethodField(help_text="The busy kind's 3GPP codes (67).")
+    forwarding_kinds = serializers.SerializerMethodField(help_text=(
+        "{busy, no_answer, unreachable, always}: each {state, target, verified_at}; no_answer also `timer` "
+        "(seconds, null when unknown)."))
+    codes = serializers.SerializerMethodField(help_text=(
+        "{busy, no_answer, unreachable, always, conditional}: {register, interrogate, erase} to dial for this "
+        "line's server number on its carrier profile, or null where the profile has none (docs/FORWARDING.md)."))
 
     class Meta:
         model = Line
-        fields = ["id", "number", "server_number", "policy", "fallback_number", "forwarding", "mmi", "created_at"]
+        fields = ["id", "number", "server_number", "policy", "fallback_number", "forwarding", "mmi",
+                  "carrier_profile", "forwarding_kinds", "codes", "created_at"]
 
     def get_forwarding(self, line) -> dict:
-        return {"state": line.forwarding_state, "target": line.forwarding_target or None,
-                "verified_at": serializers.DateTimeField().to_representation(line.forwarding_verified_at)
-                if line.forwarding_verified_at else None}
+        return _kind(line, ForwardingKind.BUSY)
 
     def get_mmi(self, line) -> dict:
         return {"register": mmi.cfb_register(line.server_number.number), "interrogate": mmi.cfb_interrogate(),
                 "erase": mmi.cfb_erase()}
+
+    def get_forwarding_kinds(self, line) -> dict:
+        kinds = {str(kind): _kind(line, kind) for kind in FORWARDING_KINDS}
+        kinds[ForwardingKind.NO_ANSWER]["timer"] = line.no_answer_timer
+        return kinds
+
+    def get_codes(self, line) -> dict:
+        return mmi.codes(line.server_number.number, profile=line.carrier_profile, timer=line.no_answer_timer)
+
+
+def _kind(line, kind: str) -> dict:
+    state, target, verified_at = (getattr(line, field) for field in forwarding_fields(kind))
+    return {"state": state, "target": target or None,
+            "verified_at": serializers.DateTimeField().to_representation(verified_at) if verified_at else None}
 
 
 class LineCreateInput(serializers.Serializer):
@@ -33,11 +62,19 @@ class LineCreateInput(serializers.Serializer):
 class LineUpdateInput(serializers.Serializer):
     policy = serializers.ChoiceField(choices=Policy.choices, required=False)
     fallback_number = serializers.CharField(max_length=32, required=False, allow_blank=True)
+    carrier_profile = serializers.CharField(max_length=32, required=False,
+                                            help_text="A profile of callpull.mmi (docs/FORWARDING.md).")
 
 
 class ForwardingInput(serializers.Serializer):
+    # A string checked by the service (not a ChoiceField: its enum would collide with the
+    # devices' `kind` in the OpenAPI schema's component names).
+    kind = serializers.CharField(max_length=16, default=ForwardingKind.BUSY, help_text=(
+        f"One of {', '.join(mmi.CODE_KINDS)}; conditional: busy, no_answer and unreachable at once."))
     state = serializers.ChoiceField(choices=[ForwardingState.ACTIVE, ForwardingState.INACTIVE])
     target = serializers.CharField(max_length=32, required=False, allow_blank=True, allow_null=True)
+    timer = serializers.IntegerField(required=False, allow_null=True, min_value=5, max_value=30, help_text=(
+        "The no-answer timer in seconds (5 to 30, steps of 5): no_answer and conditional only."))
 
 
 class AccountOutput(serializers.ModelSerializer):
@@ -98,6 +135,11 @@ class CallOutput(serializers.Serializer):
     caller_name = serializers.CharField(allow_null=True)
     state = serializers.ChoiceField(choices=CallState.choices)
     policy = serializers.ChoiceField(choices=Policy.choices)
+    forwarding_kind = serializers.CharField(help_text=(
+        "busy: reported by the handset; no_answer, unreachable or always: forwarded by the network with no ring "
+        "report, the line's only active network kind; network: forwarded by the network, kind unknown."))
+    reported_by = serializers.UUIDField(allow_null=True, help_text=(
+        "The handset that reported the ring; null for a call the network forwarded with no ring report."))
     answered_by = serializers.UUIDField(allow_null=True)
     held_by = serializers.UUIDField(allow_null=True, help_text="The device carrying the call now.")
     transferred_to = serializers.CharField(allow_null=True)

@@ -53,11 +53,14 @@ class LineForwardingApi(APIView):
     permission_classes = [IsHandset]
 
     @extend_schema(request=ForwardingInput, responses={200: LineOutput}, operation_id="line_forwarding_confirm",
-                   description="Handset only: what the handset's interrogation (*#67#) reported.")
+                   description="Handset only: what the handset's interrogation of a forwarding kind reported "
+                               "(*#67# busy, the default; *#61# no_answer, *#62# unreachable, *#21# always, "
+                               "*#004# conditional = busy + no_answer + unreachable).")
     def post(self, request, line_id):
         line = selectors.line_for_user(user=request.user, line_id=line_id)
         data = validated(ForwardingInput, request.data).validated_data
-        line = services.line_forwarding_confirm(line=line, state=data["state"], target=data.get("target"),
+        line = services.line_forwarding_confirm(line=line, kind=data["kind"], state=data["state"],
+                                                target=data.get("target"), timer=data.get("timer"),
                                                 now=timezone.now())
         return Response(LineOutput(line).data)
 

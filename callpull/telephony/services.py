@@ -6,7 +6,10 @@ a device's leg joins; devices are dialled in through the provider's REST API.
 Retried webhooks (same CallSid) get the same answer. A call to a server number
 that is no forwarded call may be a user dialling in to take over a live call
 (callpull.moves): every such caller is asked for a PIN before hearing anything
-else, whoever its caller id claims to be.
+else, whoever its caller id claims to be. On a line that accepts network
+forwarding (no answer, unreachable, always) a call attributed exactly to it that
+matches no ring report is its forwarded call, made on the spot (callpull.calls.
+network_call), unless it comes from one of that user's own devices' numbers.
 """
 
 import logging
@@ -18,7 +21,7 @@ from django.core import signing
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Exists, Q
 
-from callpull import actions, joins, legs, moves
+from callpull import actions, calls, joins, legs, moves
 from callpull.models import Call, CallLeg, CallState, LegRole, LegState, Line, Pull, PullState, TimelineEntry
 from callpull.statemachine import PENDING_STATES, Step, record, transition
 from callpull.telephony import provider
@@ -119,13 +122,19 @@ def _last4(number: str | None) -> str:
 
 def _unmatched(*, to: str, forwarded_from: str | None) -> str:
     """A forwarded call that is no pending call's: the fallback of the line ForwardedFrom
-    names or, when it names none, of the only line on the server number `To`; else a
-    polite goodbye."""
+    names or, when it names none, of the only line on the server number `To`, or the one
+    fallback every line sharing `To` has; else a polite goodbye."""
     line = Line.objects.filter(number=forwarded_from).only("id", "fallback_number").first() \
         if forwarded_from else None
     if line is None:
         only = list(Line.objects.filter(server_number__number=to).only("id", "fallback_number")[:2]) if to else []
         line = only[0] if len(only) == 1 else None
+        if len(only) > 1:  # a shared number: no line is guessed, only a fallback they all share is taken
+            fallbacks = list(Line.objects.filter(server_number__number=to).order_by()
+                             .values_list("fallback_number", flat=True).distinct()[:2])
+            if len(fallbacks) == 1 and fallbacks[0]:
+                log.info("call to shared %s unmatched: to the fallback its lines share", _last4(to))
+                return provider.twiml_forward(number=fallbacks[0])
     if line is not None and line.fallback_number:
         log.info("forwarded call unmatched: to fallback line=%s", line.pk)
         return provider.twiml_forward(number=line.fallback_number)
@@ -279,10 +288,49 @@ def call_arrived(*, params: dict, now: datetime) -> str:
         known = _known(call_sid, dialled_in=False)
         if known is not None:
             return known
+    line = _exact_line(to=to, forwarded_from=forwarded_from)
+    if line is not None and line.network_kinds_active() and not (
+            dialled_in and caller and _users_own_number(line, caller)):
+        answer = _network_forwarded(line, call_sid=call_sid, caller=caller, forwarded_from=forwarded_from,
+                                    dialled_in=dialled_in, now=now)
+        if answer is not None:
+            return answer
     if dialled_in and caller:  # maybe a user dialling in: prove it first (a withheld caller id never can)
         log.info("dial-in sid=%s: asking for the PIN", call_sid)
         return _pin_prompt(attempt=1)
     return _unmatched(to=to, forwarded_from=forwarded_from)
+
+
+def _exact_line(*, to: str, forwarded_from: str | None) -> Line | None:
+    """The line a forwarded call is exactly attributed to: the one ForwardedFrom names,
+    else the only line on the server number `To`; None on a shared number without
+    ForwardedFrom (never a guess: docs/CALLS.md, "Network-forwarded calls")."""
+    if forwarded_from:
+        return Line.objects.filter(number=forwarded_from).first()
+    only = list(Line.objects.filter(server_number__number=to)[:2]) if to else []
+    return only[0] if len(only) == 1 else None
+
+
+def _users_own_number(line: Line, caller: str) -> bool:
+    """Whether `caller` is the number of one of the line's user's devices: a call from it
+    with no ForwardedFrom is the user dialling in (the PIN prompt), not a forwarded call."""
+    return Device.objects.filter(user_id=line.user_id, phone_number=caller).exists()
+
+
+def _network_forwarded(line: Line, *, call_sid: str, caller: str | None, forwarded_from: str | None,
+                       dialled_in: bool, now: datetime) -> str | None:
+    """A forwarded call no pending report's, on a line that accepts network forwarding:
+    the call made on the spot (callpull.calls.network_call), or the report's call that
+    committed meanwhile, claimed. None when the line no longer accepts it."""
+    outcome, call = calls.network_call(line_id=line.pk, caller=caller, call_sid=call_sid,
+                                       forwarded_from=forwarded_from, now=now)
+    if outcome == "created":
+        return twiml_for(call)
+    if outcome == "pending":
+        if _claim(call, call_sid=call_sid, forwarded_from=forwarded_from, now=now):
+            return caller_twiml(call)
+        return _known(call_sid, dialled_in=dialled_in)
+    return None
 
 
 def _claim(call: Call, *, call_sid: str, forwarded_from: str | None, now: datetime) -> bool:
