@@ -8,7 +8,7 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     go = sub.add_parser("run", help="run the suite and write bench/results/")
     go.add_argument("--profile", choices=sorted(run.PROFILES), default="quick")
-    go.add_argument("--only", default="", help="comma-separated subset: ring,fcm,webhook")
+    go.add_argument("--only", default="", help="comma-separated subset: ring,fcm,apns,webhook")
     go.add_argument("--configs", default="", help="comma-separated configuration names of the profile to keep")
     go.add_argument("--sockets", default="", help="comma-separated socket counts instead of the profile's")
     go.add_argument("--rates", default="", help="comma-separated ring rates instead of the profile's")
@@ -29,11 +29,18 @@ def main() -> None:
     from bench import soak
     soak.add_arguments(sub.add_parser("soak", help="minutes of calls with random faults; writes bench/results/soak.*"))
     from bench import fcmring
-    fcmring.add_arguments(sub.add_parser("fcmring", help="ring report latency with FCM healthy, slow and failing; "
-                                         "writes bench/results/fcm-ring.*"))
+    fcmring.add_arguments(sub.add_parser("fcmring", help="ring report latency with FCM (or --push apns: APNs) "
+                                         "healthy, slow and failing; writes bench/results/fcm-ring.* (apns-ring.*)"))
+    fan = sub.add_parser("apns", help="APNs fan-out, ours vs django-push-notifications, alone; writes "
+                         "bench/results/apns.* (`run` puts the same table in latest.*)")
+    fan.add_argument("--sizes", default="100,1000", help="comma-separated token counts")
+    fan.add_argument("--repeats", type=int, default=3)
+    fan.add_argument("--latency-ms", type=int, default=20, help="the local APNs server's added latency")
+    fan.add_argument("--profile", action="store_true", help="ours alone under py-spy; writes "
+                     "bench/results/apns-profile.md instead")
     again = sub.add_parser("report", help="rewrite latest.md/plots from a raw results file")
     again.add_argument("raw", nargs="+", help="one or more raw files; several are merged (ring cells and memory "
-                       "rows appended, FCM and webhook from the last file that has them)")
+                       "rows appended, FCM, APNs and webhook from the last file that has them)")
     args = parser.parse_args()
     if args.command == "run":
         overrides = {"configs": [c.strip() for c in args.configs.split(",") if c.strip()],
@@ -53,6 +60,10 @@ def main() -> None:
         raise SystemExit(soak.command(args))
     elif args.command == "fcmring":
         raise SystemExit(fcmring.command(args))
+    elif args.command == "apns":
+        path = run.run_apns_alone([int(x) for x in args.sizes.split(",") if x], args.repeats, args.latency_ms,
+                                  profile=args.profile)
+        print(path.read_text())
     elif args.command == "profile":
         from bench import profile
         profile.run()
@@ -68,6 +79,7 @@ def main() -> None:
             merged["ring"] += data.get("ring", [])
             merged["memory"] += data.get("memory", [])
             merged["fcm"] = data.get("fcm") or merged.get("fcm")
+            merged["apns"] = data.get("apns") or merged.get("apns")
             merged["webhook"] = data.get("webhook") or merged.get("webhook")
             merged["meta"]["merged_from"] = merged["meta"].get("merged_from", [args.raw[0]]) + [name]
             merged["meta"].setdefault("commands", [merged["meta"]["command"]]).append(data["meta"]["command"])

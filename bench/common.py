@@ -26,7 +26,8 @@ REDIS_BASE = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
 # Product variables a developer's shell may set; the benchmark servers get only ours.
 _SCRUB = ("DATABASE_URL", "REDIS_URL", "FCM_CREDENTIALS_FILE", "FCM_ENDPOINT", "TWILIO_API_BASE",
           "PUBLIC_BASE_URL", "SERVER_NUMBERS", "DEBUG", "LOG_LEVEL", "SECRET_KEY", "ALLOWED_HOSTS",
-          "TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN")
+          "TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "APNS_KEY_FILE", "APNS_KEY_ID", "APNS_TEAM_ID",
+          "APNS_BUNDLE_ID", "APNS_ENDPOINT", "APNS_CA_FILE")
 # What server_env(production=True) adds that takes the stand-ins away (settings.SIMULATOR_ENABLED).
 _PRODUCTION = ("DEBUG", "SECRET_KEY", "TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_API_BASE")
 NCPU = os.cpu_count() or 1
@@ -163,6 +164,71 @@ def start_fake_fcm(tmp: Path, env: dict, *, latency_ms: int = 20,
         time.sleep(0.1)
     stop_process(fake)
     raise RuntimeError("the fake FCM did not start")
+
+
+class FakeAPNsControl:
+    """The control paths of a `manage.py fakeapns` in another process (HTTP/2 only; over
+    TLS, trusting the CA it wrote)."""
+
+    def __init__(self, url: str, ca_file: Path | None):
+        import ssl
+        verify = ssl.create_default_context(cafile=str(ca_file)) if ca_file else False
+        self.url = url
+        self.client = httpx.Client(http1=False, http2=True, verify=verify, trust_env=False, timeout=10)
+
+    def counts(self) -> dict:
+        return self.client.get(self.url + "/_fake").raise_for_status().json()
+
+    def records(self, start: int = 0) -> list[dict]:
+        return self.client.get(f"{self.url}/_fake/requests?from={start}").raise_for_status().json()
+
+    def clear_rules(self) -> None:
+        self.client.delete(self.url + "/_fake/rules").raise_for_status()
+
+    def add_rule(self, rule: dict) -> None:
+        self.client.post(self.url + "/_fake/rules", json=rule).raise_for_status()
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def start_fake_apns(tmp: Path, env: dict, *, latency_ms: int = 20, tls: bool = True,
+                    pin: set | None = None) -> tuple[subprocess.Popen, dict]:
+    """`manage.py fakeapns` in its own process (TLS by default, as APNs); returns (process,
+    the APNS_* settings that send to it, APNS_CA_FILE included with TLS). Like the fake
+    FCM, it runs without the production variables a server's `env` may hold."""
+    port = free_port()
+    key, ca = tmp / "AuthKey_FAKEKEY001.p8", tmp / "fake-apns-ca.pem"
+    for stale in (key, ca):
+        stale.unlink(missing_ok=True)
+    env = {key_: value for key_, value in env.items() if key_ not in _PRODUCTION}
+    command = [sys.executable, "manage.py", "fakeapns", "--port", str(port), "--latency-ms", str(latency_ms),
+               "--key-out", str(key)] + (["--tls", "--ca-out", str(ca)] if tls else [])
+    with open(tmp / "fakeapns.log", "ab") as log_file:
+        fake = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                start_new_session=True,
+                                preexec_fn=(lambda: os.sched_setaffinity(0, pin)) if pin else None)
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+    settings = {"APNS_KEY_FILE": str(key), "APNS_KEY_ID": "FAKEKEY001", "APNS_TEAM_ID": "CALLPULL01",
+                "APNS_BUNDLE_ID": "org.callpull.app", "APNS_ENDPOINT": url}
+    if tls:
+        settings["APNS_CA_FILE"] = str(ca)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if fake.poll() is not None:
+            break
+        if key.exists() and (ca.exists() or not tls):
+            control = FakeAPNsControl(url, ca if tls else None)
+            try:
+                control.counts()
+                return fake, settings
+            except httpx.HTTPError:
+                pass
+            finally:
+                control.close()
+        time.sleep(0.1)
+    stop_process(fake)
+    raise RuntimeError(f"the fake APNs did not start:\n{(tmp / 'fakeapns.log').read_text()[-2000:]}")
 
 
 def stop_process(process: subprocess.Popen) -> None:

@@ -64,7 +64,8 @@ def targets(results: dict) -> list[tuple[str, str, str, str]]:
             p99 = cell["http_ms"]["p99"]
             rows.append(("Ring report HTTP p99 < 50 ms", where, f"{p99} ms",
                          "met" if p99 is not None and p99 < 50 else f"missed by {p99 - 50:.1f} ms"))
-    rows += _fcm_ring_targets(_sibling("fcm-ring.json"))
+    rows += ring_targets(_sibling("fcm-ring.json"), "fcm")
+    rows += ring_targets(_sibling("apns-ring.json"), "apns")
     memory = [m for m in results.get("memory", []) if m.get("sockets")]
     for compression in (False, True):
         rows_m = [m for m in memory if m["compression"] is compression]
@@ -87,6 +88,7 @@ def targets(results: dict) -> list[tuple[str, str, str, str]]:
                          "met" if ratio >= 3 else f"missed: {ratio:.2f}x of 3x ({3 / ratio:.1f}x short)"))
         else:
             rows.append((f"FCM ≥ 3x fcm-django at {n} tokens", "–", "not measured in this profile", "–"))
+    rows += apns_targets(results.get("apns") or (_sibling("apns.json") or {}).get("apns") or [])
     hook = results.get("webhook")
     if hook:
         p99 = hook["latency_ms"]["p99"]
@@ -105,23 +107,45 @@ def _sibling(name: str) -> dict | None:
         return None
 
 
-def _fcm_ring_targets(fcm_ring: dict | None) -> list[tuple[str, str, str, str]]:
-    name = "HTTP p99 within 10% when FCM is slow/failing"
-    if not fcm_ring:
-        return [(name, "–", "not measured: run `python -m bench fcmring`", "–")]
-    started = fcm_ring.get("meta", {}).get("started", "?")
+def apns_targets(apns: list[dict]) -> list[tuple[str, str, str, str]]:
+    rows = []
+    for n in (100, 1000):
+        ours = next((r for r in apns if r["impl"] == "ours" and r["tokens"] == n), None)
+        theirs = next((r for r in apns if r["impl"] == "django-push-notifications" and r["tokens"] == n), None)
+        name = f"APNs ≥ 3x django-push-notifications at {n} tokens"
+        if ours and theirs and ours["msgs_per_s"] and theirs["msgs_per_s"]:
+            ratio = ours["msgs_per_s"] / theirs["msgs_per_s"]
+            rows.append((name, "fake APNs over TLS, 20 ms latency",
+                         f"{ratio:.2f}x ({ours['msgs_per_s']} vs {theirs['msgs_per_s']} accepted/s; "
+                         f"accepted {ours['ok']}/{n} vs {theirs['ok']}/{n})",
+                         "met" if ratio >= 3 else f"missed: {ratio:.2f}x of 3x ({3 / ratio:.1f}x short)"))
+        else:
+            rows.append((name, "–", "not measured: `python -m bench apns` or `run --only apns`", "–"))
+    return rows
+
+
+def ring_targets(data: dict | None, transport: str) -> list[tuple[str, str, str, str]]:
+    """HTTP p99 of the ring report under a slow or failing push service vs healthy, from
+    `python -m bench fcmring [--push apns]` (results/fcm-ring.json, results/apns-ring.json)."""
+    label = {"fcm": "FCM", "apns": "APNs"}[transport]
+    name = f"HTTP p99 within 10% when {label} is slow/failing"
+    if not data:
+        return [(name, "–", f"not measured: run `python -m bench fcmring --push {transport}`", "–")]
+    started = data.get("meta", {}).get("started", "?")
     by_rate: dict[float, dict[str, dict]] = {}
-    for cell in fcm_ring.get("cells", []):
-        by_rate.setdefault(cell["rate"], {})[cell["fcm"].split(" ")[0]] = cell
+    for cell in data.get("cells", []):
+        by_rate.setdefault(cell["rate"], {})[(cell.get("mode") or cell[transport]).split(" ")[0]] = cell
     rows = []
     for rate, cells in sorted(by_rate.items()):
         healthy = cells.get("healthy", {}).get("http_ms", {}).get("p99")
-        for mode in ("slow", "failing"):
+        for mode in ("slow", "failing", "timing"):
             p99 = cells.get(mode, {}).get("http_ms", {}).get("p99")
             if not healthy or p99 is None:
                 continue
             ratio = p99 / healthy
-            rows.append((f"{name} ({mode})", f"bench fcmring {started}, {cells[mode]['sockets']} sockets, {rate:g}/s",
+            where = f"bench fcmring{' --push apns' if transport == 'apns' else ''} {started}"
+            rows.append((f"{name} ({'timing out' if mode == 'timing' else mode})",
+                         f"{where}, {cells[mode]['sockets']} sockets, {rate:g}/s",
                          f"{p99} vs {healthy} ms healthy ({(ratio - 1) * 100:+.0f}%)",
                          "met" if ratio <= 1.1 else f"missed: {ratio:.2f}x of healthy (bound 1.10x)"))
     return rows
@@ -199,6 +223,8 @@ def markdown(results: dict) -> str:
         for r in results["fcm"]:
             lines.append(f"| {r['impl']} | {r['tokens']} | {r['ok']}/{r['tokens']} | {r['first_ms'] or '–'} | "
                          f"{r['last_ms']} | {r['msgs_per_s']} | {r['samples_last_ms']} | {r['load'][0]} |")
+    if results.get("apns"):
+        lines += ["", apns_table(results["apns"])]
     hook = results.get("webhook")
     if hook:
         lines += ["", "## Voice webhook", "",
@@ -208,6 +234,74 @@ def markdown(results: dict) -> str:
                   f"{hook['statuses']} | {_pq(hook['latency_ms'])} | {hook['server_cpu_pct']}% | {hook['load'][0]} |"]
     lines += ["", "Plots: `ring-latency.png`, `ring-cdf.png`, `fcm.png` beside this file."]
     return "\n".join(lines) + "\n"
+
+
+def apns_table(rows: list[dict]) -> str:
+    lines = ["## APNs fan-out (one VoIP push to N tokens → simulators.apns over TLS, 20 ms added latency)", "",
+             "*ours* = notifications.apns.send_many (one HTTP/2 connection, httpx); *django-push-notifications* = "
+             "`APNSDevice.objects.filter(active=True).send_message(…)` (3.3.0, aioapns, token authentication), "
+             "aioapns pointed at the fake by its `APNsProductionClientProtocol.APNS_SERVER`/`APNS_PORT`. "
+             "msg/s = accepted pushes / last accepted (fewest accepted of the repeats); per push = from the call "
+             "to the fake's answer, median sample; sender CPU = the sending process's CPU per push. "
+             "Median of repeats, interleaved.", "",
+             "| impl | tokens | accepted | first / last accepted (ms) | msg/s | per push p50 / p99 (ms) "
+             "| sender CPU µs/push | samples (ms) | errors | load 1m |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        errors = "; ".join(e[:80] for e in r.get("errors") or []) or "–"
+        lines.append(f"| {r['impl']} | {r['tokens']} | {r['ok']}/{r['tokens']} | {r['first_ms'] or '–'} / "
+                     f"{r['last_ms']} | {r['msgs_per_s']} | {r['push_p50_ms']} / {r['push_p99_ms']} | "
+                     f"{r['cpu_us_per_push']} | {r['samples_last_ms']} | {errors} | {r['load'][0]} |")
+    ratios = []
+    for n in sorted({r["tokens"] for r in rows}):
+        ours = next((r for r in rows if r["impl"] == "ours" and r["tokens"] == n), None)
+        theirs = next((r for r in rows if r["impl"] != "ours" and r["tokens"] == n), None)
+        if ours and theirs and ours["msgs_per_s"] and theirs["msgs_per_s"]:
+            ratios.append(f"{n} tokens {ours['msgs_per_s'] / theirs['msgs_per_s']:.2f}x")
+    if ratios:
+        lines += ["", "Ours / theirs, msg/s: " + ", ".join(ratios) + "."]
+    return "\n".join(lines)
+
+
+# What the sender thread's samples are spent in (`python -m bench apns --profile`): the first
+# group a frame's file matches, innermost frame first.
+GROUPS = (("hpack (header compression)", "hpack/"), ("h2 (HTTP/2 state machine)", "h2/"),
+          ("TLS (ssl, anyio's TLS stream)", ("ssl.py", "anyio/streams/tls.py")),
+          ("anyio (sockets, locks)", "anyio/"), ("httpcore (connection pool, HTTP/2 streams)", "httpcore/"),
+          ("httpx (client, request/response models)", "httpx/"), ("imports (failed `import sniffio`)", "<frozen"),
+          ("asyncio (event loop, tasks)", "asyncio/"), ("PyJWT / json", ("jwt/", "json/")),
+          ("notifications.apns / pushloop (ours)", "notifications/"))
+
+
+def py_spy_summary(raw: str, thread: str = "apns-sender") -> str:
+    """py-spy's raw (collapsed) stacks → where the sender thread's time goes, as markdown."""
+    from collections import Counter
+    groups, selfs, total, threads = Counter(), Counter(), 0, Counter()
+    with open(raw) as f:
+        for line in f:
+            stack, _, count = line.rstrip().rpartition(" ")
+            frames = stack.split(";")
+            threads[frames[0].split(": ")[-1]] += int(count)
+            if thread not in frames[0]:
+                continue
+            total += int(count)
+            leaf = frames[-1]
+            selfs[leaf] += int(count)
+            for frame in reversed(frames):
+                where = frame.rpartition("(")[2]
+                name = next((g for g, keys in GROUPS if any(k in where for k in
+                                                            ((keys,) if isinstance(keys, str) else keys))), None)
+                if name:
+                    groups[name] += int(count)
+                    break
+            else:
+                groups["other"] += int(count)
+    lines = [f"Samples of the `{thread}` thread: {total} (all threads: {dict(threads.most_common(5))}).", "",
+             "| where the innermost frame of a known library is | share |", "| --- | --- |"]
+    lines += [f"| {name} | {100 * n / max(1, total):.0f}% |" for name, n in groups.most_common()]
+    lines += ["", "| top self frames | share |", "| --- | --- |"]
+    lines += [f"| `{name[:110]}` | {100 * n / max(1, total):.1f}% |" for name, n in selfs.most_common(15)]
+    return "\n".join(lines)
 
 
 def plots(results: dict) -> None:

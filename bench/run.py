@@ -20,14 +20,15 @@ PROFILES = {
     "quick": {
         "configs": [{"name": "embedded", "db": "sqlite", "redis": False, "workers": 1}],
         "sockets": [100, 1000], "rates": [1, 10], "duration": 10, "fcm_sizes": [1, 10, 100], "fcm_repeats": 3,
-        "webhook_rounds": 5,
+        "apns_sizes": [100, 1000], "apns_repeats": 3, "webhook_rounds": 5,
     },
     "full": {
         "configs": [{"name": "embedded", "db": "sqlite", "redis": False, "workers": 1},
                     {"name": "pg+redis 1 worker", "db": "postgres", "redis": True, "workers": 1},
                     {"name": "pg+redis 2 workers", "db": "postgres", "redis": True, "workers": 2}],
         "sockets": [100, 1000, 5000], "rates": [1, 10, 50, 100], "duration": 10,
-        "fcm_sizes": [1, 10, 100, 1000], "fcm_repeats": 3, "webhook_rounds": 10,
+        "fcm_sizes": [1, 10, 100, 1000], "fcm_repeats": 3, "apns_sizes": [100, 1000], "apns_repeats": 5,
+        "webhook_rounds": 10,
     },
 }
 
@@ -49,11 +50,12 @@ def run(profile: str, only: set[str] | None = None, overrides: dict | None = Non
             "command": f".venv/bin/python -m bench {argv}",
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "load_start": common.load(),
             "cpus": os.cpu_count(), "python": platform.python_version(), "nofile": nofile,
-            "pinning": ("server processes (uvicorn, 1 worker) and the fake FCM on core 0; the benchmark client and "
-                        "the FCM sender on core 1; 2-worker servers, PostgreSQL and Redis unpinned")
+            "pinning": ("server processes (uvicorn, 1 worker), the fake FCM and the fake APNs on core 0; the "
+                        "benchmark client and the FCM and APNs senders on core 1; 2-worker servers, PostgreSQL and "
+                        "Redis unpinned")
             if (os.cpu_count() or 1) > 1 else "none (1 CPU)"}
     log(f"bench {profile}: {os.cpu_count()} CPUs, load {meta['load_start']}, open files {nofile}, tmp {tmp}")
-    results = {"meta": meta, "ring": [], "memory": [], "fcm": [], "webhook": None}
+    results = {"meta": meta, "ring": [], "memory": [], "fcm": [], "apns": [], "webhook": None}
     completed = False
 
     def stop(signum, frame):  # SIGTERM: stop servers (finally blocks) and keep what was measured
@@ -68,6 +70,8 @@ def run(profile: str, only: set[str] | None = None, overrides: dict | None = Non
                 results["memory"].extend(out["memory"])
         if not only or "fcm" in only:
             results["fcm"] = run_fcm(spec["fcm_sizes"], spec["fcm_repeats"], tmp)
+        if not only or "apns" in only:
+            results["apns"] = run_apns(spec["apns_sizes"], spec["apns_repeats"], tmp)
         if not only or "webhook" in only:
             results["webhook"] = run_webhook(spec["webhook_rounds"], tmp)
         completed = True
@@ -103,6 +107,75 @@ def run_fcm(sizes: list[int], repeats: int, tmp: Path) -> list[dict]:
         return json.loads(out.read_text())
     finally:
         common.stop_process(fake)
+
+
+def run_apns(sizes: list[int], repeats: int, tmp: Path, latency_ms: int = 20, *, impls: str = "",
+             py_spy: Path | None = None) -> list[dict]:
+    """bench/apnsbench.py in a subprocess (this process's core) against `manage.py fakeapns
+    --tls` in its own process (the server core): ours vs django-push-notifications
+    (`impls`: a subset; `py_spy`: record the subprocess with py-spy into this raw file)."""
+    env = common.server_env(f"sqlite:///{tmp / 'apns-main.sqlite3'}", None)
+    pin = common.SERVER_CORES if common.NCPU > 1 else None
+    fake, apns_settings = common.start_fake_apns(tmp, env, latency_ms=latency_ms, tls=True, pin=pin)
+    try:
+        out = tmp / "apns.json"
+        bench_env = {**env, **apns_settings, "DJANGO_SETTINGS_MODULE": "bench.apns_settings",
+                     "BENCH_APNS_DB": str(tmp / "apns-dpn.sqlite3"), "APNS_HTTP_TIMEOUT_SECONDS": "10",
+                     # aioapns (django-push-notifications) trusts what its default TLS context does
+                     "SSL_CERT_FILE": apns_settings["APNS_CA_FILE"]}
+        command = [sys.executable, "-m", "bench.apnsbench", ",".join(map(str, sizes)), str(repeats), str(out)]
+        command += [impls] if impls else []
+        if py_spy:
+            command = [str(Path(sys.executable).parent / "py-spy"), "record", "--threads", "--format", "raw",
+                       "--rate", "250", "--output", str(py_spy), "--", *command]
+        done = subprocess.run(command, cwd=ROOT, env=bench_env, timeout=900)
+        if done.returncode != 0:
+            raise RuntimeError("apns benchmark failed")
+        return json.loads(out.read_text())
+    finally:
+        common.stop_process(fake)
+
+
+def run_apns_alone(sizes: list[int], repeats: int, latency_ms: int = 20, results_dir: Path = common.RESULTS,
+                   profile: bool = False) -> Path:
+    """`python -m bench apns`: the APNs fan-out on its own → results/apns.{json,md}; with
+    `profile`, ours alone under py-spy → results/apns-profile.md."""
+    common.pin_self_to_client_cores()
+    tmp = Path(tempfile.mkdtemp(prefix="callpull-apns-"))
+    if profile:
+        return _profile_apns(sizes, repeats, latency_ms, results_dir, tmp)
+    started = time.time()
+    meta = {"command": ".venv/bin/python -m bench " + shlex.join(sys.argv[1:]),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "load_start": common.load(),
+            "cpus": os.cpu_count(), "python": platform.python_version(), "latency_ms": latency_ms}
+    rows = run_apns(sizes, repeats, tmp, latency_ms)
+    meta["load_end"], meta["duration_s"] = common.load(), round(time.time() - started, 1)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / "apns.json").write_text(json.dumps({"meta": meta, "apns": rows}, indent=1))
+    path = results_dir / "apns.md"
+    path.write_text(f"# APNs fan-out: ours vs django-push-notifications\n\nCommand: `{meta['command']}`. Started "
+                    f"{meta['started']}, took {meta['duration_s']} s on {meta['cpus']} CPUs; load average at start "
+                    f"{meta['load_start']}, at end {meta['load_end']} (shared machine: compare within a run).\n\n"
+                    + report.apns_table(rows).replace("20 ms added latency", f"{latency_ms} ms added latency")
+                    + "\n")
+    log(f"wrote {path}")
+    return path
+
+
+def _profile_apns(sizes: list[int], repeats: int, latency_ms: int, results_dir: Path, tmp: Path) -> Path:
+    raw = tmp / "apns-py-spy.txt"
+    command = ".venv/bin/python -m bench " + shlex.join(sys.argv[1:])
+    rows = run_apns(sizes, repeats, tmp, latency_ms, impls="ours", py_spy=raw)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / "apns-profile.md"
+    path.write_text(f"# Where our APNs sender's time goes (py-spy)\n\nCommand: `{command}` "
+                    f"({time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}, load {common.load()}): "
+                    "`notifications.apns.send_many` alone, " + ", ".join(
+                        f"{r['tokens']} tokens: {r['msgs_per_s']} msg/s, {r['cpu_us_per_push']} µs CPU per push"
+                        for r in rows) + f", {repeats} repeats each, under `py-spy record --threads` "
+                    "(250 Hz).\n\n" + report.py_spy_summary(str(raw)) + "\n")
+    log(f"wrote {path}")
+    return path
 
 
 def run_webhook(rounds: int, tmp: Path, concurrency: int = 20) -> dict:

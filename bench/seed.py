@@ -9,6 +9,7 @@ callpull.services.line_register / line_forwarding_confirm). Passwords are hashed
 MD5 for speed: the benchmark never logs in with them (devices use their tokens).
 """
 
+import hashlib
 import json
 import os
 import sys
@@ -47,6 +48,9 @@ def main(users: int, secondaries: int, policy: str, out: str, prefix: str) -> No
                 data = {"name": f"tablet {k}", "kind": "tablet", "platform": "android"}
                 if k < int(os.environ.get("BENCH_SEED_FCM_PER_USER", "0")):  # bench/fcmring.py
                     data["fcm_token"] = f"bench-{prefix}-{index}-{k}-" + "t" * 40
+                if k < int(os.environ.get("BENCH_SEED_APNS_PER_USER", "0")):  # bench/fcmring.py --push apns
+                    data.update(name=f"iPad {k}", platform="ios",
+                                apns_voip_token=hashlib.sha256(f"bench-{prefix}-{index}-{k}".encode()).hexdigest())
                 reg = device_services._create_device(user=user, data=data, now=now)
                 devices.append({"id": str(reg.device.pk), "token": reg.token})
             result.append({"user_id": user.pk, "line": line.number,

@@ -1,6 +1,11 @@
 """A local APNs-compatible server for tests, the demo and the benchmarks, speaking
-Apple's provider API over HTTP/2 (h2c with prior knowledge: plain TCP, no TLS), built on
-the `h2` library directly on asyncio.
+Apple's provider API over HTTP/2, built on the `h2` library directly on asyncio: h2c with
+prior knowledge (plain TCP, no TLS) by default, or with `tls=True` over TLS 1.2+ offering
+ALPN `h2`, as Apple's servers do, with a certificate for 127.0.0.1 and localhost issued at
+start by a throwaway CA whose PEM is written where the caller asks (`ca_file`; a client
+trusts it through APNS_CA_FILE, or SSL_CERT_FILE for one that only reads the default trust
+store). A TLS client that offers no ALPN is spoken HTTP/2 all the same: aioapns offers none
+and works against Apple's servers. The checks below are the same in both modes.
 
 `POST /3/device/{hex token}` with Apple's request headers. Like APNs it answers 200 with
 an `apns-id` header, or a status, `apns-id` and `{"reason": "…"}` (plus `timestamp` for
@@ -12,9 +17,12 @@ an `apns-id` header, or a status, `apns-id` and `{"reason": "…"}` (plus `times
 - a method other than POST (405 MethodNotAllowed), another path (404 BadPath);
 - no or a wrong `apns-topic` (400 MissingTopic / 400 TopicDisallowed), a `voip` push
   whose topic does not end in `.voip` or an `alert` push whose topic does (400
-  DeviceTokenNotForTopic), an unknown `apns-push-type` (400 InvalidPushType), a priority
-  other than 5, 10 or 1 (400 BadPriority), an `apns-expiration` that is not a number (400
-  BadExpirationDate), an `apns-collapse-id` over 64 bytes (400 BadCollapseId);
+  DeviceTokenNotForTopic), an unknown `apns-push-type` (400 InvalidPushType; Apple requires
+  the header for watchOS only and recommends it for iOS, so a request without it is taken
+  as `voip` on the `.voip` topic and `alert` on the others: django-push-notifications'
+  aioapns path cannot set it), a priority other than 5, 10 or 1 (400 BadPriority), an
+  `apns-expiration` that is not a number (400 BadExpirationDate), an `apns-collapse-id`
+  over 64 bytes (400 BadCollapseId);
 - a token that is not hex (400 BadDeviceToken), an empty or non-JSON body (400
   PayloadEmpty / BadMessageId…: 400 PayloadEmpty), a payload over 5120 bytes for VoIP or
   4096 for others (413 PayloadTooLarge).
@@ -25,17 +33,23 @@ like simulators.fcm's: `Unregistered` (410), `BadDeviceToken`, `DeviceTokenNotFo
 (500), `ServiceUnavailable` (503), and `timeout` (no answer until the client gives up).
 Every request is recorded (`requests()`, `accepted()`), headers and JWT included.
 
-Over HTTP/2 (`curl --http2-prior-knowledge`) when run as `python manage.py fakeapns`:
-GET /_fake/requests, DELETE /_fake (reset), POST /_fake/rules {"fail": "Unregistered",
-"token": "…", "times": 1} or {"delay_ms": 500}.
+Over HTTP/2 (`curl --http2-prior-knowledge`, or `curl --http2 --cacert CA` with
+`--tls`) when run as `python manage.py fakeapns`: GET /_fake (counts), GET /_fake/requests
+(`?from=N`: from the N-th on), DELETE /_fake (reset), DELETE /_fake/rules (the rules only),
+POST /_fake/rules {"fail": "Unregistered", "token": "…", "times": 1} or {"delay_ms": 500}.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
+import ipaddress
 import itertools
 import json
+import os
 import re
+import ssl
+import tempfile
 import threading
 import time
 import uuid
@@ -47,8 +61,10 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import jwt
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 DEFAULT_TEAM = "CALLPULL01"
 DEFAULT_KEY_ID = "FAKEKEY001"
@@ -74,6 +90,50 @@ def write_key(path: str | Path) -> tuple[Path, ec.EllipticCurvePrivateKey]:
                                        serialization.NoEncryption()))
     path.chmod(0o600)
     return path, key
+
+
+def issue_certificate(ca_file: str | Path) -> ssl.SSLContext:
+    """A throwaway CA (its PEM written to `ca_file`) and a server certificate it signs for
+    127.0.0.1 and localhost; returns the server's TLS context: TLS 1.2 or later, ALPN `h2`."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "callpull fake APNs CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=7))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                       data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                       crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=7))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    ca_file = Path(ca_file)
+    ca_file.parent.mkdir(parents=True, exist_ok=True)
+    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["h2"])
+    # load_cert_chain reads files: the key lives on disk only for that call.
+    with tempfile.TemporaryDirectory(prefix="fake-apns-tls-") as folder:
+        chain = Path(folder) / "server.pem"
+        with open(os.open(chain, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
+            out.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption()))
+            out.write(leaf.public_bytes(serialization.Encoding.PEM))
+        context.load_cert_chain(chain)
+    return context
 
 
 @dataclass
@@ -109,8 +169,12 @@ class Received:
 
 class FakeAPNs:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, team_id: str = DEFAULT_TEAM,
-                 key_id: str = DEFAULT_KEY_ID, bundle_id: str = DEFAULT_BUNDLE, latency_ms: float = 0):
+                 key_id: str = DEFAULT_KEY_ID, bundle_id: str = DEFAULT_BUNDLE, latency_ms: float = 0,
+                 tls: bool = False, ca_file: str | Path | None = None):
         self.host, self.port = host, port
+        self.tls = tls
+        self.ca_file: Path | None = Path(ca_file) if ca_file else None
+        self._ssl: ssl.SSLContext | None = None
         self.team_id, self.key_id, self.bundle_id = team_id, key_id, bundle_id
         self.latency_ms = latency_ms
         self.public_key = None
@@ -132,21 +196,29 @@ class FakeAPNs:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     def settings(self) -> dict:
-        """What a server needs to send to this fake (APNS_* settings)."""
-        return {"APNS_KEY_FILE": str(self.key_file), "APNS_KEY_ID": self.key_id, "APNS_TEAM_ID": self.team_id,
-                "APNS_BUNDLE_ID": self.bundle_id, "APNS_ENDPOINT": self.url}
+        """What a server needs to send to this fake (APNS_* settings; with TLS, APNS_CA_FILE
+        to trust its certificate)."""
+        values = {"APNS_KEY_FILE": str(self.key_file), "APNS_KEY_ID": self.key_id, "APNS_TEAM_ID": self.team_id,
+                  "APNS_BUNDLE_ID": self.bundle_id, "APNS_ENDPOINT": self.url}
+        if self.tls:
+            values["APNS_CA_FILE"] = str(self.ca_file)
+        return values
 
     def start(self, timeout: float = 10.0) -> FakeAPNs:
         ready = threading.Event()
+        if self.tls and self._ssl is None:
+            if self.ca_file is None:
+                self.ca_file = Path(tempfile.mkdtemp(prefix="fake-apns-")) / "ca.pem"
+            self._ssl = issue_certificate(self.ca_file)
 
         def run():
             self._loop = asyncio.new_event_loop()
             asyncio.set_event_loop(self._loop)
             self._server = self._loop.run_until_complete(
-                asyncio.start_server(self._serve, self.host, self.port))
+                asyncio.start_server(self._serve, self.host, self.port, ssl=self._ssl))
             self.port = self._server.sockets[0].getsockname()[1]
             ready.set()
             self._loop.run_forever()
@@ -165,7 +237,20 @@ class FakeAPNs:
     def stop(self, timeout: float = 5.0) -> None:
         if self._loop is None:
             return
-        self._loop.call_soon_threadsafe(self._server.close)
+
+        async def close_all() -> None:
+            # Close every connection while the loop runs (a TLS transport left to the
+            # garbage collector would try to shut down on a closed loop).
+            self._server.close()
+            tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.sleep(0)
+        try:
+            asyncio.run_coroutine_threadsafe(close_all(), self._loop).result(timeout)
+        except Exception:  # noqa: BLE001 - stopping anyway
+            pass
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout)
 
@@ -194,6 +279,11 @@ class FakeAPNs:
             self._rules.clear()
             self._records.clear()
         self.latency_ms = 0
+
+    def clear_rules(self) -> None:
+        """The scripted failures and delays only (records and latency stay)."""
+        with self._lock:
+            self._rules.clear()
 
     def requests(self, token: str | None = None) -> list[Received]:
         with self._lock:
@@ -250,8 +340,8 @@ class FakeAPNs:
         problem, bearer = self._check_jwt(headers.get("authorization", ""))
         if problem:
             return token, 403, problem, None, bearer
-        push_type = headers.get("apns-push-type", "alert")
         topic = headers.get("apns-topic")
+        push_type = headers.get("apns-push-type") or ("voip" if (topic or "").endswith(".voip") else "alert")
         if push_type not in PUSH_TYPES:
             return token, 400, "InvalidPushType", None, bearer
         if not topic:
@@ -305,8 +395,17 @@ class FakeAPNs:
 
     def _control(self, method: str, path: str, body: bytes) -> tuple[int, dict, bytes]:
         ok = {"content-type": "application/json"}
-        if method == "GET" and path == "/_fake/requests":
-            return 200, ok, json.dumps([{**asdict(r), "jwt": ""} for r in self.requests()]).encode()
+        if method == "GET" and path == "/_fake":
+            with self._lock:
+                counts = {"requests": len(self._records), "accepted": sum(r.accepted for r in self._records),
+                          "rules": len(self._rules)}
+            return 200, ok, json.dumps(counts).encode()
+        if method == "DELETE" and path == "/_fake/rules":
+            self.clear_rules()
+            return 204, {}, b""
+        if method == "GET" and (path == "/_fake/requests" or path.startswith("/_fake/requests?from=")):
+            start = int(path.partition("=")[2] or 0) if path.partition("=")[2].isdigit() else 0
+            return 200, ok, json.dumps([{**asdict(r), "jwt": ""} for r in self.requests()[start:]]).encode()
         if method == "DELETE" and path == "/_fake":
             self.reset()
             return 204, {}, b""
@@ -325,20 +424,32 @@ class FakeAPNs:
         streams: dict[int, tuple[dict, bytearray]] = {}
         tasks: set[asyncio.Task] = set()
         lock = asyncio.Lock()
+        window_opened = [asyncio.Event()]  # replaced each time the peer opens a flow-control window
 
         async def respond(stream_id: int, headers: dict, body: bytes) -> None:
             status, extra, content = await self._answer(headers.get(":method", ""), headers.get(":path", ""),
                                                         headers, body)
-            async with lock:
-                try:
+            try:
+                async with lock:
                     conn.send_headers(stream_id, [(":status", str(status)), *extra.items(),
                                                   ("content-length", str(len(content)))],
                                       end_stream=not content)
-                    if content:
-                        conn.send_data(stream_id, content, end_stream=True)
                     writer.write(conn.data_to_send())
-                except Exception:  # noqa: BLE001 - the client reset the stream or went away
-                    pass
+                # A body larger than a frame or the peer's window (a long GET /_fake/requests)
+                # goes in pieces as the peer opens its window.
+                while content:
+                    async with lock:
+                        size = min(conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size,
+                                   len(content))
+                        if size > 0:
+                            conn.send_data(stream_id, content[:size], end_stream=size == len(content))
+                            content = content[size:]
+                            writer.write(conn.data_to_send())
+                            continue
+                        opened = window_opened[0]
+                    await asyncio.wait_for(opened.wait(), HANG_SECONDS)
+            except Exception:  # noqa: BLE001 - the client reset the stream or went away
+                pass
 
         try:
             while data := await reader.read(65536):
@@ -356,6 +467,9 @@ class FakeAPNs:
                             task.add_done_callback(tasks.discard)
                     elif isinstance(event, h2.events.StreamReset):
                         streams.pop(event.stream_id, None)
+                    elif isinstance(event, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
+                        window_opened[0].set()
+                        window_opened[0] = asyncio.Event()
                     elif isinstance(event, h2.events.ConnectionTerminated):
                         return
                 async with lock:
