@@ -501,7 +501,7 @@ def call_handset_event(*, call: Call, device: Device, event: str, now: datetime)
                    "reject_failed": "reject_failed"}
     if not transition(call, transitions[event], now=now, step=Step(f"handset_{event}", device.pk)):
         call.refresh_from_db()
-        if event == "answered" and call.forwarding_kind != ForwardingKind.BUSY:
+        if event == "answered" and call.keep_ringing_reason == FORWARDED_BY_NETWORK:
             # A report that joined a network-forwarded call (simultaneous ring): the user
             # picked up on the handset, so the carrier hangs up (or already hung up) the
             # forwarded leg, and that ends the call. Recorded, nothing else to do.
