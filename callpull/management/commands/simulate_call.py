@@ -230,7 +230,9 @@ class Walkthrough:
         self.say("handset", f"reported the call {call['id']}: instruction {instruction.get('action')}"
                             + (f" ({instruction['reason']})" if instruction.get("reason") else ""))
         if instruction.get("action") != "reject" and instruction.get("reason") not in (None, "policy_on_answer",
-                                                                                     "awaiting_delivery"):
+                                                                                     "awaiting_delivery",
+                                                                                     "forwarded_on_no_answer",
+                                                                                     "forwarded_by_network"):
             self.notes.append(f"the backend did not take the call ({instruction.get('reason')}): "
                               "it rang on the handset only")
 
