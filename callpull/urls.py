@@ -6,7 +6,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from callpull.api.errors import envelope
 from callpull.metrics import metrics
-from callpull.web import companion
+from callpull.web import companion, service_worker
 
 handler400 = "callpull.api.errors.handler400"
 handler404 = "callpull.api.errors.handler404"
@@ -29,6 +29,7 @@ def api_not_found(request, rest=""):
 
 urlpatterns = [
     path("", companion, name="companion"),
+    path("sw.js", service_worker, name="service-worker"),
     path("admin/", admin.site.urls),
     path("api/v1/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/v1/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),

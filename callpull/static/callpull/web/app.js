@@ -9,6 +9,8 @@
 
 import { api, ApiError, browserDevice, defaultDeviceName, session } from "./api.js";
 import { $, formatClock, formatDuration, formatNumber, h, humanize, preciseTime, replace, timeAgo } from "./dom.js";
+import { renderForwarding } from "./forwarding.js";
+import { callFromPush, closeCallNotifications, forgetDevice, rememberDevice, wirePush } from "./push.js";
 import { drawQr, encodeQr } from "./qr.js";
 import { Ringer } from "./ring.js";
 import { Connection } from "./socket.js";
@@ -35,9 +37,6 @@ const END_REASONS = {
 const POLICIES = {
   on_answer: "On answer: the handset keeps ringing until you answer on another device",
   immediate: "Immediate: the handset passes the call on at once; the caller hears ringing until you answer",
-};
-const FORWARDING = {
-  active: "Active", unverified: "Not checked yet", inactive: "Off", mismatch: "Forwards somewhere else",
 };
 const KINDS = { handset: "Handset", tablet: "Tablet", desktop: "Desktop", web: "Browser" };
 
@@ -173,6 +172,7 @@ function endText(call, reason) {
 function setIncoming(call, fields) {
   const entry = state.incoming.get(call.id) || { call, status: "ringing", text: "", busy: false };
   Object.assign(entry, { call: { ...entry.call, ...call } }, fields);
+  if (entry.status !== "ringing") closeCallNotifications(call.id);  // one shown while the tab was hidden
   if (entry.status !== "ringing" && entry.status !== "answered_here") {
     entry.endsAt = Date.now() + OUTCOME_CARD_SECONDS * 1000;
     setTimeout(() => {
@@ -737,14 +737,8 @@ async function loadLines() {
     h("h3", { class: "line-number", text: formatNumber(line.number) }),
     h("dl", {},
       h("dt", { text: "Forwards to" }), h("dd", {}, formatNumber(line.server_number), h("span", { class: "muted", text: " (callpull)" })),
-      h("dt", { text: "Forwarding" }), h("dd", {},
-        h("span", { class: `badge forwarding-${line.forwarding.state}`, text: FORWARDING[line.forwarding.state] || humanize(line.forwarding.state) }),
-        line.forwarding.verified_at ? h("span", { class: "muted", text: ` checked ${timeAgo(line.forwarding.verified_at)}` }) : null),
-      h("dt", { text: "Policy" }), h("dd", { text: POLICIES[line.policy] || humanize(line.policy) }),
-      h("dt", { text: "Codes to dial" }), h("dd", { class: "mmi" },
-        h("span", {}, "Turn on ", h("code", { text: line.mmi.register })),
-        h("span", {}, "Check ", h("code", { text: line.mmi.interrogate })),
-        h("span", {}, "Turn off ", h("code", { text: line.mmi.erase }))))));
+      h("dt", { text: "Policy" }), h("dd", { text: POLICIES[line.policy] || humanize(line.policy) })),
+    renderForwarding(line)));  // forwarding.js: each kind's state and codes
   replace($("#lines"), items.length ? items
     : h("p", { class: "muted empty", text: "No line yet: the handset app registers your number." }));
 }
@@ -968,6 +962,31 @@ function handleEvent(frame, call) {
   }
 }
 
+// A call the service worker's notification asked this page to show (push.js): `answer` when
+// the page is to answer it itself (Twilio: its Voice SDK Device must be registered before callpull
+// dials it); answered from the notification already: this tab sets up the call's audio, as its own
+// answer would have.
+let pushedCall = null;
+
+async function openPushedCall(wanted) {
+  if (!state.me) return;
+  const detail = await attempt(() => call("GET", `/calls/${wanted.callId}`), "Could not load the call");
+  if (!detail) return;
+  learnDevices(detail);
+  noteCall(detail);
+  if (["ringing", "forwarded"].includes(detail.state) && !detail.answered_by) {
+    if (state.declinedHere.has(detail.id)) return;
+    const current = state.incoming.get(detail.id);
+    if (!current || current.status === "ringing") setIncoming(detail, { status: "ringing" });
+    if (wanted.answer && !state.incoming.get(detail.id).busy) await answer(detail.id);
+  } else if (detail.answered_by === state.me && CONNECTING_STATES.includes(detail.state)) {
+    liveEntry(detail);
+    renderLive();
+    if (!state.voice?.active) await prepareAudio({ call: detail.id });
+    renderLive();
+  }
+}
+
 async function loadAll() {
   await Promise.all([
     attempt(loadDevices, "Could not load devices"),
@@ -976,6 +995,11 @@ async function loadAll() {
     attempt(loadHistory, "Could not load recent calls"),
   ]);
   await attempt(loadLive, "Could not load live calls");
+  if (pushedCall) {  // the call a notification opened this page for (push.js)
+    const wanted = pushedCall;
+    pushedCall = null;
+    await openPushedCall(wanted);
+  }
   // Cards still ringing may have ended while the socket was down.
   for (const entry of [...state.incoming.values()].filter((e) => e.status === "ringing")) {
     const fresh = await attempt(() => call("GET", `/calls/${entry.call.id}`));
@@ -1049,6 +1073,7 @@ function showApp(stored) {
   $("#status-area").hidden = false;
   $("#me-area").hidden = false;
   $("#me-name").textContent = stored.device.name;
+  rememberDevice(stored);
   connection = new Connection({
     onEvent,
     onHello: (frame) => {
@@ -1101,6 +1126,7 @@ function signedOut(reason) {
   if (connection) connection.stop();
   connection = null;
   session.clear();
+  forgetDevice();
   resetState();
   showSignIn(reason);
 }
@@ -1205,6 +1231,10 @@ function start() {
   $("#add-device").addEventListener("click", addDevice);
   $("#history-refresh").addEventListener("click", () => attempt(loadHistory, "Could not load recent calls"));
   $("#pull-approval").addEventListener("change", (event) => setPullApproval(event.target.checked));
+  wirePush({ call });
+  pushedCall = callFromPush((wanted) => {
+    if (connection) openPushedCall(wanted); else pushedCall = wanted;
+  });
   // Another tab signed this browser out (or in).
   window.addEventListener("storage", (event) => {
     if (event.key !== session.key) return;
