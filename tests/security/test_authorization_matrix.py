@@ -70,6 +70,10 @@ MATRIX = {
     ("GET", "api/v1/"): _r("none", "/api/v1/", None, 200, 200, 200, 200, 200, 200),
     ("GET", "api/v1/schema/"): _r("none", "/api/v1/schema/", None, 200, 200, 200, 200, 200, 200),
     ("GET", "api/v1/docs/"): _r("none", "/api/v1/docs/", None, 200, 200, 200, 200, 200, 200),
+    # The companion's service worker and the VAPID public key: public (the key is in every push sent).
+    ("GET", "sw.js"): _r("none", "/sw.js", None, 200, 200, 200, 200, 200, 200),
+    ("GET", "api/v1/push/vapid-public-key"): _r("none", "/api/v1/push/vapid-public-key", None,
+                                                 200, 200, 200, 200, 200, 200),
     ("POST", "api/v1/accounts"): _r("none", "/api/v1/accounts", "SIGNUP", 201, 201, 201, 201, 201, 201),
     ("GET", "api/v1/devices"): _r("none", "/api/v1/devices", None, 401, 401, 401, 200, 200, 200),
     ("POST", "api/v1/devices"): _r("none", "/api/v1/devices", {"username": "ana", "password": PASSWORD,
