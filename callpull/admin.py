@@ -35,8 +35,7 @@ class ServerNumberAdmin(admin.ModelAdmin):
 
 @admin.register(Line)
 class LineAdmin(admin.ModelAdmin):
-    list_display = ["number", "owner", "server_number", "sharing", "policy", "forwarding_state", "network_kinds",
-                    "verified"]
+    list_display = ["number", "owner", "server_number", "sharing", "policy", "forwarding", "verified"]
     list_filter = ["policy", "forwarding_state", "no_answer_state", "unreachable_state", "always_state",
                    "carrier_profile", "server_number"]
     list_select_related = ["user", "server_number"]
@@ -55,13 +54,16 @@ class LineAdmin(admin.ModelAdmin):
     def changelist_view(self, request, extra_context=None):
         return super().changelist_view(request, {**(extra_context or {}), "title": f"Lines ({sharing_summary()})"})
 
-    @admin.display(description="shares number with", ordering="sharing_with")
+    @admin.display(description="shared", ordering="sharing_with")
     def sharing(self, line):
+        """How many other lines have this line's server number."""
         return line.sharing_with or 0
 
-    @admin.display(description="network forwarding")
-    def network_kinds(self, line):
-        return ", ".join(line.network_kinds_active()) or "-"
+    @admin.display(description="forwarding", ordering="forwarding_state")
+    def forwarding(self, line):
+        """The busy kind's state, then the network kinds that are active (no_answer, unreachable, always)."""
+        network = ", ".join(kind.replace("_", " ") for kind in line.network_kinds_active())
+        return f"busy {line.forwarding_state}" + (f"; {network}" if network else "")
 
     @admin.display(description="user", ordering="user__username")
     def owner(self, line):
