@@ -1,5 +1,5 @@
-"""Apple Push Notification service: the one module of the project that speaks APNs
-(httpx over HTTP/2, with `h2`) and signs its provider tokens (PyJWT, ES256).
+"""Apple Push Notification service: the one module of the project that speaks APNs (HTTP/2
+through notifications.http2, a lean client on `h2`) and signs its provider tokens (PyJWT, ES256).
 
 Pure transport, shaped like notifications.fcm: the caller hands over `Push`es and gets
 one `PushResult` per push through `on_result`, from a background thread; recording
@@ -31,12 +31,18 @@ What Apple documents, and how this module follows it (docs/PUSH.md cites the pag
   APNs is back (as notifications.fcm's breaker does).
 
 Concurrency (notifications.pushloop's scaffolding, shared with FCM and Web Push): one
-background thread runs an asyncio loop with one `httpx.AsyncClient`
-(HTTP/2 only: one connection, each push a stream on it), so a worker holds one
-connection to APNs, reused; a second thread calls `on_result`. `send_many` returns at once.
-Against an `http://` endpoint (the local server of simulators.apns) HTTP/2 is spoken with
-prior knowledge (h2c); against `https://` it is negotiated by ALPN, the server verified
-against APNS_CA_FILE when set (a local server's own CA), else the system's CAs.
+background thread runs an asyncio loop with one `notifications.http2.Client` (one HTTP/2
+connection, each push a stream on it, as many at once as the server's
+SETTINGS_MAX_CONCURRENT_STREAMS allows; GOAWAY and a lost connection handled there), so a
+worker holds one connection to APNs, reused; a second thread calls `on_result`.
+`send_many` returns at once. Against an `http://` endpoint (the local server of
+simulators.apns) HTTP/2 is spoken with prior knowledge (h2c); against `https://` it is
+negotiated by ALPN, the server verified against APNS_CA_FILE when set (a local server's
+own CA), else the system's CAs.
+
+Per push, only `:path` differs: the other headers are built once per (push type,
+expiration, collapse id) and the `authorization` header once per provider token; the JSON
+body is encoded once, when the push is built (the size check), and reused by every try.
 """
 
 from __future__ import annotations
@@ -45,17 +51,16 @@ import asyncio
 import json
 import logging
 import random
-import ssl
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
-import httpx
 import jwt
 from django.conf import settings
 
-from notifications import pushloop
+from notifications import http2, pushloop
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +97,12 @@ class Push:
             raise ValueError("Push.token must be a non-empty string")
         if len(self.collapse_key.encode()) > MAX_COLLAPSE_ID_BYTES:
             raise ValueError("apns-collapse-id is at most 64 bytes")
-        if len(self.body) > (VOIP_PAYLOAD_LIMIT if self.voip else ALERT_PAYLOAD_LIMIT):
-            raise ValueError(f"APNs payload of {len(self.body)} bytes is over the limit")
+        body = json.dumps(self.payload, separators=(",", ":")).encode()
+        if len(body) > (VOIP_PAYLOAD_LIMIT if self.voip else ALERT_PAYLOAD_LIMIT):
+            raise ValueError(f"APNs payload of {len(body)} bytes is over the limit")
+        object.__setattr__(self, "body", body)  # what was checked is what is sent
 
-    @property
-    def body(self) -> bytes:
-        return json.dumps(self.payload, separators=(",", ":")).encode()
+    body: bytes = field(init=False, repr=False, compare=False, hash=False)
 
 
 @dataclass(frozen=True)
@@ -216,8 +221,10 @@ class Sender(pushloop.Sender):
         self.forced_at = -float("inf")  # when a refused token was last replaced early
         self.tokens_minted = 0
         self.breaker: Breaker | None = None
-        self.client: httpx.AsyncClient | None = None
+        self.client: http2.Client | None = None
         self.slots: asyncio.Semaphore | None = None
+        self.bearer: tuple[str | None, tuple[bytes, bytes] | None] = (None, None)  # (token, its header)
+        self.fixed_headers: dict[tuple, list[tuple[bytes, bytes]]] = {}  # by (topic, voip, expiration, collapse id)
         super().__init__(config)
         log.info("apns sender started endpoint=%s team=%s key=%s", config.endpoint, config.team_id, config.key_id)
 
@@ -227,11 +234,8 @@ class Sender(pushloop.Sender):
         if self.client is None:
             # HTTP/2 only: on http:// with prior knowledge (h2c), on https:// by ALPN, verified
             # against APNS_CA_FILE when set (a local server's own CA), else the system's CAs.
-            verify: ssl.SSLContext | bool = True
-            if self.config.ca_file:
-                verify = ssl.create_default_context(cafile=self.config.ca_file)
-            self.client = httpx.AsyncClient(http1=False, http2=True, timeout=None, verify=verify,
-                                            limits=httpx.Limits(max_connections=1))
+            self.client = http2.Client(self.config.endpoint, ca_file=self.config.ca_file,
+                                       connect_timeout=self.config.http_timeout)
             self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
             self.breaker = Breaker()
 
@@ -241,7 +245,7 @@ class Sender(pushloop.Sender):
 
     async def _aclose(self) -> None:
         if self.client is not None:
-            await self.client.aclose()
+            await self.client.close()
 
     def _unknown(self, push: Push) -> PushResult:
         return PushResult(push, False, None, "unknown", False, 0, None)
@@ -321,31 +325,48 @@ class Sender(pushloop.Sender):
                 token = fresh
             return answer, made
 
+    def _headers(self, push: Push, token: str) -> list[tuple[bytes, bytes]]:
+        """The request's headers: `:path` is the push's own; the rest is shared by every push
+        of the same type, expiration and collapse id (a fan-out), and built once."""
+        apns_topic = topic(push.voip)
+        key = (apns_topic, push.voip, int(push.deadline), push.collapse_key)
+        fixed = self.fixed_headers.get(key)
+        if fixed is None:
+            if len(self.fixed_headers) >= 256:
+                self.fixed_headers.clear()
+            fixed = self.fixed_headers[key] = [
+                (b"apns-push-type", b"voip" if push.voip else b"alert"),
+                (b"apns-topic", apns_topic.encode()),
+                (b"apns-priority", b"10"),
+                (b"apns-expiration", str(int(push.deadline)).encode()),
+                (b"apns-collapse-id", push.collapse_key.encode()),
+                (b"content-type", b"application/json"),  # no content-length: HTTP/2's END_STREAM ends the body
+            ]
+        bearer_token, bearer = self.bearer
+        if bearer_token != token or bearer is None:
+            bearer = (b"authorization", f"bearer {token}".encode())
+            self.bearer = (token, bearer)
+        client = self.client
+        return [(b":method", b"POST"), (b":scheme", client.scheme), (b":authority", client.authority),
+                http2.unindexed(b":path", b"/3/device/" + quote(push.token, safe="").encode()), bearer, *fixed]
+
     async def _post(self, push: Push, token: str) -> Answer:
-        headers = {
-            "authorization": f"bearer {token}",
-            "apns-push-type": "voip" if push.voip else "alert",
-            "apns-topic": topic(push.voip),
-            "apns-priority": "10",
-            "apns-expiration": str(int(push.deadline)),
-            "apns-collapse-id": push.collapse_key,
-            "content-type": "application/json",
-        }
-        url = f"{self.config.endpoint}/3/device/{push.token}"
+        headers = self._headers(push, token)
         now = time.time()
         try:
             async with asyncio.timeout(min(self.config.http_timeout, max(push.deadline - now, 0) + 0.05)):
-                response = await self.client.post(url, content=push.body, headers=headers)
+                response = await self.client.request(headers, push.body)
         except TimeoutError:
             return Answer(reason="timeout")
-        except httpx.TransportError as exc:
+        except http2.HTTP2Error as exc:
             log.warning("apns unreachable: %s", exc or type(exc).__name__)
             return Answer(reason="unavailable")
-        apns_id = response.headers.get("apns-id")
-        if response.status_code == 200:
+        apns_id = response.header(b"apns-id")
+        apns_id = apns_id.decode() if apns_id is not None else None
+        if response.status == 200:
             return Answer(200, apns_id)
         try:
-            reason = response.json().get("reason")
+            reason = json.loads(response.body).get("reason")
         except (ValueError, AttributeError):
             reason = None
-        return Answer(response.status_code, apns_id, reason if isinstance(reason, str) else None)
+        return Answer(response.status, apns_id, reason if isinstance(reason, str) else None)

@@ -9,6 +9,8 @@ it reads the answer; what they share is here:
 - `Sender`: one asyncio loop in a thread of its own (`{name}-sender`) running a task per
   push (`Sender._send`, the transport's), and a second thread (`{name}-results`) calling
   `on_result` in completion order, so a slow callback (ORM writes) never stalls sending.
+  The results finished in one loop iteration cross to that thread together (one queue put
+  per batch, not per push: each put wakes the thread, which then contends for the GIL).
   `close` lets the pushes in flight finish for a while, cancels the rest (reported as
   "unknown"), delivers the last results and stops both threads.
 - `Slot`: the running sender for the current settings, built on first use and replaced
@@ -176,7 +178,8 @@ class Sender:
         self.config = config
         self.loop = loop or asyncio.new_event_loop()
         self.tasks: set[asyncio.Task] = set()
-        self.results: queue.SimpleQueue = queue.SimpleQueue()
+        self.results: queue.SimpleQueue = queue.SimpleQueue()  # lists of (on_result, result); None: stop
+        self.outbox: list = []  # this loop iteration's results, not yet handed over
         self.loop_thread = threading.Thread(target=self._run_loop, name=f"{self.name}-sender", daemon=True)
         self.result_thread = threading.Thread(target=self._run_results, name=f"{self.name}-results", daemon=True)
         self.loop_thread.start()
@@ -189,13 +192,13 @@ class Sender:
         self.loop.run_forever()
 
     def _run_results(self) -> None:
-        while (item := self.results.get()) is not None:
-            on_result, result = item
-            try:
-                on_result(result)
-            except Exception:
-                log.exception("%s on_result failed call=%s device=%s", self.name, result.push.collapse_key,
-                              result.push.device_id)
+        while (batch := self.results.get()) is not None:
+            for on_result, result in batch:
+                try:
+                    on_result(result)
+                except Exception:
+                    log.exception("%s on_result failed call=%s device=%s", self.name, result.push.collapse_key,
+                                  result.push.device_id)
 
     # --- called from any thread ---
 
@@ -238,12 +241,23 @@ class Sender:
         try:
             result = await self._send(push, *args)
         except asyncio.CancelledError:
-            self.results.put((on_result, self._unknown(push)))
+            self._report(on_result, self._unknown(push))
             raise
         except Exception:
             log.exception("%s push crashed call=%s device=%s", self.name, push.collapse_key, push.device_id)
             result = self._unknown(push)
-        self.results.put((on_result, result))
+        self._report(on_result, result)
+
+    def _report(self, on_result, result) -> None:
+        """Queue a result for the results thread; handed over at the end of this loop iteration."""
+        if not self.outbox:
+            self.loop.call_soon(self._hand_over)
+        self.outbox.append((on_result, result))
+
+    def _hand_over(self) -> None:
+        if self.outbox:
+            batch, self.outbox = self.outbox, []
+            self.results.put(batch)
 
     async def _drain(self, timeout: float) -> None:
         pending = set(self.tasks)
@@ -254,6 +268,7 @@ class Sender:
         if pending:
             log.warning("%s shutdown cancelled %s pushes in flight", self.name, len(pending))
             await asyncio.gather(*pending, return_exceptions=True)
+        self._hand_over()
         await self._aclose()
 
     # --- the transport's ---

@@ -30,8 +30,19 @@ an `apns-id` header, or a status, `apns-id` and `{"reason": "…"}` (plus `times
 Failures are scripted as rules (`fail(reason, token=…, times=…)`, `delay(ms, token=…)`),
 like simulators.fcm's: `Unregistered` (410), `BadDeviceToken`, `DeviceTokenNotForTopic`
 (400), `ExpiredProviderToken` (403), `TooManyRequests` (429), `InternalServerError`
-(500), `ServiceUnavailable` (503), and `timeout` (no answer until the client gives up).
-Every request is recorded (`requests()`, `accepted()`), headers and JWT included.
+(500), `ServiceUnavailable` (503), and `timeout` (no answer until the client gives up);
+and HTTP/2 failures, at once when the request arrives, not recorded: `reset` (RST_STREAM
+INTERNAL_ERROR), `refused` (RST_STREAM REFUSED_STREAM), `goaway` (GOAWAY naming the
+previous stream as the last processed, then the connection closes: the requests in
+progress get no answer) and `drop` (the connection closed with no word).
+Every answered request is recorded (`requests()`, `accepted()`), headers and JWT included.
+
+SETTINGS_MAX_CONCURRENT_STREAMS is `max_streams` (1000); with `first_max_streams`, that
+lower limit holds until a push is accepted on the connection, then a SETTINGS frame raises
+it (h2 refuses a client that opens more). `peak_streams`: the most requests in progress at
+once on one connection; `connections`: how many were made. Answers ready in one loop
+iteration go out in one write; a provider token that checked out is not verified again
+(its age is checked every time).
 
 Over HTTP/2 (`curl --http2-prior-knowledge`, or `curl --http2 --cacert CA` with
 `--tls`) when run as `python manage.py fakeapns`: GET /_fake (counts), GET /_fake/requests
@@ -58,13 +69,16 @@ from pathlib import Path
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.exceptions
+import h2.settings
 import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from hpack import NeverIndexedHeaderTuple
 
 DEFAULT_TEAM = "CALLPULL01"
 DEFAULT_KEY_ID = "FAKEKEY001"
@@ -78,7 +92,13 @@ PUSH_TYPES = {"alert", "background", "voip", "location", "complication", "filepr
               "liveactivity", "pushtotalk", "widgets", "controls"}
 FAILURES = {"Unregistered": 410, "BadDeviceToken": 400, "DeviceTokenNotForTopic": 400,
             "ExpiredProviderToken": 403, "TooManyRequests": 429, "InternalServerError": 500,
-            "ServiceUnavailable": 503, "timeout": 0}
+            "ServiceUnavailable": 503, "timeout": 0,
+            # HTTP/2 itself: RST_STREAM (INTERNAL_ERROR / REFUSED_STREAM) instead of an answer;
+            # GOAWAY naming the stream before this one as the last processed, then the
+            # connection closes; the connection dropped with no word.
+            "reset": 0, "refused": 0, "goaway": 0, "drop": 0}
+TRANSPORT_FAILURES = frozenset({"reset", "refused", "goaway", "drop"})
+MAX_STREAMS = 1000  # SETTINGS_MAX_CONCURRENT_STREAMS once a push is accepted on the connection
 
 
 def write_key(path: str | Path) -> tuple[Path, ec.EllipticCurvePrivateKey]:
@@ -151,6 +171,21 @@ class Rule:
             raise ValueError(f"Unknown failure {self.fail!r}; one of {', '.join(FAILURES)}")
 
 
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the server will answer one push request, decided when it arrives."""
+    token: str
+    headers: dict
+    payload: dict | None
+    status: int
+    reason: str | None
+    apns_id: str
+    bearer: str
+    delay_ms: float
+    hang: bool  # a scripted timeout: no answer for HANG_SECONDS (then 503)
+    failure: str | None = None  # a scripted HTTP/2 failure instead of an answer (TRANSPORT_FAILURES)
+
+
 @dataclass(frozen=True)
 class Received:
     token: str
@@ -170,19 +205,30 @@ class Received:
 class FakeAPNs:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, team_id: str = DEFAULT_TEAM,
                  key_id: str = DEFAULT_KEY_ID, bundle_id: str = DEFAULT_BUNDLE, latency_ms: float = 0,
-                 tls: bool = False, ca_file: str | Path | None = None):
+                 tls: bool = False, ca_file: str | Path | None = None, max_streams: int = MAX_STREAMS,
+                 first_max_streams: int | None = None):
         self.host, self.port = host, port
         self.tls = tls
         self.ca_file: Path | None = Path(ca_file) if ca_file else None
         self._ssl: ssl.SSLContext | None = None
         self.team_id, self.key_id, self.bundle_id = team_id, key_id, bundle_id
         self.latency_ms = latency_ms
+        # SETTINGS_MAX_CONCURRENT_STREAMS: `first_max_streams` (when set) until a push is
+        # accepted on the connection, then `max_streams` (a SETTINGS frame raising it).
+        self.max_streams, self.first_max_streams = max_streams, first_max_streams
+        self.peak_streams = 0  # the most requests in progress at once on one connection
+        self.connections = 0
         self.public_key = None
         self.key_file: Path | None = None
         self._lock = threading.Lock()
         self._rules: list[Rule] = []
         self._records: list[Received] = []
         self._ids = itertools.count(1)
+        self._id_prefix, self._answers = str(uuid.uuid4()).upper()[:24], itertools.count(1)
+        # Provider tokens whose signature, key id and team checked out, by their exact text:
+        # (claims' iat), so a token is verified once, not on every request; its age is
+        # checked on every request all the same.
+        self._verified: dict[str, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.base_events.Server | None = None
         self._thread: threading.Thread | None = None
@@ -192,6 +238,7 @@ class FakeAPNs:
     def write_key(self, path: str | Path) -> Path:
         self.key_file, key = write_key(path)
         self.public_key = key.public_key()
+        self._verified = {}
         return self.key_file
 
     @property
@@ -316,6 +363,11 @@ class FakeAPNs:
         if not authorization.lower().startswith("bearer "):
             return "MissingProviderToken", ""
         token = authorization[7:].strip()
+        iat = self._verified.get(token)
+        if iat is not None:
+            if time.time() - iat > TOKEN_MAX_AGE_SECONDS:
+                return "ExpiredProviderToken", token
+            return None, token
         try:
             header = jwt.get_unverified_header(token)
             claims = jwt.decode(token, self.public_key, algorithms=["ES256"],
@@ -326,6 +378,9 @@ class FakeAPNs:
             return "InvalidProviderToken", token
         if not isinstance(claims["iat"], int) or time.time() - claims["iat"] > TOKEN_MAX_AGE_SECONDS:
             return "ExpiredProviderToken", token
+        if len(self._verified) >= 1024:
+            self._verified = {}
+        self._verified[token] = claims["iat"]
         return None, token
 
     def _judge(self, method: str, path: str, headers: dict, body: bytes) -> tuple[str, int, str | None, dict | None,
@@ -368,20 +423,31 @@ class FakeAPNs:
             return token, 400, "PayloadEmpty", None, bearer
         return token, 200, None, payload, bearer
 
-    async def _answer(self, method: str, path: str, headers: dict, body: bytes) -> tuple[int, dict, bytes]:
-        if path.startswith("/_fake"):
-            return self._control(method, path, body)
-        apns_id = headers.get("apns-id") or str(uuid.uuid4()).upper()
+    def _apns_id(self) -> str:
+        """A fresh apns-id in UUID form: a random prefix per server and a counter (uuid4 for
+        each answer costs the server more than the rest of its checks)."""
+        return f"{self._id_prefix}{next(self._answers):012X}"
+
+    def _decide(self, method: str, path: str, headers: dict, body: bytes) -> Verdict:
+        """Apple's checks and the scripted rules of one push request: what to answer, after how long."""
+        apns_id = headers.get("apns-id") or self._apns_id()
         token, status, reason, payload, bearer = self._judge(method, path, headers, body)
         rule, delay = self._pick(token) if status == 200 else (None, self.latency_ms)
-        if delay:
-            await asyncio.sleep(delay / 1000)
+        hang, failure = False, None
         if rule is not None:
             if rule.fail == "timeout":
-                await asyncio.sleep(HANG_SECONDS)
-                status, reason = 503, "ServiceUnavailable"
+                hang, status, reason = True, 503, "ServiceUnavailable"
+            elif rule.fail in TRANSPORT_FAILURES:
+                failure = rule.fail
             else:
                 status, reason = FAILURES[rule.fail], rule.fail
+        return Verdict(token, headers, payload, status, reason, apns_id, bearer, delay, hang, failure)
+
+    def _finish(self, verdict: Verdict) -> tuple[int, dict, bytes]:
+        """Record the answer (when it is given) and build it."""
+        token, headers, payload, status, reason = (verdict.token, verdict.headers, verdict.payload, verdict.status,
+                                                   verdict.reason)
+        apns_id, bearer = verdict.apns_id, verdict.bearer
         record = Received(token=token, headers=dict(headers), payload=payload, status=status, reason=reason,
                           apns_id=apns_id, received_at=time.time(), jwt=bearer)
         with self._lock:
@@ -405,7 +471,8 @@ class FakeAPNs:
             return 204, {}, b""
         if method == "GET" and (path == "/_fake/requests" or path.startswith("/_fake/requests?from=")):
             start = int(path.partition("=")[2] or 0) if path.partition("=")[2].isdigit() else 0
-            return 200, ok, json.dumps([{**asdict(r), "jwt": ""} for r in self.requests()[start:]]).encode()
+            # vars(), not asdict(): the records are read-only; no deep copy needed to list them.
+            return 200, ok, json.dumps([{**vars(r), "jwt": ""} for r in self.requests()[start:]]).encode()
         if method == "DELETE" and path == "/_fake":
             self.reset()
             return 204, {}, b""
@@ -418,38 +485,143 @@ class FakeAPNs:
         return 404, ok, b'{"error": "unknown control path"}'
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
+        loop = asyncio.get_running_loop()
+        # Inbound headers are validated by h2 as any HTTP/2 server does; the answers' own
+        # headers (built here) are not re-validated on the way out.
+        config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8",
+                                           validate_outbound_headers=False, normalize_outbound_headers=False)
+        conn = h2.connection.H2Connection(config)
+        conn.local_settings = h2.settings.Settings(client=False, initial_values={
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.first_max_streams or self.max_streams,
+            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: conn.DEFAULT_MAX_HEADER_LIST_SIZE})
         conn.initiate_connection()
         writer.write(conn.data_to_send())
+        with self._lock:
+            self.connections += 1
         streams: dict[int, tuple[dict, bytearray]] = {}
+        in_progress: set[int] = set()
         tasks: set[asyncio.Task] = set()
-        lock = asyncio.Lock()
+        timers: set[asyncio.TimerHandle] = set()
         window_opened = [asyncio.Event()]  # replaced each time the peer opens a flow-control window
+        state = {"flush": False, "raised": self.first_max_streams is None, "closed": False}
 
-        async def respond(stream_id: int, headers: dict, body: bytes) -> None:
-            status, extra, content = await self._answer(headers.get(":method", ""), headers.get(":path", ""),
-                                                        headers, body)
+        def flush() -> None:
+            state["flush"] = False
+            if not state["closed"]:
+                data = conn.data_to_send()
+                if data:
+                    writer.write(data)
+
+        def schedule_flush() -> None:
+            # Answers ready in one loop iteration go out in one write.
+            if not state["flush"]:
+                state["flush"] = True
+                loop.call_soon(flush)
+
+        def close() -> None:
+            state["closed"] = True
+            writer.close()
+
+        def response_headers(status: int, extra: dict, content: bytes) -> list:
+            # apns-id differs on every answer: never indexed (HPACK, RFC 7541 §6.2.3), so it
+            # does not churn the dynamic table.
+            return [(":status", str(status)),
+                    *((NeverIndexedHeaderTuple(k, v) if k == "apns-id" else (k, v)) for k, v in extra.items()),
+                    ("content-length", str(len(content)))]
+
+        def send(stream_id: int, status: int, extra: dict, content: bytes) -> bool:
+            """Send an answer that fits the windows now; False if it must wait."""
+            if state["closed"]:
+                return True
+            if content and len(content) > min(conn.local_flow_control_window(stream_id),
+                                               conn.max_outbound_frame_size):
+                return False
+            conn.send_headers(stream_id, response_headers(status, extra, content), end_stream=not content)
+            if content:
+                conn.send_data(stream_id, content, end_stream=True)
+            in_progress.discard(stream_id)
+            schedule_flush()
+            return True
+
+        async def respond_later(stream_id: int, status: int, extra: dict, content: bytes) -> None:
+            # A body larger than a frame or the peer's window (a long GET /_fake/requests)
+            # goes in pieces as the peer opens its window.
+            conn.send_headers(stream_id, response_headers(status, extra, content), end_stream=not content)
+            schedule_flush()
+            while content:
+                size = min(conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size, len(content))
+                if size > 0:
+                    conn.send_data(stream_id, content[:size], end_stream=size == len(content))
+                    content = content[size:]
+                    schedule_flush()
+                    continue
+                opened = window_opened[0]
+                await asyncio.wait_for(opened.wait(), HANG_SECONDS)
+            in_progress.discard(stream_id)
+
+        def answer(stream_id: int, status: int, extra: dict, content: bytes) -> None:
             try:
-                async with lock:
-                    conn.send_headers(stream_id, [(":status", str(status)), *extra.items(),
-                                                  ("content-length", str(len(content)))],
-                                      end_stream=not content)
-                    writer.write(conn.data_to_send())
-                # A body larger than a frame or the peer's window (a long GET /_fake/requests)
-                # goes in pieces as the peer opens its window.
-                while content:
-                    async with lock:
-                        size = min(conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size,
-                                   len(content))
-                        if size > 0:
-                            conn.send_data(stream_id, content[:size], end_stream=size == len(content))
-                            content = content[size:]
-                            writer.write(conn.data_to_send())
-                            continue
-                        opened = window_opened[0]
-                    await asyncio.wait_for(opened.wait(), HANG_SECONDS)
-            except Exception:  # noqa: BLE001 - the client reset the stream or went away
+                if not send(stream_id, status, extra, content):
+                    spawn(respond_later(stream_id, status, extra, content))
+                    return
+                if status == 200 and not state["raised"]:
+                    state["raised"] = True
+                    conn.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams})
+            except h2.exceptions.ProtocolError:
+                pass  # the client reset the stream or went away
+
+        def transport_failure(stream_id: int, failure: str) -> None:
+            if state["closed"]:
+                return
+            if failure == "drop":
+                writer.transport.abort()
+                state["closed"] = True
+                return
+            if failure == "goaway":
+                conn.close_connection(last_stream_id=stream_id - 2 if stream_id > 2 else 0)
+                flush()
+                close()
+                return
+            code = h2.errors.ErrorCodes.REFUSED_STREAM if failure == "refused" else h2.errors.ErrorCodes.INTERNAL_ERROR
+            try:
+                conn.reset_stream(stream_id, code)
+            except h2.exceptions.ProtocolError:
                 pass
+            in_progress.discard(stream_id)
+            schedule_flush()
+
+        def finish(stream_id: int, verdict: Verdict, timer=None) -> None:
+            timers.discard(timer)
+            if verdict.failure is not None:
+                transport_failure(stream_id, verdict.failure)
+                return
+            answer(stream_id, *self._finish(verdict))
+
+        def spawn(coroutine) -> None:
+            task = asyncio.create_task(coroutine)
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        async def hang_then_answer(stream_id: int, verdict: Verdict) -> None:
+            await asyncio.sleep(verdict.delay_ms / 1000 + HANG_SECONDS)
+            finish(stream_id, verdict)
+
+        def request(stream_id: int, headers: dict, body: bytes) -> None:
+            in_progress.add(stream_id)
+            if len(in_progress) > self.peak_streams:
+                self.peak_streams = len(in_progress)
+            method, path = headers.get(":method", ""), headers.get(":path", "")
+            if path.startswith("/_fake"):
+                answer(stream_id, *self._control(method, path, body))
+                return
+            verdict = self._decide(method, path, headers, body)
+            if verdict.hang:
+                spawn(hang_then_answer(stream_id, verdict))
+            elif verdict.delay_ms and verdict.failure is None:  # an HTTP/2 failure comes at once
+                timer = loop.call_later(verdict.delay_ms / 1000, lambda: finish(stream_id, verdict, timer))
+                timers.add(timer)
+            else:
+                finish(stream_id, verdict)
 
         try:
             while data := await reader.read(65536):
@@ -462,22 +634,25 @@ class FakeAPNs:
                     elif isinstance(event, h2.events.StreamEnded):  # the request is complete
                         if event.stream_id in streams:
                             headers, body = streams.pop(event.stream_id)
-                            task = asyncio.create_task(respond(event.stream_id, headers, bytes(body)))
-                            tasks.add(task)
-                            task.add_done_callback(tasks.discard)
+                            request(event.stream_id, headers, bytes(body))
                     elif isinstance(event, h2.events.StreamReset):
                         streams.pop(event.stream_id, None)
+                        in_progress.discard(event.stream_id)
                     elif isinstance(event, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
                         window_opened[0].set()
                         window_opened[0] = asyncio.Event()
                     elif isinstance(event, h2.events.ConnectionTerminated):
                         return
-                async with lock:
-                    writer.write(conn.data_to_send())
+                    if state["closed"]:
+                        return
+                flush()
                 await writer.drain()
         except (ConnectionError, h2.exceptions.ProtocolError):
             pass
         finally:
+            state["closed"] = True
             for task in tasks:
                 task.cancel()
+            for timer in timers:
+                timer.cancel()
             writer.close()
