@@ -390,7 +390,10 @@ def test_when_fcm_recovers_one_probe_goes_first_and_the_held_pushes_follow_its_a
     fake_fcm.fail("unavailable")
     results = Results()
     fcm.send_many([make_push(f"token-back-{i:05d}") for i in range(8)], results)
-    wait_until(lambda: not fcm._sender().breaker.closed)
+    # Open, and every push's first attempt answered (failed): a first attempt still on its way when
+    # the rules go would be accepted without being held, ahead of the probe (seen on busy cores).
+    wait_until(lambda: not fcm._sender().breaker.closed
+               and {r.token for r in fake_fcm.requests()} >= {f"token-back-{i:05d}" for i in range(8)})
     fake_fcm.latency_ms = 100  # before the rules go: every accepted push takes 100 ms to answer
     fake_fcm.clear_rules()
 
