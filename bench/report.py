@@ -238,7 +238,8 @@ def markdown(results: dict) -> str:
 
 def apns_table(rows: list[dict]) -> str:
     lines = ["## APNs fan-out (one VoIP push to N tokens → simulators.apns over TLS, 20 ms added latency)", "",
-             "*ours* = notifications.apns.send_many (one HTTP/2 connection, httpx); *django-push-notifications* = "
+             "*ours* = notifications.apns.send_many (one HTTP/2 connection, notifications.http2); "
+             "*django-push-notifications* = "
              "`APNSDevice.objects.filter(active=True).send_message(…)` (3.3.0, aioapns, token authentication), "
              "aioapns pointed at the fake by its `APNsProductionClientProtocol.APNS_SERVER`/`APNS_PORT`. "
              "msg/s = accepted pushes / last accepted (fewest accepted of the repeats); per push = from the call "
@@ -266,10 +267,8 @@ def apns_table(rows: list[dict]) -> str:
 # What the sender thread's samples are spent in (`python -m bench apns --profile`): the first
 # group a frame's file matches, innermost frame first.
 GROUPS = (("hpack (header compression)", "hpack/"), ("h2 (HTTP/2 state machine)", "h2/"),
-          ("TLS (ssl, anyio's TLS stream)", ("ssl.py", "anyio/streams/tls.py")),
-          ("anyio (sockets, locks)", "anyio/"), ("httpcore (connection pool, HTTP/2 streams)", "httpcore/"),
-          ("httpx (client, request/response models)", "httpx/"), ("imports (failed `import sniffio`)", "<frozen"),
-          ("asyncio (event loop, tasks)", "asyncio/"), ("PyJWT / json", ("jwt/", "json/")),
+          ("TLS (ssl)", "ssl.py"), ("asyncio (event loop, tasks, transports)", "asyncio/"),
+          ("PyJWT / json", ("jwt/", "json/")), ("notifications.http2 (our HTTP/2 client)", "notifications/http2"),
           ("notifications.apns / pushloop (ours)", "notifications/"))
 
 
