@@ -51,6 +51,7 @@ import asyncio
 import json
 import logging
 import random
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -190,19 +191,7 @@ class Breaker(pushloop.Breaker):
     service = "APNs"
 
     def __init__(self):
-        super().__init__("apns")
-
-    @property
-    def threshold(self) -> int:
-        return BREAKER_THRESHOLD
-
-    @property
-    def open_seconds(self) -> float:
-        return BREAKER_OPEN_SECONDS
-
-    @property
-    def max_open_seconds(self) -> float:
-        return BREAKER_MAX_OPEN_SECONDS
+        super().__init__("apns", limits=sys.modules[__name__])
 
     def outcome(self, token: str, failed_service: bool, error: str | None, probe: bool) -> None:
         self.verdict(token, pushloop.FAILED if failed_service else pushloop.ANSWERED, error, probe)

@@ -77,6 +77,7 @@ import datetime
 import json
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -524,19 +525,7 @@ class _Breaker(pushloop.Breaker):
     service = "FCM"
 
     def __init__(self):
-        super().__init__("fcm")
-
-    @property
-    def threshold(self) -> int:
-        return BREAKER_THRESHOLD
-
-    @property
-    def open_seconds(self) -> float:
-        return BREAKER_OPEN_SECONDS
-
-    @property
-    def max_open_seconds(self) -> float:
-        return BREAKER_MAX_OPEN_SECONDS
+        super().__init__("fcm", limits=sys.modules[__name__])
 
     def outcome(self, token: str, error: str | None, retry_after: float | None, probe: bool) -> None:
         """What FCM answered one request (`error` None: accepted; `retry_after`: its

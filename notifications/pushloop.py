@@ -74,13 +74,18 @@ class Breaker:
     retrying on its own (module docstring). Lives on the sender's loop; no locks.
 
     `threshold`, `open_seconds` and `max_open_seconds` are read when used, so a transport
-    may take them from its module's constants (which tests change)."""
+    may take them from its module's constants (`limits`), which tests change."""
 
     service = "the push service"
 
-    def __init__(self, name: str, threshold: int = 5, open_seconds: float = 0.25, max_open_seconds: float = 2.0):
+    def __init__(self, name: str, threshold: int = 5, open_seconds: float = 0.25, max_open_seconds: float = 2.0,
+                 limits: object | None = None):
+        """`limits`: an object (a transport's module) whose BREAKER_THRESHOLD,
+        BREAKER_OPEN_SECONDS and BREAKER_MAX_OPEN_SECONDS are read each time they are
+        used (tests change a module's constants), in place of the three numbers."""
         self.name = name
         self._threshold, self._open_seconds, self._max_open_seconds = threshold, open_seconds, max_open_seconds
+        self.limits = limits
         self.open_until: float | None = None  # time.time(); None when closed
         self.delay = self.open_seconds
         self.error: str | None = None          # the failure that opened it
@@ -90,15 +95,15 @@ class Breaker:
 
     @property
     def threshold(self) -> int:
-        return self._threshold
+        return self._threshold if self.limits is None else self.limits.BREAKER_THRESHOLD
 
     @property
     def open_seconds(self) -> float:
-        return self._open_seconds
+        return self._open_seconds if self.limits is None else self.limits.BREAKER_OPEN_SECONDS
 
     @property
     def max_open_seconds(self) -> float:
-        return self._max_open_seconds
+        return self._max_open_seconds if self.limits is None else self.limits.BREAKER_MAX_OPEN_SECONDS
 
     @property
     def closed(self) -> bool:

@@ -45,6 +45,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import threading
 import time
 import uuid
@@ -303,17 +304,8 @@ class Breaker(pushloop.Breaker):
 
     service = "the push service"
 
-    @property
-    def threshold(self) -> int:
-        return BREAKER_THRESHOLD
-
-    @property
-    def open_seconds(self) -> float:
-        return BREAKER_OPEN_SECONDS
-
-    @property
-    def max_open_seconds(self) -> float:
-        return BREAKER_MAX_OPEN_SECONDS
+    def __init__(self, name: str):
+        super().__init__(name, limits=sys.modules[__name__])
 
 
 class Sender(pushloop.Sender):
