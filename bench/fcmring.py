@@ -43,7 +43,7 @@ from pathlib import Path
 import httpx
 
 from bench import common
-from bench.common import RESULTS, Database, Server, log
+from bench.common import RESULTS, Database, Server, log, percentiles
 from bench.ringbench import Fleet, log_cell, ring_cell
 
 # Longer than a push may keep retrying: FCM_RETRY_BUDGET_SECONDS (4) + FCM_HTTP_TIMEOUT_SECONDS (3) + 1;
@@ -110,7 +110,7 @@ SERVICES = {
 
 
 async def _cells(server: Server, seed: list, control, service: PushService, rates: list[float],
-                 duration: float, settle: float = SETTLE_SECONDS) -> list[dict]:
+                 duration: float, settle: float = SETTLE_SECONDS, repeats: int = 1) -> list[dict]:
     fleet = Fleet(server.ws_url, seed)
     await fleet.connect()
     log(f"{service.name}ring: {len(fleet.sockets)} sockets connected ({fleet.failed} failed)")
@@ -122,7 +122,9 @@ async def _cells(server: Server, seed: list, control, service: PushService, rate
     idle_rate = (server.cpu_seconds() - cpu0) / (time.monotonic() - t0)
     log(f"{service.name}ring: idle server CPU {100 * idle_rate:.1f}%")
     try:
-        for mode, rule in service.modes.items():
+        # With repeats, the modes take turns (healthy, slow, failing, …, healthy, slow, …) so that a
+        # slow minute of the machine falls on every mode alike; `pooled` merges each mode's turns.
+        for mode, rule in [item for _ in range(repeats) for item in service.modes.items()]:
             control.clear_rules()
             if rule:
                 control.add_rule(rule)
@@ -151,7 +153,30 @@ async def _cells(server: Server, seed: list, control, service: PushService, rate
     finally:
         control.clear_rules()
         await fleet.close()
-    return cells
+    return pooled(cells, service.name) if repeats > 1 else cells
+
+
+def pooled(cells: list[dict], name: str) -> list[dict]:
+    """One cell per (mode, rate) from its turns: their samples together (percentiles of all the
+    rings), counts added up, CPU figures and load averaged; `turns` keeps each turn's p99."""
+    groups: dict = {}
+    for cell in cells:
+        groups.setdefault((cell[name], cell["rate"]), []).append(cell)
+    merged = []
+    for turns in groups.values():
+        cell = dict(turns[0])
+        http = [x for turn in turns for x in turn["raw"]["http_ms"]]
+        frames = [x for turn in turns for x in turn["raw"]["frame_ms"]]
+        cell.update(http_ms=percentiles(http), frame_ms=percentiles(frames),
+                    raw={"http_ms": http, "frame_ms": frames}, turns=[turn["http_ms"]["p99"] for turn in turns])
+        for key in ("rings_sent", "rings_ok", "frames_expected", "frames_received", "frames_lost"):
+            cell[key] = sum(turn[key] for turn in turns)
+        for key in ("server_cpu_pct", "server_cpu_ms_per_ring", f"{name}_requests_per_push"):
+            values = [turn[key] for turn in turns if turn.get(key) is not None]
+            cell[key] = round(sum(values) / len(values), 2) if values else None
+        cell["load"] = [round(sum(turn["load"][i] for turn in turns) / len(turns), 2) for i in range(3)]
+        merged.append(cell)
+    return merged
 
 
 async def _until_idle(server: Server, idle_rate: float, limit: float = 60.0) -> None:
@@ -175,11 +200,13 @@ def markdown(cells: list[dict], meta: dict) -> str:
              f"the cell and after it ({meta.get('settle_s', SETTLE_SECONDS):g} s, then until it is idle again: "
              "every retry and result of its pushes), less its idle CPU over as long (measured before the first "
              "cell), per ring; "
-             f"*{service.label} requests per push*: send requests the stand-in answered, per push.", "",
+             f"*{service.label} requests per push*: send requests the stand-in answered, per push."
+             + (f" {meta['repeats']} turns of every mode, interleaved; each row pools its turns' rings "
+                "(*p99 per turn* lists each turn's own)." if meta.get("repeats", 1) > 1 else ""), "",
              f"| {service.label} | rate | rings ok/sent | HTTP p50 / p95 / p99 / max (ms) | p99 vs healthy "
              f"| frame p50 / p99 (ms) | frames lost | server CPU | server CPU per ring (ms) "
-             f"| {service.label} requests per push | load 1m |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             f"| {service.label} requests per push | load 1m | p99 per turn (ms) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     healthy = {c["rate"]: c["http_ms"]["p99"] for c in cells if c[service.name] == "healthy"}
     for c in cells:
         h, f = c["http_ms"], c["frame_ms"]
@@ -189,12 +216,13 @@ def markdown(cells: list[dict], meta: dict) -> str:
                      f"{h['p50']} / {h['p95']} / {h['p99']} / {h['max']} | {ratio} | {f['p50']} / {f['p99']} | "
                      f"{c['frames_lost']} | "
                      f"{c['server_cpu_pct']}% | {c.get('server_cpu_ms_per_ring', '–')} | "
-                     f"{c.get(service.name + '_requests_per_push', '–')} | {c['load'][0]} |")
+                     f"{c.get(service.name + '_requests_per_push', '–')} | {c['load'][0]} | "
+                     f"{', '.join(f'{p:g}' for p in c.get('turns', [])) or '–'} |")
     return "\n".join(lines) + "\n"
 
 
 def run(sockets: int, rates: list[float], duration: float, push: str = "fcm", results: Path = RESULTS,
-        settle: float = SETTLE_SECONDS, modes: list[str] | None = None) -> Path:
+        settle: float = SETTLE_SECONDS, modes: list[str] | None = None, repeats: int = 1) -> Path:
     service = SERVICES[push]
     if modes:  # a subset, by first word: healthy, slow, failing, timing
         unknown = set(modes) - {name.split(" ")[0] for name in service.modes}
@@ -206,7 +234,7 @@ def run(sockets: int, rates: list[float], duration: float, push: str = "fcm", re
     common.raise_nofile(65536)
     tmp = Path(tempfile.mkdtemp(prefix=f"callpull-{push}ring-"))
     meta = {"command": ".venv/bin/python -m bench " + " ".join(sys.argv[1:]), "sockets": sockets, "push": push,
-            "settle_s": settle,
+            "settle_s": settle, "repeats": repeats,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "load_start": common.load()}
     db = Database("sqlite", tmp)
     base_env = common.server_env(db.url, None, production=True, RATE_LIMIT_SIGNUP=100000, CALL_RING_SECONDS=3600,
@@ -219,7 +247,7 @@ def run(sockets: int, rates: list[float], duration: float, push: str = "fcm", re
         seed = common.seed({**env, service.seed_variable: "2"}, users, 4, "immediate", tmp / "seed.json")
         server = Server("callpull.asgi:application", env, tmp / "server.log").start()
         try:
-            cells = asyncio.run(_cells(server, seed, control, service, rates, duration, settle))
+            cells = asyncio.run(_cells(server, seed, control, service, rates, duration, settle, repeats))
         finally:
             server.stop()
     finally:
@@ -242,13 +270,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--sockets", type=int, default=1000)
     parser.add_argument("--rates", default="10,50")
     parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="turns of every mode, interleaved; each (mode, rate) row pools its turns' rings")
     parser.add_argument("--modes", default="", help="comma-separated subset by first word: healthy,slow,failing"
                         " (and timing for apns); default all")
 
 
 def command(args) -> int:
     print(run(args.sockets, [float(x) for x in args.rates.split(",")], args.duration, args.push,
-              modes=[m for m in args.modes.split(",") if m]).read_text())
+              modes=[m for m in args.modes.split(",") if m], repeats=args.repeats).read_text())
     return 0
 
 
