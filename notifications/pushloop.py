@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
 import logging
 import queue
 import random
@@ -91,7 +92,13 @@ class Breaker:
         self.error: str | None = None          # the failure that opened it
         self.failing: set[str] = set()         # keys that failed in a row while closed
         self.probing = False
-        self.changed = asyncio.Event()         # set (and replaced) whenever it closes or a probe ends
+        # Pushes held while it is open, first come first served. Only the first is woken when
+        # the probe may go (one timer per open period); all of them when it closes. Waking
+        # every held push at each turn (hundreds, during an outage of the service) cost the
+        # sender's loop, and the GIL it shares with the ring reports, a burst each time.
+        self.waiting: collections.deque[asyncio.Future] = collections.deque()
+        self.timer: asyncio.TimerHandle | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # the sender's, once a push waited
 
     @property
     def threshold(self) -> int:
@@ -118,14 +125,24 @@ class Breaker:
                 self.probing = True
                 return True
             if now >= until:
+                self._arm()  # had this push been woken to probe, the next one in line is
                 return None
-            wake = until if self.probing else min(until, self.open_until)
-            changed = self.changed
+            self.loop = asyncio.get_running_loop()
+            turn = self.loop.create_future()
+            self.waiting.append(turn)
+            self._arm()
             try:
-                async with asyncio.timeout(max(0.0, wake - now)):
-                    await changed.wait()
+                async with asyncio.timeout(until - now):
+                    await turn
             except TimeoutError:
                 pass
+            except BaseException:  # cancelled: a probe's turn it was given goes to the next
+                turn.cancel()
+                self._arm()
+                raise
+            finally:
+                if not turn.done():
+                    turn.cancel()  # skipped by _wake
         return False
 
     def verdict(self, key: str, verdict: str, error: str | None, probe: bool, retry_after: float | None = None) -> None:
@@ -164,8 +181,32 @@ class Breaker:
         self._notify()
 
     def _notify(self) -> None:
-        self.changed.set()
-        self.changed = asyncio.Event()
+        """Closed: every held push goes. Open (again) or probe lost: the next in line is woken
+        when the probe may go."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.open_until is None:
+            self._wake(len(self.waiting))
+        else:
+            self._arm()
+
+    def _arm(self) -> None:
+        """One timer for the open period's end, if a push waits and no probe is out."""
+        if self.timer is not None or self.probing or self.open_until is None or not self.waiting:
+            return
+        self.timer = self.loop.call_later(max(0.0, self.open_until - time.time()), self._probe_turn)
+
+    def _probe_turn(self) -> None:
+        self.timer = None
+        self._wake(1)
+
+    def _wake(self, count: int) -> None:
+        while count > 0 and self.waiting:
+            turn = self.waiting.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                count -= 1
 
 
 class Sender:

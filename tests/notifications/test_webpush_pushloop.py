@@ -42,6 +42,54 @@ def test_admit_holds_requests_while_open_and_lets_one_probe_through():
     asyncio.run(scenario())
 
 
+class CountingBreaker(pushloop.Breaker):
+    """Counts the held pushes woken (their turn given)."""
+    woken = 0
+
+    def _wake(self, count: int) -> None:
+        live = sum(not turn.done() for turn in self.waiting)
+        super()._wake(count)
+        self.woken += live - sum(not turn.done() for turn in self.waiting)
+
+
+def test_each_turn_of_an_open_breaker_wakes_one_held_push_not_all_of_them():
+    """Hundreds of pushes held during an outage: each probe turn wakes the next in line only,
+    and closing wakes them all (waking every one at each turn cost the loop a burst)."""
+    async def scenario():
+        breaker = CountingBreaker("test", threshold=1, open_seconds=0.05, max_open_seconds=0.05)
+        breaker.verdict("a", pushloop.FAILED, "internal", probe=False)
+        held = [asyncio.ensure_future(breaker.admit(time.time() + 5)) for _ in range(50)]
+        await asyncio.sleep(0.15)
+        assert [t.result() for t in held if t.done()] == [True]       # one probe
+        assert breaker.woken == 1
+        breaker.verdict("probe", pushloop.FAILED, "internal", probe=True)  # open again
+        await asyncio.sleep(0.15)
+        assert [t.result() for t in held if t.done()] == [True, True]  # the next one probes
+        assert breaker.woken == 2
+        breaker.verdict("probe", pushloop.ANSWERED, None, probe=True)  # closed: everyone goes
+        results = await asyncio.gather(*held)
+        assert results.count(True) == 2 and results.count(False) == 48
+        assert breaker.woken == 50
+    asyncio.run(scenario())
+
+
+def test_a_held_push_cancelled_on_its_turn_passes_the_turn_on():
+    async def scenario():
+        breaker = pushloop.Breaker("test", threshold=1, open_seconds=0.05, max_open_seconds=0.05)
+        held = []
+        turn = breaker._probe_turn
+
+        def turn_then_cancel():  # the first in line is cancelled right as its turn comes
+            turn()
+            held[0].cancel()
+        breaker._probe_turn = turn_then_cancel
+        breaker.verdict("a", pushloop.FAILED, "internal", probe=False)
+        held += [asyncio.ensure_future(breaker.admit(time.time() + 5)) for _ in range(2)]
+        assert await asyncio.wait_for(held[1], 1) is True  # the turn went on to the next in line
+        assert held[0].cancelled()
+    asyncio.run(scenario())
+
+
 def test_retry_after_is_seconds_or_an_http_date_and_the_backoff_doubles():
     assert pushloop.retry_after_seconds("2") == 2.0
     later = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
