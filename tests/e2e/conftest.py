@@ -48,6 +48,7 @@ def environment(tmp_path_factory):
         yield env
     finally:
         env.release_redis()
+        env.drop_template()
 
 
 @pytest.fixture(scope="session")
