@@ -962,10 +962,11 @@ function handleEvent(frame, call) {
   }
 }
 
-// A call the service worker's notification asked this page to show (push.js): `answer` when
-// the page is to answer it itself (Twilio: its Voice SDK Device must be registered before callpull
-// dials it); answered from the notification already: this tab sets up the call's audio, as its own
-// answer would have.
+// A call the service worker's notification asked this page to show (push.js): `answer` when its
+// Answer action was clicked: the page answers as its own button does, its audio ready first (the
+// voice client takes only a leg dialled after it was ready: docs/WEB.md). Answered already (the
+// worker's fallback, or another tab of this browser): this tab sets up the call's audio, which
+// reaches it only if the leg has not been dialled yet.
 let pushedCall = null;
 
 async function openPushedCall(wanted) {

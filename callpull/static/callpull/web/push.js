@@ -8,10 +8,10 @@
 //   device (PATCH /api/v1/devices/me `webpush_subscription`); turning it off stores `null` and
 //   unsubscribes. Each way it can fail is said in words.
 // - The service worker acts for this device with the clicks on its notification: the page keeps
-//   what it needs in IndexedDB (`callpull` → `session` → `device`: {token, device_id, voice}),
+//   what it needs in IndexedDB (`callpull` → `session` → `device`: {token, device_id}),
 //   written when it signs in and deleted when it signs out or its device is removed.
-// - A click on the notification opens the page at `/?call=<id>` (`&answer=1`: the page answers it,
-//   with Twilio), or tells an open page the same with a message (`callpull.call`): callFromPush().
+// - A click on the notification opens the page at `/?call=<id>` (`&answer=1`: the page answers it
+//   once its voice client is ready), or tells an open page the same with a message (`callpull.call`): callFromPush().
 
 import { ApiError } from "./api.js";
 
@@ -56,11 +56,10 @@ async function write(work) {
   }
 }
 
-// The signed-in session ({token, device}) for the service worker, with the page's voice client.
+// The signed-in session ({token, device}) for the service worker.
 export async function rememberDevice(stored) {
   if (!("indexedDB" in window)) return;
-  const voice = document.documentElement.dataset.voice || "simulator";
-  await write((store) => store.put({ token: stored.token, device_id: stored.device.id, voice }, KEY)).catch(() => {});
+  await write((store) => store.put({ token: stored.token, device_id: stored.device.id }, KEY)).catch(() => {});
 }
 
 // Signed out or removed: the worker can no longer act for this browser, and nothing rings here.

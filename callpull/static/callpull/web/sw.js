@@ -12,15 +12,18 @@
 //   visible notification for every push (userVisibleOnly) and shows a generic one otherwise.
 // - A visible companion tab rings by itself (its WebSocket): no notification then.
 // - Answer, Decline and a click on the notification act with this device's token, which the page
-//   keeps in IndexedDB (`callpull` → `session` → `device`: {token, device_id, voice}); the page
+//   keeps in IndexedDB (`callpull` → `session` → `device`: {token, device_id}); the page
 //   writes it when it signs in and deletes it when it signs out or learns its device was removed.
 //
-// Answer and real Twilio: the browser's leg is a call to its `client:` identity, which only a page
-// with a registered Voice SDK Device can take. With `voice: "twilio"` the worker therefore opens
-// (or focuses) the companion at `/?call=<id>&answer=1` and the page answers once its Device is
-// ready, as its own Answer button does; only when no window can be opened does the worker answer
-// by itself. With the simulator the worker answers at once and opens `/?call=<id>`, where the page
-// sets up the call's audio before the simulator dials it (docs/CONTRACT.md, "Web Push").
+// Answer: the browser's leg is a call to this device's voice address, which only a page that is
+// ready for it can take (the Twilio Voice SDK's Device registered, or the simulator's WebRTC
+// offer made: either takes only a call dialled after it was ready). callpull dials the leg as
+// soon as the handset has passed the call on, within a second of the answer, long before a page
+// the worker opens could be ready. So the worker never answers first: it opens (or focuses) the
+// companion at `/?call=<id>&answer=1` and the page answers once its voice client is ready, as
+// its own Answer button does (app.js `answer`). Only when no window can be opened or focused
+// does the worker answer by itself, so that the call does not ring on while the person who
+// clicked Answer waits; it then says in a notification that the call's sound needs the page.
 
 const DB_NAME = "callpull";
 const STORE = "session";
@@ -183,21 +186,16 @@ async function showCompanion(url, message) {
 }
 
 async function answer(callId) {
-  const session = await readSession();
-  if (session?.voice === "twilio") {
-    // The page must register its Voice SDK Device before callpull dials it: it answers.
-    const shown = await showCompanion(`${COMPANION}?call=${encodeURIComponent(callId)}&answer=1`,
-      { type: "callpull.call", call_id: callId, answer: true });
-    if (shown) return;
-  }
+  const shown = await showCompanion(`${COMPANION}?call=${encodeURIComponent(callId)}&answer=1`,
+    { type: "callpull.call", call_id: callId, answer: true });
+  if (shown) return;  // the page answers once its voice client is ready
   try {
     await api("POST", `/calls/${encodeURIComponent(callId)}/answer`);
   } catch (error) {
     await notice(callId, "Could not answer", error.message);
     return;
   }
-  await showCompanion(`${COMPANION}?call=${encodeURIComponent(callId)}`,
-    { type: "callpull.call", call_id: callId, answer: false });
+  await notice(callId, "Answered on this browser", "Open callpull to hear the call.");
 }
 
 async function decline(callId) {
