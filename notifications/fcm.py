@@ -51,6 +51,7 @@ at a time, first come first served, over as many pooled keep-alive connections. 
 thread calls `on_result`, so a slow callback (ORM writes) never stalls sending, and calls
 come in completion order.
 
+The requests go through notifications.httpclient (aiohttp, the one module that imports it).
 Why aiohttp rather than httpx or firebase-admin's transports: sending is CPU-bound
 (every push is one HTTP request; FCM v1 has no batch endpoint), so what counts is Python
 per push. Measured against the fake (20 ms latency, sender and fake on separate cores of
@@ -81,17 +82,13 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
-import aiohttp
-import requests.utils
 import uvloop
-import yarl
 from django.conf import settings
 from firebase_admin import credentials
 from google.auth import exceptions as auth_exceptions
 
-from notifications import pushloop
+from notifications import httpclient, pushloop
 
 log = logging.getLogger(__name__)
 
@@ -273,13 +270,6 @@ def _sender() -> _Sender:
     return SLOT.get()
 
 
-def _proxy_for(url: str) -> str | None:
-    """The proxy the environment names for `url` (HTTP(S)_PROXY, NO_PROXY), read once:
-    looking it up per request, as aiohttp's trust_env does, costs a scan of the environment."""
-    proxies = requests.utils.get_environ_proxies(url)
-    return proxies.get(urlsplit(url).scheme) or proxies.get("all")
-
-
 def _new_loop() -> asyncio.AbstractEventLoop:
     """uvloop (pinned; uvicorn[standard] brings it): the sender's loop then costs about a
     tenth less CPU per push than asyncio's own."""
@@ -322,8 +312,8 @@ class _Sender(pushloop.Sender):
         if not self.project_id:
             raise ValueError(f"FCM_CREDENTIALS_FILE {config.credentials_file} names no project_id")
         self.url = f"{config.endpoint}/v1/projects/{self.project_id}/messages:send"
-        self.target = yarl.URL(self.url)  # parsed once, not by aiohttp on every request
-        self.proxy = _proxy_for(self.url)
+        self.target = httpclient.parse(self.url)  # parsed once, not by aiohttp on every request
+        self.proxy = httpclient.proxy_for(self.url)
         # google-auth refreshes tokens with blocking requests; never on the loop.
         self.auth_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fcm-auth")
         self.access_token: str | None = None
@@ -334,7 +324,7 @@ class _Sender(pushloop.Sender):
         self.templates: dict[tuple, bytes] = {}
         self.auth_headers: dict | None = None
         self.auth_headers_for: str | None = None
-        self.session: aiohttp.ClientSession | None = None
+        self.pool = httpclient.Pool(MAX_IN_FLIGHT)
         super().__init__(config, _new_loop())
         log.info("fcm sender started endpoint=%s project=%s", config.endpoint, self.project_id)
 
@@ -360,8 +350,7 @@ class _Sender(pushloop.Sender):
             self._start_now(pushes[index:index + START_CHUNK], on_result, retry_budget)
 
     async def _aclose(self) -> None:
-        if self.session is not None:
-            await self.session.close()
+        await self.pool.close()
 
     def _stopped(self) -> None:
         self.auth_pool.shutdown(wait=False, cancel_futures=True)
@@ -471,26 +460,21 @@ class _Sender(pushloop.Sender):
         now = time.time()
         body = self._body(push, max(1, math.floor(push.deadline - now)))
         headers = self._auth_headers()
-        if self.session is None:
-            # No timeouts of aiohttp's own (a timer per request): asyncio.timeout below bounds it all.
-            self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=MAX_IN_FLIGHT),
-                                                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=None))
         try:
             async with asyncio.timeout(min(self.config.http_timeout, max(push.deadline - now, 0) + 0.05)):
-                async with self.session.post(self.target, data=body, headers=headers, proxy=self.proxy) as response:
-                    content = await response.read()
+                reply = await self.pool.post(self.target, body, headers, proxy=self.proxy)
         except TimeoutError:
             return _Answer(error="timeout", detail="FCM did not answer in time")
-        except aiohttp.ClientConnectionError as exc:  # refused, reset, closed: FCM unreachable
-            return _Answer(error="unavailable", detail=str(exc) or type(exc).__name__)
-        except aiohttp.ClientError as exc:  # a malformed answer
-            return _Answer(error="unknown", detail=str(exc) or type(exc).__name__)
-        if response.status == 200:
+        except httpclient.Unreachable as exc:  # refused, reset, closed: FCM unreachable
+            return _Answer(error="unavailable", detail=str(exc))
+        except httpclient.BadReply as exc:  # a malformed answer
+            return _Answer(error="unknown", detail=str(exc))
+        if reply.status == 200:
             try:
-                return _Answer(message_id=json.loads(content)["name"], accepted_at=time.time())
+                return _Answer(message_id=json.loads(reply.body)["name"], accepted_at=time.time())
             except (ValueError, KeyError, TypeError) as exc:
                 return _Answer(error="unknown", detail=f"FCM accepted the message with an unreadable answer: {exc}")
-        return classify(response.status, content, response.headers.get("Retry-After"))
+        return classify(reply.status, reply.body, reply.headers.get("Retry-After"))
 
     def _token_fresh(self) -> bool:
         return self.access_token is not None and time.time() < self.token_expires_at - TOKEN_REFRESH_MARGIN_SECONDS

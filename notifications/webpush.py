@@ -27,8 +27,10 @@ What the standards say, and how this module follows it (docs/PUSH.md cites them)
   subscriptions in a row) opens its circuit breaker (one per push service origin).
 
 Concurrency: pywebpush encrypts (`WebPusher.encode`, what its `send_async` does first) and
-the request goes over one aiohttp session per worker, on the pushloop's event loop, without
-following redirects (what `send_async` would do, which follows them). Measured against
+the request goes over one connection pool per worker (notifications.httpclient, aiohttp), on
+the pushloop's event loop, without following redirects (what `send_async` would do, which
+follows them), through the proxy the environment names for the push service's origin
+(HTTPS_PROXY, NO_PROXY: as FCM's requests). Measured against
 simulators.webpush (docs/PUSH.md): faster than pywebpush's blocking `send` (requests) on a
 thread pool, which also holds a thread per request.
 
@@ -54,7 +56,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import aiohttp
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from django.conf import settings
@@ -62,7 +63,7 @@ from py_vapid import Vapid02
 from pywebpush import WebPusher, WebPushException
 
 from devices.webpush import push_service_allowed
-from notifications import pushloop
+from notifications import httpclient, pushloop
 
 log = logging.getLogger(__name__)
 
@@ -309,29 +310,25 @@ class Breaker(pushloop.Breaker):
 
 
 class Sender(pushloop.Sender):
-    """The VAPID signer; the pushloop's loop with one aiohttp session for pywebpush."""
+    """The VAPID signer; the pushloop's loop with one connection pool (notifications.httpclient)."""
 
     name = "webpush"
 
     def __init__(self, config: Config):
         self.signer = Signer(load_private_key(config.key_file, generate=config.generated), config.subject)
-        self.session: aiohttp.ClientSession | None = None
+        self.pool = httpclient.Pool(MAX_IN_FLIGHT)
         self.slots: asyncio.Semaphore | None = None
         self.breakers: dict[str, Breaker] = {}
         super().__init__(config)
         log.info("webpush sender started subject=%s", config.subject)
 
     def _start(self, pushes, on_result) -> None:
-        if self.session is None:
-            # No timeouts of aiohttp's own: asyncio.timeout bounds each request (_post).
-            self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=MAX_IN_FLIGHT),
-                                                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=None))
+        if self.slots is None:  # on the sender's loop: asyncio.timeout bounds each request (_post)
             self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         super()._start(pushes, on_result)
 
     async def _aclose(self) -> None:
-        if self.session is not None:
-            await self.session.close()
+        await self.pool.close()
 
     def _unknown(self, push: Push) -> PushResult:
         return PushResult(push, False, None, "unknown", False, 0, None)
@@ -401,22 +398,21 @@ class Sender(pushloop.Sender):
         async with self.slots:
             try:
                 async with asyncio.timeout(min(self.config.http_timeout, max(push.deadline - now, 0) + 0.05)):
-                    async with self.session.post(push.endpoint, data=body, headers=headers,
-                                                 allow_redirects=False) as response:
-                        await response.read()
+                    reply = await self.pool.post(push.endpoint, body, headers, follow_redirects=False,
+                                                 proxy=httpclient.proxy_for(push.endpoint))
             except TimeoutError:
                 return Answer(error="timeout")
-            except aiohttp.ClientConnectionError as exc:
-                log.warning("webpush push service unreachable: %s", exc or type(exc).__name__)
+            except httpclient.Unreachable as exc:
+                log.warning("webpush push service unreachable: %s", exc)
                 return Answer(error="unavailable")
-            except aiohttp.ClientError as exc:
+            except httpclient.BadReply as exc:
                 log.warning("webpush push not sent call=%s device=%s: %s", push.collapse_key, push.device_id, exc)
                 return Answer(error="unknown")
-        status = response.status
+        status = reply.status
         if status in ACCEPTED:
-            return Answer(status, location=response.headers.get("Location"))
+            return Answer(status, location=reply.headers.get("Location"))
         error = DROP_STATUSES.get(status) or ERRORS_BY_STATUS.get(status) or f"http_{status}"
-        retry_after = (pushloop.retry_after_seconds(response.headers.get("Retry-After"))
+        retry_after = (pushloop.retry_after_seconds(reply.headers.get("Retry-After"))
                        if status in RETRY_STATUSES else None)
         return Answer(status, error, retry_after=retry_after)
 

@@ -265,22 +265,6 @@ def test_no_more_than_max_in_flight_requests_are_open_at_once(fake_fcm, settings
     assert sorted(m.token for m in fake_fcm.messages()) == [f"token-slot-{i:05d}" for i in range(3)]
 
 
-@pytest.mark.parametrize(("environ", "url", "proxy"), [
-    ({"HTTPS_PROXY": "http://proxy.invalid:3128"}, "https://fcm.googleapis.com", "http://proxy.invalid:3128"),
-    ({"HTTPS_PROXY": "http://proxy.invalid:3128", "NO_PROXY": "fcm.googleapis.com"}, "https://fcm.googleapis.com",
-     None),
-    ({"HTTP_PROXY": "http://proxy.invalid:3128"}, "https://fcm.googleapis.com", None),
-])
-def test_the_proxy_is_the_one_the_environment_names_for_the_endpoint(monkeypatch, environ, url, proxy):
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy",
-                 "no_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in environ.items():
-        monkeypatch.setenv(name, value)
-
-    assert fcm._proxy_for(url) == proxy
-
-
 # --- no private API -------------------------------------------------------------------------------
 
 # Attributes of notifications.fcm's own objects that hold a library's objects.
