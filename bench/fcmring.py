@@ -24,7 +24,10 @@ saturated cell leaves reports queued), before the next one starts. An APNs push 
 until its ring deadline (the hour), so pushes a failing cell left waiting behind APNs'
 circuit breaker would still be there in the next cell: after each mode the service is made
 healthy again and the benchmark waits as after a cell (they go out then, outside any cell;
-their CPU is in no cell's CPU per ring). Besides latency, each cell reports what
+their CPU is in no cell's CPU per ring), and the next mode starts only once every push
+started so far has its final outcome by the server's /metrics (`callpull_pushes_total`):
+with the hour-long deadline a push that backed off during a failing mode could otherwise be
+retried, and counted, inside a later cell. Besides latency, each cell reports what
 depends least on the machine's other load: the server's CPU per ring over the cell and its
 settling time (every push's retries and results included), less the server's idle CPU
 (1,000 sockets, the sweeper) over as long, and the requests the stand-in received per push.
@@ -41,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench import common
 from bench.common import RESULTS, Database, Server, log, percentiles
@@ -51,6 +55,11 @@ from bench.ringbench import Fleet, log_cell, ring_cell
 SETTLE_SECONDS = 8.0
 IDLE_SECONDS = 5.0
 PUSHES_PER_RING = 2
+# After a failing mode: how long every push it started may take to reach its final outcome once
+# the service is healthy again (pushes back off up to the last retry's delay, tens of seconds
+# with an hour-long ring deadline).
+DRAIN_LIMIT_SECONDS = 300.0
+METRICS_TOKEN = "fcmring-metrics-token-" + "0" * 16
 
 
 class FakeFCMControl:
@@ -121,6 +130,7 @@ async def _cells(server: Server, seed: list, control, service: PushService, rate
     await asyncio.sleep(IDLE_SECONDS)
     idle_rate = (server.cpu_seconds() - cpu0) / (time.monotonic() - t0)
     log(f"{service.name}ring: idle server CPU {100 * idle_rate:.1f}%")
+    started = 0  # pushes the cells so far started (PUSHES_PER_RING per ring)
     try:
         # With repeats, the modes take turns (healthy, slow, failing, …, healthy, slow, …) so that a
         # slow minute of the machine falls on every mode alike; `pooled` merges each mode's turns.
@@ -142,14 +152,19 @@ async def _cells(server: Server, seed: list, control, service: PushService, rate
                 cell["server_idle_cpu_pct"] = round(100 * idle_rate, 2)
                 cell[f"{service.name}_requests_per_push"] = round((control.requests() - requests0)
                                                                   / (rings * PUSHES_PER_RING), 2)
+                started += cell["rings_ok"] * PUSHES_PER_RING
                 log_cell(f"{service.name}ring {mode:>38s} rate={rate:g}/s", cell)
                 cells.append(cell)
+            # The service is back before the next mode: pushes held behind the breaker or backing
+            # off (retried until their ring deadline) go out now, not inside the next mode's cells,
+            # and the next mode starts only once every push so far has its outcome.
+            control.clear_rules()
+            drain = await _drained(server, service.name, started)
             if rule:
-                # The service is back before the next mode: APNs pushes held behind the breaker
-                # (retried until their ring deadline) go out now, not inside the next mode's cells.
-                control.clear_rules()
                 await asyncio.sleep(settle)
                 await _until_idle(server, idle_rate)
+            for cell in cells[-len(rates):]:
+                cell["drained_after_s"] = drain
     finally:
         control.clear_rules()
         await fleet.close()
@@ -175,8 +190,31 @@ def pooled(cells: list[dict], name: str) -> list[dict]:
             values = [turn[key] for turn in turns if turn.get(key) is not None]
             cell[key] = round(sum(values) / len(values), 2) if values else None
         cell["load"] = [round(sum(turn["load"][i] for turn in turns) / len(turns), 2) for i in range(3)]
+        cell["drained_after_s"] = [turn.get("drained_after_s") for turn in turns]
         merged.append(cell)
     return merged
+
+
+def pushes_done(server: Server, transport: str) -> int:
+    """Pushes over `transport` that reached their final outcome, from the server's /metrics."""
+    response = httpx.get(server.base_url + "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"},
+                         trust_env=False, timeout=10)
+    response.raise_for_status()
+    return int(sum(sample.value for family in text_string_to_metric_families(response.text)
+                   for sample in family.samples
+                   if sample.name == "callpull_pushes_total" and sample.labels.get("transport") == transport))
+
+
+async def _drained(server: Server, transport: str, expected: int, limit: float = DRAIN_LIMIT_SECONDS) -> float:
+    """Wait until every push started so far (`expected`) has its final outcome; the seconds it took.
+    A push still retrying would otherwise be sent, and pay its CPU, inside a later mode's cells."""
+    t0 = time.monotonic()
+    while (done := pushes_done(server, transport)) < expected:
+        if time.monotonic() - t0 > limit:
+            log(f"ring: {expected - done} {transport} pushes still pending after {limit:g} s")
+            break
+        await asyncio.sleep(1.0)
+    return round(time.monotonic() - t0, 1)
 
 
 async def _until_idle(server: Server, idle_rate: float, limit: float = 60.0) -> None:
@@ -200,14 +238,19 @@ def markdown(cells: list[dict], meta: dict) -> str:
              f"the cell and after it ({meta.get('settle_s', SETTLE_SECONDS):g} s, then until it is idle again: "
              "every retry and result of its pushes), less its idle CPU over as long (measured before the first "
              "cell), per ring; "
-             f"*{service.label} requests per push*: send requests the stand-in answered, per push."
+             f"*{service.label} requests per push*: send requests the stand-in answered, per push; "
+             "*drained after*: once a mode's cells are over the service is healthy again and the next mode "
+             "waits until every push started so far has its final outcome (the server's /metrics), so no "
+             "push of a failing mode is retried inside a later cell; how long that took (s)."
              + (f" {meta['repeats']} turns of every mode, interleaved; each row pools its turns' rings "
                 "(*p99 per turn* lists each turn's own)." if meta.get("repeats", 1) > 1 else ""), "",
              f"| {service.label} | rate | rings ok/sent | HTTP p50 / p95 / p99 / max (ms) | p99 vs healthy "
              f"| frame p50 / p99 (ms) | frames lost | server CPU | server CPU per ring (ms) "
-             f"| {service.label} requests per push | load 1m | p99 per turn (ms) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             f"| {service.label} requests per push | load 1m | p99 per turn (ms) | p99 per turn vs healthy's "
+             "| drained after (s) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     healthy = {c["rate"]: c["http_ms"]["p99"] for c in cells if c[service.name] == "healthy"}
+    healthy_turns = {c["rate"]: c.get("turns", []) for c in cells if c[service.name] == "healthy"}
     for c in cells:
         h, f = c["http_ms"], c["frame_ms"]
         base = healthy.get(c["rate"])
@@ -217,8 +260,22 @@ def markdown(cells: list[dict], meta: dict) -> str:
                      f"{c['frames_lost']} | "
                      f"{c['server_cpu_pct']}% | {c.get('server_cpu_ms_per_ring', '–')} | "
                      f"{c.get(service.name + '_requests_per_push', '–')} | {c['load'][0]} | "
-                     f"{', '.join(f'{p:g}' for p in c.get('turns', [])) or '–'} |")
+                     f"{', '.join(f'{p:g}' for p in c.get('turns', [])) or '–'} | "
+                     f"{_turn_ratios(c.get('turns', []), healthy_turns.get(c['rate'], []))} | "
+                     f"{_listed(c.get('drained_after_s'))} |")
     return "\n".join(lines) + "\n"
+
+
+def _turn_ratios(turns: list[float], healthy: list[float]) -> str:
+    """Each turn's p99 against the healthy mode's p99 of the same turn (they ran minutes apart)."""
+    pairs = [f"{p / h:.2f}x" for p, h in zip(turns, healthy, strict=False) if h]
+    return ", ".join(pairs) or "–"
+
+
+def _listed(value) -> str:
+    if value is None:
+        return "–"
+    return ", ".join(f"{v:g}" for v in value if v is not None) if isinstance(value, list) else f"{value:g}"
 
 
 def run(sockets: int, rates: list[float], duration: float, push: str = "fcm", results: Path = RESULTS,
@@ -238,7 +295,8 @@ def run(sockets: int, rates: list[float], duration: float, push: str = "fcm", re
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "load_start": common.load()}
     db = Database("sqlite", tmp)
     base_env = common.server_env(db.url, None, production=True, RATE_LIMIT_SIGNUP=100000, CALL_RING_SECONDS=3600,
-                                 CALL_FORWARD_WAIT_SECONDS=3600, PRESENCE_STALE_SECONDS=600)
+                                 CALL_FORWARD_WAIT_SECONDS=3600, PRESENCE_STALE_SECONDS=600,
+                                 METRICS_TOKEN=METRICS_TOKEN)
     fake, service_env, control = service.start(tmp, base_env)
     try:
         env = {**base_env, **service_env}
