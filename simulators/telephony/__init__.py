@@ -12,7 +12,8 @@ that cross-checks the product's adapter. See docs/SIMULATOR.md.
 
 Modules: `config` (what it needs to know), `signature`, `twiml` (the subset it
 follows), `outbound` (every HTTP request it makes), `common` (errors, steps,
-times shared by the next two), `provider` (calls, legs and the TwiML engine,
-<Gather>), `conference` (conferences and their participants), `carrier`
+times shared by the next three), `legs` (a call or leg, a simulated device's behaviour, a
+<Gather> collecting keys), `provider` (calls and the TwiML engine), `conference`
+(conferences and their participants), `carrier`
 (forwarding codes and handset calls), `app` (the ASGI application and its routes).
 """

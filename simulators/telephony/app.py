@@ -23,9 +23,10 @@ from urllib.parse import parse_qsl, unquote, urlencode
 from simulators.telephony import strict, tokens, twiml
 from simulators.telephony.carrier import Carrier, check_e164
 from simulators.telephony.config import SimulatorConfig
+from simulators.telephony.legs import BEHAVIOURS, Behaviour
 from simulators.telephony.media import MediaEngine
 from simulators.telephony.outbound import Outbound
-from simulators.telephony.provider import BEHAVIOURS, WITHHELD, Behaviour, Callback, Provider, SimulatorError
+from simulators.telephony.provider import WITHHELD, Callback, Provider, SimulatorError
 
 log = logging.getLogger("simulators.telephony")
 

@@ -46,7 +46,8 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from simulators.telephony.provider import MAX_CALLS, Leg, Provider, SimulatorError, iso
+from simulators.telephony.legs import Leg
+from simulators.telephony.provider import MAX_CALLS, Provider, SimulatorError, iso
 
 log = logging.getLogger("simulators.telephony")
 

@@ -48,7 +48,7 @@ from simulators.telephony.common import (
 )
 
 if TYPE_CHECKING:
-    from simulators.telephony.provider import Leg
+    from simulators.telephony.legs import Leg
 
 # Twilio's default wait music (a TwiML playlist); the simulator never fetches it.
 DEFAULT_WAIT_URL = "https://twimlets.com/holdmusic?Bucket=com.twilio.music.classical"

@@ -48,7 +48,8 @@ from simulators.telephony.common import SimulatorError
 
 if TYPE_CHECKING:
     from simulators.telephony.conference import Participant
-    from simulators.telephony.provider import Leg, Provider
+    from simulators.telephony.legs import Leg
+    from simulators.telephony.provider import Provider
 
 log = logging.getLogger("simulators.telephony")
 

@@ -9,7 +9,7 @@
 // microphone goes back to the caller. A level meter reads the caller's sound (Web Audio
 // AnalyserNode), and the output device can be chosen where the browser has setSinkId.
 
-import { VoiceError } from "./voice.js";
+import { VoiceError } from "./voice-error.js";
 
 const SIMULATOR = "/simulator";
 const NEEDED = ["POST /simulator/devices/hangup", "POST /simulator/devices/mute"];

@@ -14,7 +14,7 @@
 // prepare(expected), release(), level(), active, outputs(), setOutput(id), canChooseOutput;
 // and expect(callId, pullId), which tells it the pull id of a move once callpull answered.
 
-import { VoiceError } from "./voice.js";
+import { VoiceError } from "./voice-error.js";
 
 // The custom parameters callpull attaches to a client leg (callpull/legs.py
 // CLIENT_LEG_PARAMETERS; tests/callpull/test_client_leg_parameters.py keeps both the same).

@@ -1,3 +1,4 @@
+import { VoiceError } from "./voice-error.js";
 import { SimulatorVoice, simulatorHere } from "./voice-sim.js";
 import { twilioVoice } from "./voice-twilio.js";
 
@@ -13,8 +14,6 @@ import { twilioVoice } from "./voice-twilio.js";
 //   browser's leg is a call to its `client` identity through Twilio's Voice JavaScript SDK.
 // - UnavailableVoice: neither is at hand (no simulator here, or the SDK did not load); the
 //   page says so instead of offering the buttons.
-
-export class VoiceError extends Error {}
 
 export class UnavailableVoice {
   constructor(reason, address = null) {
