@@ -55,7 +55,6 @@ import asyncio
 import itertools
 import json
 import re
-import socket
 import threading
 import time
 import uuid
@@ -64,9 +63,10 @@ from pathlib import Path
 from urllib.parse import parse_qs
 
 import jwt
-import uvicorn
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from simulators.serving import ThreadedServer
 
 DEFAULT_PROJECT = "callpull-fake"
 # A hung request is released after this long even if the client never gives up,
@@ -322,54 +322,31 @@ class FakeFCM:
         self._verified: dict[str, float] = {}  # self-signed JWT → its expiry, once verified
         self._token_grants = 0
         self._release_generation = 0  # bumped to let hung requests go
-        self._socket = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._socket.bind((host, port))
-        self.port = self._socket.getsockname()[1]
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._serving = ThreadedServer(self, host, port, name="fakefcm", backlog=4096, timeout_graceful_shutdown=1,
+                                       timeout_keep_alive=30)
+        self.port = self._serving.port
 
     # --- lifecycle -------------------------------------------------------------------
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return self._serving.url
 
     @property
     def token_uri(self) -> str:
         return f"{self.url}/token"
 
-    def _make_server(self) -> uvicorn.Server:
-        config = uvicorn.Config(self, lifespan="off", log_level="warning", access_log=False,
-                                backlog=4096, timeout_graceful_shutdown=1, timeout_keep_alive=30)
-        self._server = uvicorn.Server(config)
-        return self._server
-
     def start(self, timeout: float = 10.0) -> FakeFCM:
-        server = self._make_server()
-        self._thread = threading.Thread(target=server.run, kwargs={"sockets": [self._socket]},
-                                        name=f"fakefcm:{self.port}", daemon=True)
-        self._thread.start()
-        limit = time.monotonic() + timeout
-        while not server.started:
-            if not self._thread.is_alive() or time.monotonic() > limit:
-                raise RuntimeError("fake FCM server did not start")
-            time.sleep(0.01)
+        self._serving.start(timeout)
         return self
 
     def serve_forever(self) -> None:
-        self._make_server().run(sockets=[self._socket])
+        self._serving.serve_forever()
 
     def stop(self, timeout: float = 5.0) -> None:
         with self._lock:
             self._release_generation += 1
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-        self._socket.close()
+        self._serving.stop(timeout)
 
     def __enter__(self) -> FakeFCM:
         return self.start()

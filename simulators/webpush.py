@@ -36,7 +36,6 @@ import itertools
 import json
 import re
 import secrets
-import socket
 import struct
 import threading
 import time
@@ -44,12 +43,13 @@ import uuid
 from dataclasses import dataclass, field
 
 import jwt
-import uvicorn
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from simulators.serving import ThreadedServer
 
 PREFIX = "/simulator/webpush"
 MAX_BODY = 4096
@@ -349,36 +349,19 @@ class FakeWebPush:
     def __init__(self, host: str = "127.0.0.1", port: int = 0):
         self.service = WebPushService()
         self.host = host
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._socket.bind((host, port))
-        self.port = self._socket.getsockname()[1]
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._serving = ThreadedServer(self.service, host, port, name="fakewebpush")
+        self.port = self._serving.port
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return self._serving.url
 
     def start(self, timeout: float = 10.0) -> FakeWebPush:
-        config = uvicorn.Config(self.service, lifespan="off", log_level="warning", access_log=False)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]},
-                                        name=f"fakewebpush:{self.port}", daemon=True)
-        self._thread.start()
-        limit = time.monotonic() + timeout
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > limit:
-                raise RuntimeError("local push service did not start")
-            time.sleep(0.01)
+        self._serving.start(timeout)
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout)
-        self._socket.close()
+        self._serving.stop(timeout)
 
     def subscribe(self) -> dict:
         return self.service.subscribe(self.url)
