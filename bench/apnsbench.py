@@ -6,7 +6,8 @@ HTTP/2 over TLS as APNs) runs in another process on the server core. One `call.r
 VoIP push (push type voip, topic `<bundle>.voip`, priority 10, collapse id = the call) to
 N tokens, both signed with the same .p8 key (token authentication):
 
-- ours: notifications.apns.send_many (its background loop, one HTTP/2 connection, notifications.http2 on h2);
+- ours: notifications.apns.send_many (its background loop, one HTTP/2 connection, notifications.http2:
+  its own frames and HPACK);
   first/last = when APNs accepted the first/last push (PushResult.sent_at), from the call.
 - django-push-notifications 3.3.0: its real QuerySet path with token authentication as its
   README documents (PUSH_NOTIFICATIONS_SETTINGS APNS_AUTH_KEY_PATH, APNS_AUTH_KEY_ID,

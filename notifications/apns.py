@@ -33,12 +33,16 @@ What Apple documents, and how this module follows it (docs/PUSH.md cites the pag
 Concurrency (notifications.pushloop's scaffolding, shared with FCM and Web Push): one
 background thread runs an asyncio loop with one `notifications.http2.Client` (one HTTP/2
 connection, each push a stream on it, as many at once as the server's
-SETTINGS_MAX_CONCURRENT_STREAMS allows; GOAWAY and a lost connection handled there), so a
-worker holds one connection to APNs, reused; a second thread calls `on_result`.
-`send_many` returns at once. Against an `http://` endpoint (the local server of
-simulators.apns) HTTP/2 is spoken with prior knowledge (h2c); against `https://` it is
-negotiated by ALPN, the server verified against APNS_CA_FILE when set (a local server's
-own CA), else the system's CAs.
+SETTINGS_MAX_CONCURRENT_STREAMS allows and at most MAX_IN_FLIGHT; GOAWAY and a lost
+connection handled there), so a worker holds one connection to APNs, reused; a second
+thread calls `on_result`. `send_many` returns at once. The first try of every push of a
+burst is made from one task, each answer judged in a callback (no task or future per
+push: `Sender._burst`); a push that must wait (a backoff, the breaker open) goes on in a
+task of its own, by the same rules. A try that gets no answer within
+APNS_HTTP_TIMEOUT_SECONDS (or by the push's deadline) counts its wait for a stream.
+Against an `http://` endpoint (the local server of simulators.apns) HTTP/2 is spoken with
+prior knowledge (h2c); against `https://` it is negotiated by ALPN, the server verified
+against APNS_CA_FILE when set (a local server's own CA), else the system's CAs.
 
 Per push, only `:path` differs: the other headers are built once per (push type,
 expiration, collapse id) and the `authorization` header once per provider token; the JSON
@@ -50,6 +54,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import random
 import sys
 import time
@@ -175,7 +180,7 @@ def _sender() -> Sender:
     return SLOT.get()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Answer:
     status: int = 0
     apns_id: str | None = None
@@ -199,7 +204,12 @@ class Breaker(pushloop.Breaker):
 
 class Sender(pushloop.Sender):
     """The signing key; a loop in a thread with one HTTP/2 client; a results thread
-    (notifications.pushloop)."""
+    (notifications.pushloop).
+
+    A burst (`send_many`) makes its pushes' first tries from one task, with no task or
+    future per push (`_burst`): each request's answer is judged in a callback. A push that
+    needs more (a retry after a backoff, a fresh provider token, the breaker open at the
+    start) goes on in a task of its own (`_send_with_retries`), by the same rules."""
 
     name = "apns"
 
@@ -211,7 +221,6 @@ class Sender(pushloop.Sender):
         self.tokens_minted = 0
         self.breaker: Breaker | None = None
         self.client: http2.Client | None = None
-        self.slots: asyncio.Semaphore | None = None
         self.bearer: tuple[str | None, tuple[bytes, bytes] | None] = (None, None)  # (token, its header)
         self.fixed_headers: dict[tuple, list[tuple[bytes, bytes]]] = {}  # by (topic, voip, expiration, collapse id)
         super().__init__(config)
@@ -223,14 +232,14 @@ class Sender(pushloop.Sender):
         if self.client is None:
             # HTTP/2 only: on http:// with prior knowledge (h2c), on https:// by ALPN, verified
             # against APNS_CA_FILE when set (a local server's own CA), else the system's CAs.
+            # At most MAX_IN_FLIGHT streams at once, fewer if the server says so.
             self.client = http2.Client(self.config.endpoint, ca_file=self.config.ca_file,
-                                       connect_timeout=self.config.http_timeout)
-            self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+                                       connect_timeout=self.config.http_timeout, max_streams=MAX_IN_FLIGHT)
             self.breaker = Breaker()
 
     def _start(self, pushes, on_result) -> None:
         self._ensure_loop_state()
-        super()._start(pushes, on_result)
+        self._spawn(self._burst(pushes, on_result))
 
     async def _aclose(self) -> None:
         if self.client is not None:
@@ -239,10 +248,10 @@ class Sender(pushloop.Sender):
     def _unknown(self, push: Push) -> PushResult:
         return PushResult(push, False, None, "unknown", False, 0, None)
 
-    async def _send(self, push: Push) -> PushResult:
-        return await self._send_with_retries(push)
+    async def _send(self, push: Push, *args) -> PushResult:
+        return await self._send_with_retries(push, *args)
 
-    async def ensure_token(self, refused: str | None = None) -> str:
+    def _token(self, refused: str | None = None) -> str:
         """The provider token: minted once, reused TOKEN_LIFETIME_SECONDS. `refused`: APNs
         answered ExpiredProviderToken for that token; it is replaced at once if it is still
         the current one and no refused token was replaced in the last MIN_TOKEN_AGE_SECONDS."""
@@ -258,61 +267,171 @@ class Sender(pushloop.Sender):
             log.info("apns provider token minted (%d so far)", self.tokens_minted)
         return self.token
 
-    async def _send_with_retries(self, push: Push) -> PushResult:
-        attempts, error = 0, None
-        while True:
-            probe = await self.breaker.admit(push.deadline)
-            if probe is None:
-                return PushResult(push, False, None, error or self.breaker.error or "unavailable", False,
-                                  attempts, None)
-            if time.time() >= push.deadline:
-                if probe:
-                    self.breaker.probe_lost()
-                return PushResult(push, False, None, error or "expired", False, attempts, None)
+    async def ensure_token(self, refused: str | None = None) -> str:
+        """`_token` on the loop (start() mints the first one ahead of the first ring)."""
+        return self._token(refused)
+
+    async def _burst(self, pushes: list[Push], on_result) -> None:
+        """The first try of every push, as `_send_with_retries` makes it, without a task per
+        push: every request starts now (the HTTP/2 client queues those beyond the stream
+        limit) and each answer is judged in `answered`, on the loop. A push to try again
+        goes on in a task of its own; the pushes of a burst that finds the breaker open go
+        there from the start. Cancelled (the sender's shutdown), the pushes still waiting
+        for an answer are reported "unknown", as a cancelled task's would be."""
+        if not self.breaker.closed:
+            for push in pushes:
+                self._spawn(self._deliver(push, on_result))
+            return
+        loop, client = self.loop, self.client
+        outstanding: dict[http2.Request, Push] = {}
+        finished = loop.create_future()
+        started = False  # every request of the burst is out (an answer may come at once: client closed)
+
+        def answered(request: http2.Request, answer: Answer | None = None) -> None:
+            push = outstanding.pop(request, None)
+            if push is None:
+                return
             try:
-                answer, made = await self._attempt(push)
+                self._first_answer(push, token, answer or self._answer(request.response, request.error), on_result)
+            except Exception:
+                log.exception("apns push crashed call=%s device=%s", push.collapse_key, push.device_id)
+                self._report(on_result, self._unknown(push))
+            if not outstanding and started and not finished.done():
+                finished.set_result(None)
+
+        def time_out(requests: list[http2.Request]) -> None:
+            for request in requests:
+                if request in outstanding:
+                    client.cancel(request)
+                    answered(request, Answer(reason="timeout"))
+
+        expiring: dict[float, list[http2.Request]] = {}  # timeouts to the next millisecond: one timer each
+        timers: list[asyncio.TimerHandle] = []
+        begun = 0  # pushes of the burst dealt with so far
+        try:
+            token = self._token()
+            now, loop_now = time.time(), loop.time()
+            for push in pushes:
+                if now >= push.deadline:
+                    self._report(on_result, PushResult(push, False, None, "expired", False, 0, None))
+                    begun += 1
+                    continue
+                request = http2.Request(self._headers(push, token), push.body, answered)
+                outstanding[request] = push
+                begun += 1
+                timeout = min(self.config.http_timeout, max(push.deadline - now, 0) + 0.05)
+                expiring.setdefault(math.ceil((loop_now + timeout) * 1000) / 1000, []).append(request)
+                client.submit(request)
+            started = True
+            timers = [loop.call_at(when, time_out, requests) for when, requests in expiring.items()]
+            if outstanding:
+                await finished
+        except BaseException as exc:
+            # Cancelled (shutdown), or a bug: every push without a result gets "unknown", as a
+            # push's own task would report it.
+            if isinstance(exc, Exception):
+                log.exception("apns burst crashed: %s pushes", len(pushes))
+            left = list(outstanding.values()) + pushes[begun:]
+            for request in list(outstanding):
+                client.cancel(request)
+            outstanding.clear()
+            for push in left:
+                self._report(on_result, self._unknown(push))
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            for timer in timers:
+                timer.cancel()
+
+    def _first_answer(self, push: Push, token: str, answer: Answer, on_result) -> None:
+        """What the burst does with a push's first answer: the result, or a task to go on."""
+        if answer.reason == "ExpiredProviderToken":  # the try goes on with a fresh token
+            self._spawn(self._deliver(push, on_result, (token, answer)))
+            return
+        result, error = self._judge(push, answer, False, 1)
+        if result is None:
+            delay = self._backoff(1)
+            if time.time() + delay >= push.deadline:
+                result = PushResult(push, False, None, error, False, 1, None)
+            else:
+                self._spawn(self._deliver(push, on_result, None, 1, error, delay))
+                return
+        self._report(on_result, result)
+
+    async def _send_with_retries(self, push: Push, answered: tuple[str, Answer] | None = None, attempts: int = 0,
+                                 error: str | None = None, wait: float = 0.0) -> PushResult:
+        """Every try of one push until it is delivered, refused for good or out of time. A
+        push the burst started comes with what it already has: `answered`, the token and
+        answer of its first request (the try goes on), or `attempts`, the last `error` and
+        the backoff to `wait` before the next try."""
+        probe = False
+        if wait:
+            await asyncio.sleep(wait)
+        while True:
+            if answered is None:
+                probe = await self.breaker.admit(push.deadline)
+                if probe is None:
+                    return PushResult(push, False, None, error or self.breaker.error or "unavailable", False,
+                                      attempts, None)
+                if time.time() >= push.deadline:
+                    if probe:
+                        self.breaker.probe_lost()
+                    return PushResult(push, False, None, error or "expired", False, attempts, None)
+            try:
+                answer, made = await self._attempt(push, answered)
             except BaseException:
                 if probe:
                     self.breaker.probe_lost()
                 raise
+            answered = None
             attempts += made
-            error = answer.reason
-            service_failure = answer.status in RETRY_STATUSES or answer.reason == "unavailable"
-            # 429 is about one device token ("too many requests for the same device token"):
-            # retried, but it says nothing about APNs as a whole, so the breaker ignores it.
-            self.breaker.outcome(push.token, service_failure and answer.status != 429, error, probe)
-            if answer.status == 200:
-                return PushResult(push, True, answer.apns_id, None, False, attempts, time.time())
-            if answer.reason in DROP_REASONS:
-                log.info("apns token dead call=%s device=%s reason=%s", push.collapse_key, push.device_id,
-                         answer.reason)
-                return PushResult(push, False, None, answer.reason, True, attempts, None)
-            if not service_failure and answer.reason != "timeout":
-                log.warning("apns push failed call=%s device=%s status=%s reason=%s", push.collapse_key,
-                            push.device_id, answer.status, answer.reason)
-                return PushResult(push, False, None, answer.reason or f"http_{answer.status}", False, attempts,
-                                  None)
-            backoff = BACKOFF_SECONDS * 2 ** (attempts - 1)
-            delay = backoff + random.uniform(0, backoff / 2)
+            result, error = self._judge(push, answer, probe, attempts)
+            if result is not None:
+                return result
+            delay = self._backoff(attempts)
             if time.time() + delay >= push.deadline:
                 return PushResult(push, False, None, error, False, attempts, None)
             await asyncio.sleep(delay)
 
-    async def _attempt(self, push: Push) -> tuple[Answer, int]:
-        """One try; a second request when APNs refused the provider token as expired."""
-        async with self.slots:
-            made = 0
-            token = await self.ensure_token()
-            for retry in (False, True):
-                made += 1
-                answer = await self._post(push, token)
-                if answer.reason != "ExpiredProviderToken" or retry:
-                    return answer, made
-                fresh = await self.ensure_token(refused=token)
-                if fresh == token:
-                    return answer, made
-                token = fresh
-            return answer, made
+    def _judge(self, push: Push, answer: Answer, probe: bool, attempts: int) -> tuple[PushResult | None, str | None]:
+        """Tell the breaker; (the push's result, or None to try again; the error so far)."""
+        error = answer.reason
+        service_failure = answer.status in RETRY_STATUSES or answer.reason == "unavailable"
+        # 429 is about one device token ("too many requests for the same device token"):
+        # retried, but it says nothing about APNs as a whole, so the breaker ignores it.
+        self.breaker.outcome(push.token, service_failure and answer.status != 429, error, probe)
+        if answer.status == 200:
+            return PushResult(push, True, answer.apns_id, None, False, attempts, time.time()), error
+        if answer.reason in DROP_REASONS:
+            log.info("apns token dead call=%s device=%s reason=%s", push.collapse_key, push.device_id,
+                     answer.reason)
+            return PushResult(push, False, None, answer.reason, True, attempts, None), error
+        if not service_failure and answer.reason != "timeout":
+            log.warning("apns push failed call=%s device=%s status=%s reason=%s", push.collapse_key,
+                        push.device_id, answer.status, answer.reason)
+            return PushResult(push, False, None, answer.reason or f"http_{answer.status}", False, attempts,
+                              None), error
+        return None, error
+
+    @staticmethod
+    def _backoff(attempts: int) -> float:
+        backoff = BACKOFF_SECONDS * 2 ** (attempts - 1)
+        return backoff + random.uniform(0, backoff / 2)
+
+    async def _attempt(self, push: Push, answered: tuple[str, Answer] | None = None) -> tuple[Answer, int]:
+        """One try; a second request when APNs refused the provider token as expired.
+        `answered`: the token and answer of the try's first request, already made."""
+        if answered is None:
+            token = self._token()
+            answer = await self._post(push, token)
+        else:
+            token, answer = answered
+        if answer.reason != "ExpiredProviderToken":
+            return answer, 1
+        fresh = self._token(refused=token)
+        if fresh == token:
+            return answer, 1
+        return await self._post(push, fresh), 2
 
     def _headers(self, push: Push, token: str) -> list[tuple[bytes, bytes]]:
         """The request's headers: `:path` is the push's own; the rest is shared by every push
@@ -348,7 +467,13 @@ class Sender(pushloop.Sender):
         except TimeoutError:
             return Answer(reason="timeout")
         except http2.HTTP2Error as exc:
-            log.warning("apns unreachable: %s", exc or type(exc).__name__)
+            return self._answer(None, exc)
+        return self._answer(response, None)
+
+    @staticmethod
+    def _answer(response: http2.Response | None, error: Exception | None) -> Answer:
+        if response is None:
+            log.warning("apns unreachable: %s", error or type(error).__name__)
             return Answer(reason="unavailable")
         apns_id = response.header(b"apns-id")
         apns_id = apns_id.decode() if apns_id is not None else None

@@ -222,6 +222,56 @@ def test_one_http2_connection_carries_every_push(fake_apns):
     assert apns._sender().client is not None
 
 
+
+def test_no_more_streams_at_once_than_max_in_flight(fake_apns, monkeypatch):
+    monkeypatch.setattr(apns, "MAX_IN_FLIGHT", 4)  # read when the sender's client is built
+    fake_apns.latency_ms = 20
+
+    results = send([push(f"{i:02x}" * 32) for i in range(30)])
+
+    assert all(r.ok for r in results) and 1 < fake_apns.peak_streams <= 4
+
+
+def test_a_burst_that_finds_the_breaker_open_waits_for_its_probe_then_goes(fake_apns):
+    fake_apns.fail("ServiceUnavailable", times=5)
+    opened = send([push(f"{i:02x}" * 32, deadline=0.1) for i in range(5)])
+    until = apns._sender().breaker.open_until
+    assert until is not None and not any(r.ok for r in opened)
+
+    results = send([push(f"{i:02x}" * 32, deadline=5.0) for i in range(10, 20)])
+
+    assert all(r.ok and r.attempts == 1 for r in results) and apns._sender().breaker.closed
+    assert min(r.received_at for r in fake_apns.requests()[5:]) >= until  # held, none sent into it
+
+
+def test_pushes_still_waiting_for_apns_at_shutdown_are_reported_unknown(fake_apns):
+    fake_apns.fail("timeout", token=VOIP)
+    results = Results()
+    apns.send_many([push(VOIP, deadline=30.0), push(ALERT, voip=False, deadline=30.0)], results)
+    wait_until(lambda: len(results.results) == 1, 5.0)  # the alert is answered, the VoIP push hangs
+
+    apns.shutdown(0.2)
+
+    by_token = {r.push.token: r for r in results.wait(2, 5.0)}
+    assert by_token[ALERT].ok and (by_token[VOIP].ok, by_token[VOIP].error) == (False, "unknown")
+
+
+def test_a_burst_that_crashes_still_reports_every_push(fake_apns, monkeypatch):
+    calls = []
+
+    def headers(self, push, token):
+        calls.append(push.token)
+        if len(calls) == 2:
+            raise RuntimeError("a bug")
+        return original(self, push, token)
+    original = apns.Sender._headers
+    monkeypatch.setattr(apns.Sender, "_headers", headers)
+
+    results = send([push(f"{i:02x}" * 32, deadline=5.0) for i in range(4)])
+
+    # the one already sent is cancelled with the rest: every push has its result, none is lost
+    assert [(r.ok, r.error) for r in results] == [(False, "unknown")] * 4
+
 # --- fanout and recording -----------------------------------------------------------------------
 
 

@@ -5,9 +5,11 @@ connection in the middle of a burst, a stream reset by the server, a cancelled r
 then the same failures through notifications.apns, whose retries must deliver every push."""
 
 import asyncio
+import random
 import time
 import uuid
 
+import hpack
 import jwt
 import pytest
 
@@ -183,3 +185,175 @@ def test_apns_delivers_every_push_of_a_burst_through_a_transport_failure(sender,
         assert results[token(5)].attempts == 2
     if failure in ("goaway", "drop"):
         assert sender.connections == 2
+
+
+# --- HPACK, checked against hpack (the codec h2, httpx and aioapns use) ------------------------
+
+
+def test_our_header_blocks_decode_with_hpack_to_what_was_sent_as_the_table_fills_and_shrinks():
+    encoder, reference = http2.Encoder(), hpack.Decoder()
+    for i in range(300):
+        sent = [(b":method", b"POST"), (b":scheme", b"https"), (b":authority", b"api.push.apple.com"),
+                http2.unindexed(b":path", f"/3/device/{i:064x}".encode()),
+                (b"authorization", b"bearer " + f"token-{i // 100}.".encode() * 20),
+                (b"apns-expiration", str(1_700_000_000 + i // 7).encode()),
+                (b"apns-collapse-id", f"call-{i % 13}".encode()), (b"content-type", b"application/json")]
+        if i == 150:
+            encoder.resize(256)  # the server's SETTINGS_HEADER_TABLE_SIZE went down
+        received = reference.decode(encoder.encode(sent), raw=True)
+        assert received == sent
+        assert isinstance(received[3], hpack.NeverIndexedHeaderTuple)  # :path never indexed
+        if i == 100:  # once in the table, the shared headers are one byte each; :path a literal
+            again = encoder.encode(sent)
+            assert len(again) == 7 + 2 + len(sent[3][1]) and reference.decode(again, raw=True) == sent
+
+
+def test_we_decode_what_hpack_encodes_huffman_literals_indexing_and_size_updates():
+    rng = random.Random(17)
+    reference, decoder = hpack.Encoder(), http2.Decoder()
+    for i in range(400):
+        sent = [(b":status", rng.choice([b"200", b"400", b"410", b"503"])),
+                (b"apns-id", str(uuid.UUID(int=rng.getrandbits(128))).upper().encode()),
+                (b"content-type", b"application/json"),
+                (b"x-any-byte", bytes(rng.randrange(256) for _ in range(rng.randrange(60))))]
+        if i % 50 == 7:
+            sent.append(hpack.NeverIndexedHeaderTuple(b"x-secret", b"s%d" % i))
+        if i == 200:
+            reference.header_table_size = 64  # a size update at the start of the next block
+        block = reference.encode(sent, huffman=bool(i % 2))
+        assert decoder.decode(block) == [tuple(field) for field in sent]
+
+
+def test_huffman_strings_decode_every_byte_and_bad_padding_or_eos_is_a_compression_error():
+    every_byte = bytes(range(256)) * 2
+    block = hpack.Encoder().encode([(b"x", every_byte)], huffman=True)
+    assert http2.Decoder().decode(block) == [(b"x", every_byte)]
+    for bad in (b"\x18",          # 'a' (00011) padded with 0s, not 1s
+                b"\xff",          # 8 bits of padding: more than 7
+                b"\xff\xff\xff\xfc"):  # EOS (30 1s) inside the string
+        with pytest.raises(http2.HPACKError):
+            http2.huffman_decode(bad)
+
+
+# --- frames the client must handle, on a wire of our own ----------------------------------------
+
+
+class Wire:
+    """A transport that keeps what the client writes."""
+
+    def __init__(self):
+        self.data = bytearray()
+        self.closed = False
+
+    def write(self, data):
+        self.data += data
+
+    def close(self):
+        self.closed = True
+
+    def get_extra_info(self, name):
+        return None
+
+    def frames(self):
+        """(type, flags, stream, payload) of everything written after the client's preface."""
+        data, found = bytes(self.data), []
+        pos = len(http2.PREFACE) if data.startswith(http2.PREFACE) else 0
+        while pos < len(data):
+            length = int.from_bytes(data[pos:pos + 3], "big")
+            kind, flags = data[pos + 3], data[pos + 4]
+            stream = int.from_bytes(data[pos + 5:pos + 9], "big") & 0x7FFFFFFF
+            found.append((kind, flags, stream, data[pos + 9:pos + 9 + length]))
+            pos += 9 + length
+        self.data.clear()
+        return found
+
+
+def on_wire(go):
+    """Run go(connection, wire, finished) on a loop: a connection to http://127.0.0.1:9 whose
+    first SETTINGS came (the server's), on a Wire; `finished` collects the requests done."""
+    async def run():
+        client = http2.Client("http://127.0.0.1:9", connect_timeout=0.5)
+        connection, wire = http2.Connection(client), Wire()
+        connection.connection_made(wire)
+        connection.data_received(http2.frame(http2.SETTINGS, 0, 0))
+        client.connection = connection
+        wire.frames()
+        finished = []
+        try:
+            return await go(connection, wire, finished)
+        finally:
+            await client.close(0.1)
+    return asyncio.run(run())
+
+
+def post(finished, body=b"{}"):
+    return http2.Request([(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"127.0.0.1:9"),
+                          http2.unindexed(b":path", b"/3/device/" + b"ab" * 32)], body, finished.append)
+
+
+def answer(stream_id, status=b"200"):
+    block = http2.Encoder().encode([(b":status", status), (b"apns-id", b"ID-%d" % stream_id)])
+    return http2.frame(http2.HEADERS, http2.END_HEADERS | http2.END_STREAM, stream_id, block)
+
+
+def test_the_client_answers_ping_follows_the_window_the_server_sets_and_sends_the_rest_on_window_update():
+    async def go(connection, wire, finished):
+        connection.data_received(http2.frame(http2.PING, 0, 0, b"12345678")
+                                 + http2.frame(http2.SETTINGS, 0, 0, bytes.fromhex("0004 0000000a")))  # window 10
+        request = post(finished, b"x" * 25)
+        connection.client.submit(request)
+        await asyncio.sleep(0)
+        first = wire.frames()
+        connection.data_received(http2.frame(http2.WINDOW_UPDATE, 0, 1, (100).to_bytes(4, "big")))
+        rest = wire.frames()
+        connection.data_received(answer(1))
+        return first, rest, finished
+
+    first, rest, finished = on_wire(go)
+    assert (http2.PING, http2.ACK, 0, b"12345678") in first and (http2.SETTINGS, http2.ACK, 0, b"") in first
+    data = [(flags, payload) for kind, flags, stream, payload in first + rest if kind == http2.DATA]
+    assert data == [(0, b"x" * 10), (http2.END_STREAM, b"x" * 15)]  # 10 bytes, then the rest after the update
+    assert [r.response.status for r in finished] == [200]
+
+
+def test_after_goaway_the_streams_it_names_are_still_answered_and_the_later_ones_go_out_again():
+    async def go(connection, wire, finished):
+        requests = [post(finished) for _ in range(3)]
+        for request in requests:
+            connection.client.submit(request)
+        await asyncio.sleep(0)
+        assert [stream for kind, _, stream, _ in wire.frames() if kind == http2.HEADERS] == [1, 3, 5]
+        connection.data_received(http2.frame(http2.GOAWAY, 0, 0, (3).to_bytes(4, "big") + bytes(4)))
+        again = list(connection.client.waiting)  # for a new connection
+        connection.data_received(answer(1) + answer(3))
+        return requests, again, finished, wire.closed
+
+    requests, again, finished, closed = on_wire(go)
+    assert again == [requests[2]] and [r.response.status for r in finished[:2]] == [200, 200]
+    assert closed  # its last stream answered, the connection that went away is closed
+
+
+def test_a_frame_that_breaks_the_protocol_ends_the_connection_with_goaway_and_its_code():
+    async def go(connection, wire, finished):
+        connection.client.submit(post(finished))
+        await asyncio.sleep(0)
+        wire.frames()
+        connection.data_received(http2.frame(http2.HEADERS, http2.END_HEADERS, 1, b"\xbf"))  # no entry 63
+        return wire.frames(), wire.closed
+
+    frames, closed = on_wire(go)
+    assert frames == [(http2.GOAWAY, 0, 0, bytes(4) + http2.COMPRESSION_ERROR.to_bytes(4, "big"))] and closed
+
+
+def test_a_header_block_longer_than_a_frame_goes_in_continuation_frames_and_the_server_reads_it(server):
+    big = (b"x-padding", b"p" * 40_000)  # over the 16 KB frame: HEADERS + CONTINUATION + CONTINUATION
+
+    async def go():
+        client = http2.Client(server.url, ca_file=str(server.ca_file) if server.tls else None)
+        try:
+            return (await client.request(headers(server, client, token(7)) + [big], b"{}")).status
+        finally:
+            await client.close()
+
+    assert asyncio.run(go()) == 200
+    assert server.accepted(token(7))[0].headers["x-padding"] == "p" * 40_000
