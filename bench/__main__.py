@@ -1,6 +1,6 @@
 import argparse
 
-from bench import report, run
+from bench import common, report, run
 
 
 def main() -> None:
@@ -31,13 +31,19 @@ def main() -> None:
     from bench import fcmring
     fcmring.add_arguments(sub.add_parser("fcmring", help="ring report latency with FCM (or --push apns: APNs) "
                                          "healthy, slow and failing; writes bench/results/fcm-ring.* (apns-ring.*)"))
-    fan = sub.add_parser("apns", help="APNs fan-out, ours vs django-push-notifications, alone; writes "
-                         "bench/results/apns.* (`run` puts the same table in latest.*)")
+    fan = sub.add_parser("apns", help="APNs fan-out, ours vs django-push-notifications, alone, under two conditions "
+                         "(answers delayed; answers and connection set-up delayed); writes bench/results/apns.* "
+                         "(`run` puts the same table in latest.*)")
     fan.add_argument("--sizes", default="100,1000", help="comma-separated token counts")
     fan.add_argument("--repeats", type=int, default=3)
-    fan.add_argument("--latency-ms", type=int, default=20, help="the local APNs server's added latency")
-    fan.add_argument("--profile", action="store_true", help="ours alone under py-spy; writes "
-                     "bench/results/apns-profile.md instead")
+    fan.add_argument("--latency-ms", type=float, default=20, help="the local APNs server's delay of every answer")
+    fan.add_argument("--connect-latency-ms", type=float, default=None,
+                     help="condition (b): the delay of every new connection's handshake (default: --latency-ms, "
+                     "one round trip; TCP's is not modelled); above 0")
+    fan.add_argument("--results", default="", help="the directory to write apns.* (apns-profile.md) in "
+                     "instead of bench/results/")
+    fan.add_argument("--profile", action="store_true", help="ours alone under py-spy, answers delayed only; "
+                     "writes bench/results/apns-profile.md instead")
     again = sub.add_parser("report", help="rewrite latest.md/plots from a raw results file")
     again.add_argument("raw", nargs="+", help="one or more raw files; several are merged (ring cells and memory "
                        "rows appended, FCM, APNs and webhook from the last file that has them)")
@@ -61,7 +67,12 @@ def main() -> None:
     elif args.command == "fcmring":
         raise SystemExit(fcmring.command(args))
     elif args.command == "apns":
+        from pathlib import Path
+
+        if args.connect_latency_ms is not None and args.connect_latency_ms <= 0:
+            fan.error("--connect-latency-ms must be above 0 (condition (a) is the one without it)")
         path = run.run_apns_alone([int(x) for x in args.sizes.split(",") if x], args.repeats, args.latency_ms,
+                                  args.connect_latency_ms, results_dir=Path(args.results or common.RESULTS),
                                   profile=args.profile)
         print(path.read_text())
     elif args.command == "profile":

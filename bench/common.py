@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -168,13 +169,42 @@ def start_fake_fcm(tmp: Path, env: dict, *, latency_ms: int = 20,
 
 class FakeAPNsControl:
     """The control paths of a `manage.py fakeapns` in another process (HTTP/2 only; over
-    TLS, trusting the CA it wrote)."""
+    TLS, trusting the CA it wrote), and what setting up a new connection to it costs."""
 
     def __init__(self, url: str, ca_file: Path | None):
-        import ssl
         verify = ssl.create_default_context(cafile=str(ca_file)) if ca_file else False
         self.url = url
         self.client = httpx.Client(http1=False, http2=True, verify=verify, trust_env=False, timeout=10)
+        self.handshake: ssl.SSLContext | None = None
+        if url.startswith("https:"):
+            self.handshake = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+            if not ca_file:
+                self.handshake.check_hostname, self.handshake.verify_mode = False, ssl.CERT_NONE
+            self.handshake.set_alpn_protocols(["h2"])
+
+    def setup_ms(self, samples: int = 5) -> float:
+        """Median ms, over `samples` new connections from this process, from connect() to a
+        connection a request could go on: TCP connect and the TLS handshake (ALPN h2), or
+        over h2c the client's preface until the server's first frame arrives. What a sender
+        that opens a connection per send pays before its first request; `--connect-latency-ms`
+        adds to it (TCP's own handshake is never delayed by the fake)."""
+        parts = urlsplit(self.url)
+        took = []
+        for _ in range(samples):
+            start = time.perf_counter()
+            with socket.create_connection((parts.hostname, parts.port), timeout=10) as raw:
+                if self.handshake is not None:
+                    with self.handshake.wrap_socket(raw, server_hostname=parts.hostname) as tls:
+                        took.append(time.perf_counter() - start)
+                        if tls.selected_alpn_protocol() != "h2":
+                            raise RuntimeError(f"the fake APNs chose {tls.selected_alpn_protocol()!r}, not h2")
+                else:  # h2c: the preface and an empty SETTINGS frame, then the server's SETTINGS
+                    raw.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes((0, 0, 0, 4, 0, 0, 0, 0, 0)))
+                    if not raw.recv(9):
+                        raise RuntimeError("the fake APNs closed a new h2c connection")
+                    took.append(time.perf_counter() - start)
+        took.sort()
+        return round(took[len(took) // 2] * 1000, 1)
 
     def counts(self) -> dict:
         return self.client.get(self.url + "/_fake").raise_for_status().json()
@@ -192,18 +222,21 @@ class FakeAPNsControl:
         self.client.close()
 
 
-def start_fake_apns(tmp: Path, env: dict, *, latency_ms: int = 20, tls: bool = True,
-                    pin: set | None = None) -> tuple[subprocess.Popen, dict]:
+def start_fake_apns(tmp: Path, env: dict, *, latency_ms: float = 20, connect_latency_ms: float = 0,
+                    tls: bool = True, pin: set | None = None) -> tuple[subprocess.Popen, dict]:
     """`manage.py fakeapns` in its own process (TLS by default, as APNs); returns (process,
-    the APNS_* settings that send to it, APNS_CA_FILE included with TLS). Like the fake
-    FCM, it runs without the production variables a server's `env` may hold."""
+    the APNS_* settings that send to it, APNS_CA_FILE included with TLS). `latency_ms` delays
+    every answer, `connect_latency_ms` every new connection's handshake (its first flight
+    back). Like the fake FCM, it runs without the production variables a server's `env` may
+    hold."""
     port = free_port()
     key, ca = tmp / "AuthKey_FAKEKEY001.p8", tmp / "fake-apns-ca.pem"
     for stale in (key, ca):
         stale.unlink(missing_ok=True)
     env = {key_: value for key_, value in env.items() if key_ not in _PRODUCTION}
     command = [sys.executable, "manage.py", "fakeapns", "--port", str(port), "--latency-ms", str(latency_ms),
-               "--key-out", str(key)] + (["--tls", "--ca-out", str(ca)] if tls else [])
+               "--connect-latency-ms", str(connect_latency_ms), "--key-out", str(key)] + (
+        ["--tls", "--ca-out", str(ca)] if tls else [])
     with open(tmp / "fakeapns.log", "ab") as log_file:
         fake = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                                 start_new_session=True,

@@ -71,7 +71,7 @@ def run(profile: str, only: set[str] | None = None, overrides: dict | None = Non
         if not only or "fcm" in only:
             results["fcm"] = run_fcm(spec["fcm_sizes"], spec["fcm_repeats"], tmp)
         if not only or "apns" in only:
-            results["apns"] = run_apns(spec["apns_sizes"], spec["apns_repeats"], tmp)
+            results["apns"] = run_apns_conditions(spec["apns_sizes"], spec["apns_repeats"], tmp)
         if not only or "webhook" in only:
             results["webhook"] = run_webhook(spec["webhook_rounds"], tmp)
         completed = True
@@ -109,16 +109,25 @@ def run_fcm(sizes: list[int], repeats: int, tmp: Path) -> list[dict]:
         common.stop_process(fake)
 
 
-def run_apns(sizes: list[int], repeats: int, tmp: Path, latency_ms: int = 20, *, impls: str = "",
-             py_spy: Path | None = None) -> list[dict]:
+def run_apns(sizes: list[int], repeats: int, tmp: Path, latency_ms: float = 20, *, connect_latency_ms: float = 0,
+             impls: str = "", py_spy: Path | None = None) -> list[dict]:
     """bench/apnsbench.py in a subprocess (this process's core) against `manage.py fakeapns
     --tls` in its own process (the server core): ours vs django-push-notifications
-    (`impls`: a subset; `py_spy`: record the subprocess with py-spy into this raw file)."""
+    (`impls`: a subset; `py_spy`: record the subprocess with py-spy into this raw file).
+    The fake delays every answer by `latency_ms` and every new connection's handshake by
+    `connect_latency_ms`; each row carries both, and `setup_ms`: a new TLS connection's
+    set-up as measured from this process against that fake (median of 5)."""
     env = common.server_env(f"sqlite:///{tmp / 'apns-main.sqlite3'}", None)
     pin = common.SERVER_CORES if common.NCPU > 1 else None
-    fake, apns_settings = common.start_fake_apns(tmp, env, latency_ms=latency_ms, tls=True, pin=pin)
+    fake, apns_settings = common.start_fake_apns(tmp, env, latency_ms=latency_ms,
+                                                 connect_latency_ms=connect_latency_ms, tls=True, pin=pin)
     try:
-        out = tmp / "apns.json"
+        control = common.FakeAPNsControl(apns_settings["APNS_ENDPOINT"], Path(apns_settings["APNS_CA_FILE"]))
+        try:
+            setup_ms = control.setup_ms()
+        finally:
+            control.close()
+        out = tmp / f"apns-{latency_ms:g}-{connect_latency_ms:g}.json"
         bench_env = {**env, **apns_settings, "DJANGO_SETTINGS_MODULE": "bench.apns_settings",
                      "BENCH_APNS_DB": str(tmp / "apns-dpn.sqlite3"), "APNS_HTTP_TIMEOUT_SECONDS": "10",
                      # aioapns (django-push-notifications) trusts what its default TLS context does
@@ -128,27 +137,49 @@ def run_apns(sizes: list[int], repeats: int, tmp: Path, latency_ms: int = 20, *,
         if py_spy:
             command = [str(Path(sys.executable).parent / "py-spy"), "record", "--threads", "--format", "raw",
                        "--rate", "250", "--output", str(py_spy), "--", *command]
+        log(f"apns fan-out: answers +{latency_ms:g} ms, connection set-up +{connect_latency_ms:g} ms "
+            f"(a new TLS connection measured at {setup_ms} ms)")
         done = subprocess.run(command, cwd=ROOT, env=bench_env, timeout=900)
         if done.returncode != 0:
             raise RuntimeError("apns benchmark failed")
-        return json.loads(out.read_text())
+        rows = json.loads(out.read_text())
     finally:
         common.stop_process(fake)
+    for row in rows:
+        row.update(latency_ms=latency_ms, connect_latency_ms=connect_latency_ms, setup_ms=setup_ms)
+    return rows
 
 
-def run_apns_alone(sizes: list[int], repeats: int, latency_ms: int = 20, results_dir: Path = common.RESULTS,
-                   profile: bool = False) -> Path:
-    """`python -m bench apns`: the APNs fan-out on its own → results/apns.{json,md}; with
-    `profile`, ours alone under py-spy → results/apns-profile.md."""
+def run_apns_conditions(sizes: list[int], repeats: int, tmp: Path, latency_ms: float = 20,
+                        connect_latency_ms: float | None = None) -> list[dict]:
+    """The APNs fan-out under both conditions, one after the other, each against a fake of
+    its own: (a) every answer `latency_ms` late, connections set up at once; (b) the same,
+    and every new connection's handshake `connect_latency_ms` late (default: `latency_ms`,
+    one round trip; TCP's own is not modelled, so (b) is conservative for a sender that
+    opens connections). The rows of both, (a)'s first."""
+    connect = latency_ms if connect_latency_ms is None else connect_latency_ms
+    if connect <= 0:
+        raise ValueError("condition (b) needs a connection set-up latency above 0")
+    return (run_apns(sizes, repeats, tmp, latency_ms, connect_latency_ms=0)
+            + run_apns(sizes, repeats, tmp, latency_ms, connect_latency_ms=connect))
+
+
+def run_apns_alone(sizes: list[int], repeats: int, latency_ms: float = 20, connect_latency_ms: float | None = None,
+                   results_dir: Path = common.RESULTS, profile: bool = False) -> Path:
+    """`python -m bench apns`: the APNs fan-out on its own, both conditions
+    (run_apns_conditions) → `results_dir`/apns.{json,md}; with `profile`, ours alone under
+    py-spy, answers `latency_ms` late and connections at once → `results_dir`/apns-profile.md."""
     common.pin_self_to_client_cores()
     tmp = Path(tempfile.mkdtemp(prefix="callpull-apns-"))
     if profile:
         return _profile_apns(sizes, repeats, latency_ms, results_dir, tmp)
+    connect = latency_ms if connect_latency_ms is None else connect_latency_ms
     started = time.time()
     meta = {"command": ".venv/bin/python -m bench " + shlex.join(sys.argv[1:]),
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "load_start": common.load(),
-            "cpus": os.cpu_count(), "python": platform.python_version(), "latency_ms": latency_ms}
-    rows = run_apns(sizes, repeats, tmp, latency_ms)
+            "cpus": os.cpu_count(), "python": platform.python_version(), "latency_ms": latency_ms,
+            "connect_latency_ms": connect}
+    rows = run_apns_conditions(sizes, repeats, tmp, latency_ms, connect)
     meta["load_end"], meta["duration_s"] = common.load(), round(time.time() - started, 1)
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / "apns.json").write_text(json.dumps({"meta": meta, "apns": rows}, indent=1))
@@ -156,13 +187,12 @@ def run_apns_alone(sizes: list[int], repeats: int, latency_ms: int = 20, results
     path.write_text(f"# APNs fan-out: ours vs django-push-notifications\n\nCommand: `{meta['command']}`. Started "
                     f"{meta['started']}, took {meta['duration_s']} s on {meta['cpus']} CPUs; load average at start "
                     f"{meta['load_start']}, at end {meta['load_end']} (shared machine: compare within a run).\n\n"
-                    + report.apns_table(rows).replace("20 ms added latency", f"{latency_ms} ms added latency")
-                    + "\n")
+                    + report.apns_table(rows) + "\n")
     log(f"wrote {path}")
     return path
 
 
-def _profile_apns(sizes: list[int], repeats: int, latency_ms: int, results_dir: Path, tmp: Path) -> Path:
+def _profile_apns(sizes: list[int], repeats: int, latency_ms: float, results_dir: Path, tmp: Path) -> Path:
     raw = tmp / "apns-py-spy.txt"
     command = ".venv/bin/python -m bench " + shlex.join(sys.argv[1:])
     rows = run_apns(sizes, repeats, tmp, latency_ms, impls="ours", py_spy=raw)
@@ -170,7 +200,8 @@ def _profile_apns(sizes: list[int], repeats: int, latency_ms: int, results_dir: 
     path = results_dir / "apns-profile.md"
     path.write_text(f"# Where our APNs sender's time goes (py-spy)\n\nCommand: `{command}` "
                     f"({time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}, load {common.load()}): "
-                    "`notifications.apns.send_many` alone, " + ", ".join(
+                    f"`notifications.apns.send_many` alone (answers +{latency_ms:g} ms, connection set-up "
+                    "not delayed: ours sets its one connection up before the timed part), " + ", ".join(
                         f"{r['tokens']} tokens: {r['msgs_per_s']} msg/s, {r['cpu_us_per_push']} µs CPU per push"
                         for r in rows) + f", {repeats} repeats each, under `py-spy record --threads` "
                     "(250 Hz).\n\n" + report.py_spy_summary(str(raw)) + "\n")
