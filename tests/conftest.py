@@ -14,6 +14,10 @@ from callpull import actions
 from devices import services as device_services
 from devices.models import Device
 
+# The end-to-end fixtures (servers, their databases, the fake FCM and APNs) for every package that
+# starts servers, once per session: see tests/e2e/fixtures.py.
+pytest_plugins = ["tests.e2e.fixtures"]
+
 PASSWORD = "correct horse battery staple"
 _names = itertools.count(1)
 _unset = object()

@@ -194,6 +194,7 @@ def started(tmp_path_factory):
     """Start `manage.py serve` with given options on a fresh database; stopped at the end."""
     environment = Environment(tmp_path_factory.mktemp("serve"))
     stack = ExitStack()
+    stack.callback(environment.drop_template)  # last: after the database copied from it
     database = environment.database(stack)
 
     def start(*options: str) -> Server:

@@ -63,6 +63,9 @@ _CONFIG_VARIABLES = frozenset(_NAMED_VARIABLES) | {name for name in vars(product
 SERVER_NUMBER = "+15555550100"
 PUBLIC_BASE_URL = "https://callpull.example.test"
 
+# The settings servers run with: the product's, with a fast password hasher (see the module).
+SERVER_SETTINGS_MODULE = "tests.e2e.server_settings"
+
 _unique = itertools.count(1)
 
 
@@ -223,6 +226,7 @@ class Environment:
     # Redis ---------------------------------------------------------------
 
     LOCK_KEY = "callpull-e2e:lock"
+    CLAIM_SECONDS = 900  # the claim's expiry, renewed whenever a server's database is made
 
     def claim_redis(self) -> str | None:
         """A Redis database of our own, so that neither another run nor the unit
@@ -253,12 +257,18 @@ class Environment:
                 continue
             candidate = urlunsplit(parts._replace(path=f"/{db}"))
             client = redis.Redis.from_url(candidate)
-            if client.set(self.LOCK_KEY, self._redis_lock, nx=True, ex=900):
+            if client.set(self.LOCK_KEY, self._redis_lock, nx=True, ex=self.CLAIM_SECONDS):
                 self._redis, self.redis_url = client, candidate
                 self._clear_redis()
                 return candidate
             client.close()
         raise RuntimeError(f"every Redis database but {base_db} is claimed by another e2e run")
+
+    def _renew_redis_claim(self) -> None:
+        """Push the claim's expiry back: one environment serves the whole session (tests/web,
+        tests/e2e, tests/security…), which may outlast CLAIM_SECONDS."""
+        if self._redis is not None and self._redis.get(self.LOCK_KEY) == self._redis_lock.encode():
+            self._redis.expire(self.LOCK_KEY, self.CLAIM_SECONDS)
 
     def _clear_redis(self) -> None:
         for pattern in ("asgi*", "callpull:*"):  # channels_redis and the Django cache
@@ -292,6 +302,7 @@ class Environment:
         server, and a session starts dozens): PostgreSQL's CREATE DATABASE … TEMPLATE, or
         SQLite's backup API."""
         template = self._migrated_template()
+        self._renew_redis_claim()
         if self.postgres:
             name = f"callpull_e2e_{uuid.uuid4().hex[:12]}"
             with self._postgres_admin() as admin:
@@ -340,7 +351,7 @@ class Environment:
     def server_env(self, database_url: str, **settings) -> dict[str, str]:
         env = {key: value for key, value in os.environ.items() if key not in _CONFIG_VARIABLES}
         env.update({
-            "DJANGO_SETTINGS_MODULE": "callpull.settings",
+            "DJANGO_SETTINGS_MODULE": SERVER_SETTINGS_MODULE,
             "PYTHONUNBUFFERED": "1",
             "DATABASE_URL": database_url,
             "PUBLIC_BASE_URL": PUBLIC_BASE_URL,

@@ -28,7 +28,6 @@ from tests.callpull.test_moves import (
     xml,
 )
 from tests.conftest import client_for, error_code, make_device, rate_limits
-from tests.e2e.conftest import environment, fake_fcm, ring_server, ring_settings  # noqa: F401 (fixtures)
 from tests.e2e.test_moves import PIN_PROMPT, connected_call, hung_up, set_pin
 from tests.e2e.test_moves import dial_in as sim_dial_in
 from tests.e2e.test_moves import enter_pin as key_in_pin
@@ -43,7 +42,7 @@ LIMIT = rate_limits(dial_in_pin=(3, 900), transfer_pin=(3, 900))
 # End to end: a spoofed caller id -----------------------------------------------
 
 @pytest.mark.e2e
-def test_a_spoofed_caller_id_hears_only_the_pin_prompt_and_cannot_take_the_call(ring_server):  # noqa: F811
+def test_a_spoofed_caller_id_hears_only_the_pin_prompt_and_cannot_take_the_call(ring_server):
     home = household(ring_server)
     tablet_number = phone_number()
     address = "tab-" + tablet_number[-8:]

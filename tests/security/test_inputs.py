@@ -18,7 +18,6 @@ from rest_framework.test import APIClient
 
 from callpull.http import OneTripHandler
 from tests.conftest import error_code
-from tests.e2e.conftest import environment, server  # noqa: F401 (fixtures)
 from tests.e2e.support import PASSWORD, call, unique
 from tests.e2e.support import error_code as http_error_code
 
@@ -151,7 +150,7 @@ def _chunked_over_the_limit(running, path: str) -> tuple[int, dict, bytes]:
 
 
 @pytest.mark.e2e
-def test_a_chunked_body_over_the_limit_is_refused_413_before_it_ends(server):  # noqa: F811
+def test_a_chunked_body_over_the_limit_is_refused_413_before_it_ends(server):
     status, headers, body = _chunked_over_the_limit(server, "/api/v1/accounts")
     assert status == 413
     assert headers["connection"] == "close"
@@ -168,7 +167,7 @@ def test_a_chunked_body_over_the_limit_is_refused_413_before_it_ends(server):  #
 
 
 @pytest.mark.e2e
-def test_a_3_mb_json_body_is_a_413_in_the_envelope(server):  # noqa: F811
+def test_a_3_mb_json_body_is_a_413_in_the_envelope(server):
     body = json.dumps({"username": unique("big"), "password": PASSWORD, "padding": "x" * 3_000_000})
     response = httpx.post(server.base_url + "/api/v1/accounts", content=body.encode(), timeout=30, trust_env=False,
                           headers={"Content-Type": "application/json"})
@@ -177,7 +176,7 @@ def test_a_3_mb_json_body_is_a_413_in_the_envelope(server):  # noqa: F811
 
 
 @pytest.mark.e2e
-def test_a_chunked_body_within_the_limit_is_read_like_any_other(server):  # noqa: F811
+def test_a_chunked_body_within_the_limit_is_read_like_any_other(server):
     username = unique("chunked")
     body = json.dumps({"username": username, "password": PASSWORD}).encode()
 
@@ -205,7 +204,7 @@ def _log_since(running, offset: int) -> list[str]:
     ("oversized", b"Digits=" + b"1" * 3_000_000, 413),
     ("too many fields", b"&".join(b"f%d=1" % index for index in range(5000)), 400),
 ])
-def test_a_bad_webhook_post_is_one_warning_line_and_no_error(server, what, body, status):  # noqa: F811
+def test_a_bad_webhook_post_is_one_warning_line_and_no_error(server, what, body, status):
     offset = server.log_path.stat().st_size
     response = call(server, "POST", "/telephony/twilio/voice", content=body,
                     headers={"Content-Type": "application/x-www-form-urlencoded"})

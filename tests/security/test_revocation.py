@@ -11,7 +11,6 @@ import uuid
 
 import pytest
 
-from tests.e2e.conftest import environment, fake_fcm, ring_server, ring_settings, servers  # noqa: F401 (fixtures)
 from tests.e2e.support import Device, call, eventually
 from tests.e2e.test_moves import caller_stayed, connected_call, pull, settings, wait_pull
 from tests.e2e.test_ring_flow import App, household, legs_to, ok, phone_number, provider_call, sim
@@ -77,7 +76,7 @@ def events(timeline: list[dict]) -> list[str]:
 
 
 def test_a_revoked_holder_leaves_the_call_at_once_and_the_desktop_takes_the_caller_off_hold(
-        ring_server):  # noqa: F811
+        ring_server):
     server = ring_server
     home = household(server)
     tablet = client_device(home, "tablet", "Ana's tablet")
@@ -119,7 +118,7 @@ def test_a_revoked_holder_leaves_the_call_at_once_and_the_desktop_takes_the_call
 
 
 @pytest.mark.parametrize("fallback", [False, True], ids=["goodbye", "fallback"])
-def test_nobody_takes_the_call_on_hold_in_time_the_caller_is_let_go_politely(servers, ring_settings,  # noqa: F811
+def test_nobody_takes_the_call_on_hold_in_time_the_caller_is_let_go_politely(servers, ring_settings,
                                                                              fallback):
     server = servers.start(HOLDER_LOST_HOLD_SECONDS=5, **ring_settings)
     home = household(server)
@@ -148,7 +147,7 @@ def test_nobody_takes_the_call_on_hold_in_time_the_caller_is_let_go_politely(ser
 
 
 def test_a_revoked_monitor_and_a_revoked_dialling_device_are_removed_an_idle_one_touches_nothing(
-        ring_server):  # noqa: F811
+        ring_server):
     server = ring_server
     home = household(server)
     tablet = client_device(home, "tablet", "Ana's tablet")

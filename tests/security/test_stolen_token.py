@@ -15,7 +15,6 @@ from contextlib import ExitStack
 import pytest
 
 from tests.callpull.test_serve import ServeProcess
-from tests.e2e.conftest import environment, fake_fcm, ring_server, ring_settings  # noqa: F401 (fixtures)
 from tests.e2e.support import (
     PASSWORD,
     Environment,
@@ -35,7 +34,7 @@ PREMIUM = "+19005550100"
 
 
 def test_a_stolen_tablet_token_changes_nothing_that_matters_and_the_owners_changes_are_seen(
-        ring_server, fake_fcm):  # noqa: F811
+        ring_server, fake_fcm):
     server = ring_server
     ana = sign_up(server, "ana")
     desk_fcm = unique("fcm-desk")
@@ -117,6 +116,7 @@ def test_x_forwarded_for_is_ignored_from_a_client_and_believed_from_a_trusted_pr
     in the audit log; a trusted proxy's header is the client's address."""
     env_of_run = Environment(tmp_path_factory.mktemp("xff"))
     with ExitStack() as stack:
+        stack.callback(env_of_run.drop_template)  # last: after the database copied from it
         database = env_of_run.database(stack)
 
         def serve(**settings):

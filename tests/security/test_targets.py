@@ -19,7 +19,6 @@ from devices.models import Device
 from tests.callpull.conftest import forward, report
 from tests.callpull.test_verification import CONFIRM, NUMBER, SPOKEN_CODE, START
 from tests.conftest import client_for, error_code, make_device
-from tests.e2e.conftest import environment, fake_fcm, ring_server, ring_settings  # noqa: F401 (fixtures)
 from tests.e2e.support import SERVER_NUMBER, call, eventually
 from tests.e2e.support import error_code as http_error_code
 from tests.e2e.test_moves import caller_stayed, pull, wait_pull
@@ -125,7 +124,7 @@ def heard_code(leg: dict) -> str:
 
 @pytest.mark.e2e
 def test_a_number_target_proves_itself_by_the_code_a_call_reads_out_then_pulls_a_live_call(
-        ring_server):  # noqa: F811
+        ring_server):
     home = household(ring_server)
     tablet = home.tablet("Tablet")
     number = phone_number()

@@ -1,7 +1,7 @@
 """Fixtures for the browser tests: the web companion in Debian's Chromium, driven by
 Playwright, against a real server started by the end-to-end harness.
 
-- `web_server` (session): one server with the harness's ring settings (the embedded
+- `web_server` (package): one server with the harness's ring settings (the embedded
   simulator on the server's own port, a fast sweeper, FCM pointed at the fake) and a
   two-second WebSocket heartbeat, so the page's pings are seen within a test.
 - `browser` (package): /usr/bin/chromium (or CALLPULL_CHROMIUM), never a downloaded
@@ -14,8 +14,9 @@ Playwright, against a real server started by the end-to-end harness.
   the test (a Content-Security-Policy violation is a console error); the page's last
   state is saved as test-output/web/<test>.png.
 
-The harness's fixtures and failure report (server logs on failure) are imported
-from tests/e2e/conftest.py, so both suites start servers the same way.
+The harness's fixtures and failure report (server logs on failure) are tests/e2e/fixtures.py's,
+loaded for the session by tests/conftest.py, so both suites start servers the same way and share
+the session's template database and Redis claim.
 """
 
 from __future__ import annotations
@@ -29,14 +30,7 @@ import wave
 import pytest
 from playwright.sync_api import expect
 
-from tests.e2e.conftest import (  # noqa: F401  (fixtures and hooks, re-registered for tests/web)
-    _fresh_cache,
-    environment,
-    fake_fcm,
-    pytest_runtest_makereport,
-    pytest_runtest_setup,
-    ring_settings,
-)
+from tests.e2e.conftest import _fresh_cache  # noqa: F401  (the e2e override of the unit suite's cache.clear())
 from tests.e2e.support import Servers
 from tests.web.support import SCREENSHOTS, CompanionPage
 
@@ -59,8 +53,10 @@ CHROMIUM_FLAGS = [
 _EXPECTED_CONSOLE = re.compile(r"^Failed to load resource: the server responded with a status of (4\d\d)")
 
 
-@pytest.fixture(scope="session")
-def web_server(environment, ring_settings):  # noqa: F811
+# Package scope: stopped once tests/web are done (CI's second pass runs them first), not left
+# polling its database every SWEEP_INTERVAL_SECONDS for the rest of the session.
+@pytest.fixture(scope="package")
+def web_server(environment, ring_settings):
     owner = Servers(environment, "web")
     try:
         yield owner.start(name="web", PRESENCE_HEARTBEAT_SECONDS=2, **ring_settings)

@@ -78,7 +78,7 @@ STUB = """
 
 
 @pytest.fixture(scope="module")
-def twilio_server(environment, fake_fcm):  # noqa: F811
+def twilio_server(environment, fake_fcm):
     """callpull with Twilio credentials (no simulator). Nothing here reaches the provider:
     the forwarded call never arrives, so no leg is dialled (TWILIO_API_BASE is a closed port)."""
     owner = Servers(environment, "twilio-web")
