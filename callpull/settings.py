@@ -393,6 +393,11 @@ NUMBER_VERIFICATION_TTL_SECONDS = env_int("NUMBER_VERIFICATION_TTL_SECONDS", 600
 # PRESENCE_STALE_SECONDS belongs to a dead worker and no longer counts as online.
 PRESENCE_HEARTBEAT_SECONDS = env_int("PRESENCE_HEARTBEAT_SECONDS", 20, minimum=1)
 PRESENCE_STALE_SECONDS = env_int("PRESENCE_STALE_SECONDS", 60, minimum=2)
+if PRESENCE_STALE_SECONDS <= PRESENCE_HEARTBEAT_SECONDS:
+    # A live worker refreshes its rows once a heartbeat: rows it has not refreshed yet would
+    # look stale, and its devices offline, between two of its own beats.
+    raise ImproperlyConfigured(f"PRESENCE_STALE_SECONDS={PRESENCE_STALE_SECONDS} must be more than "
+                               f"PRESENCE_HEARTBEAT_SECONDS={PRESENCE_HEARTBEAT_SECONDS} (defaults 60 and 20)")
 
 # The call's clock. Carriers forward on no-reply after 20 s by default (5-30 s), so the
 # ring window outlasts that; the wait for the forwarded call covers a push to the

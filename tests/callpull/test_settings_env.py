@@ -55,3 +55,23 @@ def test_settings_module_refuses_a_bad_database_url(monkeypatch):
     finally:
         monkeypatch.undo()
         importlib.reload(settings_module)
+
+
+@pytest.mark.parametrize(("heartbeat", "stale", "refused"), [("20", "20", True), ("30", "10", True),
+                                                             ("1", "3", False), ("20", "60", False)])
+def test_presence_rows_must_outlive_a_heartbeat(heartbeat, stale, refused):
+    import os
+    import subprocess
+    import sys
+
+    environment = {**os.environ, "DJANGO_SETTINGS_MODULE": "callpull.settings",
+                   "PRESENCE_HEARTBEAT_SECONDS": heartbeat, "PRESENCE_STALE_SECONDS": stale}
+    done = subprocess.run([sys.executable, "-c", "import callpull.settings as s; print(s.PRESENCE_STALE_SECONDS)"],
+                          env=environment, capture_output=True, text=True, timeout=60, check=False)
+
+    if refused:
+        assert done.returncode != 0
+        assert f"PRESENCE_STALE_SECONDS={stale} must be more than PRESENCE_HEARTBEAT_SECONDS={heartbeat}" in done.stderr
+    else:
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == stale
